@@ -1,0 +1,7 @@
+//! The agent library: attribution graphs, scores, drift, and the daemon around them.
+//!
+//! Data flows sources → decoders (crate `plugins`) → engine → scores → drift windows → telemetry;
+//! see ARCHITECTURE.md for the map.
+
+pub mod onnx;
+pub mod runtime;
