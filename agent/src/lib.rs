@@ -5,3 +5,5 @@
 
 pub mod onnx;
 pub mod runtime;
+pub mod engine;
+pub mod scores;
