@@ -5,5 +5,6 @@
 
 pub mod onnx;
 pub mod runtime;
+pub mod compiler;
 pub mod engine;
 pub mod scores;

@@ -1,0 +1,329 @@
+//! The attribution-graph compiler: forward ONNX model in, forward + reverse-mode graph out.
+//!
+//! Contract (spec `shared/spec/attribution-graph.md`): the output graph keeps the model's inputs
+//! (dynamic batch) and adds `attr_cotangent` `[K, D]`; it outputs the embedding `[B, D]` and, per layer
+//! and method, `attr/{layer index}/{method}`: channel-aggregated per-row maps `[B, K, H, W]`
+//! (`[B, K, C, H, W]` when compiled without channel aggregation, for checks). Only standard ONNX
+//! operators are emitted (opset ≥ 17), so ONNX Runtime's inference builds run it on CPU and CUDA.
+
+mod builder;
+mod ctx;
+mod graph;
+mod probe;
+mod rules;
+mod spatial;
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use graph::SUPPORTED_OPS;
+pub use probe::InputSpec;
+
+use crate::onnx::{self, proto::*};
+use crate::scores::{Aggregation, Method};
+
+/// Name of the cotangent input.
+pub const COTANGENT: &str = "attr_cotangent";
+/// Version written into compiled graphs' metadata; bump when their contract changes.
+pub const COMPILER_VERSION: &str = "1";
+/// The lowest opset the compiler emits for (ScatterElements with reduction needs 16).
+const MIN_OPSET: i64 = 17;
+
+/// What to compile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompileOptions {
+    pub embedding: String,
+    /// Layer tensors, in network order.
+    pub layers: Vec<String>,
+    pub methods: Vec<Method>,
+    /// `None` outputs the raw per-channel maps `[B, K, C, H, W]` (used to check gradients).
+    pub channel_agg: Option<Aggregation>,
+}
+
+/// One attribution output of a compiled graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapOutput {
+    pub name: String,
+    pub layer: String,
+    pub layer_index: usize,
+    pub method: Method,
+    /// Channels of the layer (before aggregation).
+    pub channels: usize,
+    /// Map height and width (rank-2 layers: 1 × 1; rank-3 layers: L × 1).
+    pub height: usize,
+    pub width: usize,
+}
+
+/// A compiled attribution graph and what the engine needs to know about it.
+#[derive(Debug, Clone)]
+pub struct AttributionGraph {
+    pub model: ModelProto,
+    pub inputs: Vec<InputSpec>,
+    pub embedding: String,
+    pub embedding_dim: usize,
+    pub outputs: Vec<MapOutput>,
+    pub options: CompileOptions,
+    pub source_sha256: String,
+}
+
+impl AttributionGraph {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        onnx::encode(&self.model)
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Compiles a model given as bytes (hashed into the graph's metadata).
+pub fn compile_bytes(bytes: &[u8], opts: &CompileOptions) -> Result<AttributionGraph> {
+    let model = onnx::decode(bytes)?;
+    compile(&model, &sha256_hex(bytes), opts)
+}
+
+pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -> Result<AttributionGraph> {
+    if opts.layers.is_empty() {
+        bail!("no layer given: name at least one intermediate tensor (--layer)");
+    }
+    if opts.methods.is_empty() {
+        bail!("no attribution method given");
+    }
+    if opts.layers.len() > 64 {
+        bail!("at most 64 layers per graph");
+    }
+    let mut model = model.clone();
+    let opset = onnx::default_opset(&model).unwrap_or(1);
+    if opset < 13 {
+        bail!(
+            "the model uses opset {opset}; the compiler needs opset 13 or later (convert it with onnx.version_converter)"
+        );
+    }
+    // Opsets 13–16 → 17: no operator on a gradient path changes meaning in between.
+    let opset = opset.max(MIN_OPSET);
+    for o in model.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+        o.version = opset;
+    }
+    model.ir_version = model.ir_version.max(8);
+    let graph = model.graph.clone().context("model has no graph")?;
+
+    let analysis = graph::analyse(&graph, &opts.layers, &opts.embedding)?;
+    let consts = ctx::constants(&graph);
+    let mut to_probe: Vec<String> = analysis.needed.iter().cloned().collect();
+    for &i in &analysis.path_nodes {
+        let n = &graph.node[i];
+        let data_inputs: Vec<&String> = match n.op_type.as_str() {
+            "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Concat" | "Gemm" | "Conv" | "ConvTranspose" => {
+                n.input.iter().take(if n.op_type == "Concat" || n.op_type == "Sum" { usize::MAX } else { 2 }).collect()
+            }
+            _ => n.input.iter().take(1).collect(),
+        };
+        to_probe.extend(data_inputs.into_iter().cloned());
+        to_probe.push(n.output[0].clone());
+    }
+    to_probe.extend(opts.layers.iter().cloned());
+    let mut seen = HashSet::new();
+    to_probe.retain(|t| !t.is_empty() && !consts.contains_key(t) && seen.insert(t.clone()));
+    to_probe.sort();
+    let shapes = probe::probe(&model, &to_probe)?;
+    let inputs = probe::model_inputs(&graph)?;
+
+    let emb = &shapes[&opts.embedding];
+    if !emb.batched || emb.rest.len() != 1 {
+        bail!(
+            "embedding {:?} must be rank 2 [batch, D]; it has shape {}",
+            opts.embedding,
+            describe(emb)
+        );
+    }
+    let d = emb.rest[0];
+    for l in &opts.layers {
+        let s = &shapes[l];
+        if !s.batched || s.rest.is_empty() || s.rest.len() > 3 {
+            bail!("layer {l:?} must be [batch, C], [batch, C, L] or [batch, C, H, W]; it has shape {}", describe(s));
+        }
+    }
+
+    let mut b = builder::GraphBuilder::new("attr/");
+    let kshape = b.shape(COTANGENT);
+    let kdim = b.slice1(&kshape, 0, 1);
+    let mut cx = ctx::Ctx { b, shapes: &shapes, consts, kdim, opset, extra_outputs: Vec::new(), node_index: 0 };
+
+    // Seed: every (b, k) row gets cotangent row k, i.e. dZ = V repeated over the batch.
+    let emb_shape = cx.b.shape(&opts.embedding);
+    let bdim = cx.b.slice1(&emb_shape, 0, 1);
+    let v = cx.b.unsqueeze(COTANGENT, &[0]);
+    let dconst = cx.b.const_i64(&[d]);
+    let k = cx.kdim.clone();
+    let target = cx.b.concat0(&[&bdim, &k, &dconst]);
+    let seed = cx.b.op("Expand", &[&v, &target], vec![]);
+    let seed = cx.b.reshape_const(&seed, &[-1, d]);
+
+    let mut grads: HashMap<String, Vec<String>> = HashMap::from([(opts.embedding.clone(), vec![seed])]);
+    for &i in analysis.path_nodes.iter().rev() {
+        let node = &graph.node[i];
+        let Some(dy) = take_grad(&mut cx, &mut grads, &node.output[0]) else { continue };
+        let wanted: Vec<bool> = node.input.iter().map(|x| analysis.needed.contains(x)).collect();
+        cx.node_index = i;
+        let node_grads = rules::vjp(&mut cx, node, &dy, &wanted)
+            .with_context(|| format!("building the gradient of node {} ({})", node.display_name(), node.op_type))?;
+        for (slot, g) in node_grads {
+            let x = &node.input[slot];
+            // A layer that is also an intermediate keeps its total gradient; the sum is taken once,
+            // after every consumer contributed (reverse topological order guarantees it).
+            grads.entry(x.clone()).or_default().push(g);
+        }
+    }
+
+    let mut outputs = Vec::new();
+    let mut graph_outputs = vec![onnx::value_info(&opts.embedding, data_type::FLOAT, &[Err("N"), Ok(d)])];
+    for (li, layer) in opts.layers.iter().enumerate() {
+        let g = take_grad(&mut cx, &mut grads, layer).context("internal: layer without gradient")?;
+        let rest = shapes[layer].rest.clone();
+        for &method in &opts.methods {
+            let name = format!("attr/{li}/{}", method.as_str());
+            let (map, dims) = attribution_map(&mut cx, &g, layer, &rest, method, opts.channel_agg);
+            let node_out = cx.b.op("Identity", &[&map], vec![]);
+            rename_output(&mut cx.b, &node_out, &name);
+            let mut vi: Vec<Result<i64, &str>> = vec![Err("N"), Err("K")];
+            vi.extend(dims.iter().map(|&x| Ok(x)));
+            graph_outputs.push(onnx::value_info(&name, data_type::FLOAT, &vi));
+            let (h, w) = spatial_hw(&rest);
+            outputs.push(MapOutput {
+                name,
+                layer: layer.clone(),
+                layer_index: li,
+                method,
+                channels: rest[0] as usize,
+                height: h,
+                width: w,
+            });
+        }
+    }
+
+    let ctx::Ctx { b, extra_outputs, .. } = cx;
+    let g = model.graph.as_mut().unwrap();
+    for (i, name) in extra_outputs {
+        let n = &mut g.node[i];
+        n.output.resize(2, String::new());
+        n.output[1] = name;
+    }
+    g.node.extend(b.nodes);
+    g.initializer.extend(b.initializers);
+    g.input.push(onnx::value_info(COTANGENT, data_type::FLOAT, &[Err("K"), Ok(d)]));
+    g.output = graph_outputs;
+    g.value_info.retain(|v| !v.name.starts_with("attr/"));
+
+    onnx::set_metadata(&mut model, "agent.compiler_version", COMPILER_VERSION);
+    onnx::set_metadata(&mut model, "agent.source_sha256", source_sha256);
+    onnx::set_metadata(&mut model, "agent.options", serde_json::to_string(opts)?);
+    onnx::set_metadata(&mut model, "agent.outputs", serde_json::to_string(&outputs)?);
+    Ok(AttributionGraph {
+        model,
+        inputs,
+        embedding: opts.embedding.clone(),
+        embedding_dim: d as usize,
+        outputs,
+        options: opts.clone(),
+        source_sha256: source_sha256.to_string(),
+    })
+}
+
+fn describe(s: &probe::ProbedShape) -> String {
+    if s.batched { format!("[batch, {}]", s.rest.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")) } else { format!("{:?} (no batch axis)", s.rest) }
+}
+
+fn spatial_hw(rest: &[i64]) -> (usize, usize) {
+    match rest.len() {
+        1 => (1, 1),
+        2 => (rest[1] as usize, 1),
+        _ => (rest[1] as usize, rest[2] as usize),
+    }
+}
+
+/// The summed cotangent of `t` (a `Sum` node when several consumers contributed).
+fn take_grad(cx: &mut ctx::Ctx, grads: &mut HashMap<String, Vec<String>>, t: &str) -> Option<String> {
+    let parts = grads.remove(t)?;
+    Some(if parts.len() == 1 {
+        parts.into_iter().next().unwrap()
+    } else {
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        cx.b.op("Sum", &refs, vec![])
+    })
+}
+
+fn rename_output(b: &mut builder::GraphBuilder, from: &str, to: &str) {
+    if let Some(n) = b.nodes.iter_mut().rev().find(|n| n.output.iter().any(|o| o == from)) {
+        for o in n.output.iter_mut().filter(|o| *o == from) {
+            *o = to.to_string();
+        }
+    }
+}
+
+/// Turns the flat gradient `[B·K, C, …]` of a layer into the method's map, channel-aggregated, as
+/// `[B, K, H, W]` (or `[B, K, C, H, W]` raw). Returns the map and its dims after `[B, K]`.
+fn attribution_map(
+    cx: &mut ctx::Ctx,
+    g: &str,
+    layer: &str,
+    rest: &[i64],
+    method: Method,
+    channel_agg: Option<Aggregation>,
+) -> (String, Vec<i64>) {
+    let c = rest[0];
+    let (h, w) = spatial_hw(rest);
+    let (h, w) = (h as i64, w as i64);
+    let g5 = cx.split(g, rest);
+    let hw_shape = |b: &mut builder::GraphBuilder, x: &str, with_c: bool| {
+        let s: Vec<i64> = if with_c { vec![0, 0, c, h, w] } else { vec![0, 0, h, w] };
+        b.reshape_const(x, &s)
+    };
+    if method == Method::GradCam {
+        // α_c = spatial mean of the gradient; map = ReLU(Σ_c α_c h_c).
+        let h5 = cx.b.unsqueeze(layer, &[1]);
+        let spatial: Vec<i64> = (3..rest.len() as i64 + 2).collect();
+        let alpha = if spatial.is_empty() {
+            g5.clone()
+        } else {
+            let s = cx.b.reduce_sum(&g5, &spatial, true);
+            cx.b.scale(&s, 1.0 / (h * w) as f32)
+        };
+        let weighted = cx.b.mul(&alpha, &h5);
+        let summed = cx.b.reduce_sum(&weighted, &[2], false);
+        let relu = cx.b.op("Relu", &[&summed], vec![]);
+        return (hw_shape(&mut cx.b, &relu, false), vec![h, w]);
+    }
+    let a = if method == Method::ActGrad {
+        let h5 = cx.b.unsqueeze(layer, &[1]);
+        cx.b.mul(&g5, &h5)
+    } else {
+        g5
+    };
+    let Some(agg) = channel_agg else {
+        return (hw_shape(&mut cx.b, &a, true), vec![c, h, w]);
+    };
+    let inv_c = 1.0 / c as f32;
+    let m = match agg {
+        Aggregation::Mean => {
+            let s = cx.b.reduce_sum(&a, &[2], false);
+            cx.b.scale(&s, inv_c)
+        }
+        Aggregation::Abs => {
+            let abs = cx.b.op("Abs", &[&a], vec![]);
+            let s = cx.b.reduce_sum(&abs, &[2], false);
+            cx.b.scale(&s, inv_c)
+        }
+        Aggregation::Var => {
+            let s = cx.b.reduce_sum(&a, &[2], true);
+            let mean = cx.b.scale(&s, inv_c);
+            let dev = cx.b.op("Sub", &[&a, &mean], vec![]);
+            let sq = cx.b.mul(&dev, &dev);
+            let s = cx.b.reduce_sum(&sq, &[2], false);
+            cx.b.scale(&s, inv_c)
+        }
+    };
+    (hw_shape(&mut cx.b, &m, false), vec![h, w])
+}

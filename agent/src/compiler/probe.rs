@@ -1,0 +1,131 @@
+//! Shapes from a probe run: the model itself, run by ONNX Runtime with extra outputs.
+//!
+//! Value info in exported models is often partial or stale, so the compiler asks the runtime. Two runs,
+//! batch 2 and batch 3, tell which tensors carry the batch axis (their first dim follows the batch)
+//! and prove the other dims do not depend on the batch size.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+
+use crate::onnx::{self, proto::*};
+
+/// A tensor's shape as the probe saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedShape {
+    /// True when axis 0 is the batch axis.
+    pub batched: bool,
+    /// Dims after the batch axis (batched) or all dims (not batched).
+    pub rest: Vec<i64>,
+}
+
+/// A model input as the probe feeds it.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    pub elem_type: i32,
+    /// Dims after the (dynamic) batch axis.
+    pub rest: Vec<i64>,
+}
+
+/// The model's real inputs (graph inputs that are not initializers), with fixed non-batch dims.
+pub fn model_inputs(graph: &GraphProto) -> Result<Vec<InputSpec>> {
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = Vec::new();
+    for v in graph.input.iter().filter(|v| !inits.contains(v.name.as_str())) {
+        let (elem_type, dims) =
+            onnx::value_info_shape(v).ok_or_else(|| anyhow!("model input {:?} is not a tensor", v.name))?;
+        if dims.is_empty() {
+            bail!("model input {:?} has no shape; the compiler needs [batch, ...] with fixed sizes", v.name);
+        }
+        let mut rest = Vec::new();
+        for (axis, d) in dims.iter().enumerate().skip(1) {
+            match d {
+                Some(d) if *d > 0 => rest.push(*d),
+                _ => bail!(
+                    "model input {:?} has a symbolic or unknown size on axis {axis}; only the batch axis (0) may be dynamic",
+                    v.name
+                ),
+            }
+        }
+        out.push(InputSpec { name: v.name.clone(), elem_type, rest });
+    }
+    if out.is_empty() {
+        bail!("the model has no inputs");
+    }
+    Ok(out)
+}
+
+/// Random probe inputs: floats in [0, 1), integers zero.
+fn probe_inputs(inputs: &[InputSpec], batch: usize, seed: u64) -> Result<Vec<(String, ort::value::DynValue)>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for i in inputs {
+        let mut shape = vec![batch];
+        shape.extend(i.rest.iter().map(|&d| d as usize));
+        let v: ort::value::DynValue = match i.elem_type {
+            data_type::FLOAT => {
+                let a = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.random::<f32>());
+                ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?.into_dyn()
+            }
+            data_type::INT64 => {
+                let a = ArrayD::<i64>::zeros(IxDyn(&shape));
+                ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?.into_dyn()
+            }
+            t => bail!("model input {:?} has element type {t}; the probe feeds float32 and int64 inputs", i.name),
+        };
+        out.push((i.name.clone(), v));
+    }
+    Ok(out)
+}
+
+/// Runs the model at batch 2 and 3 with `tensors` as extra float outputs and returns their shapes.
+pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<HashMap<String, ProbedShape>> {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().unwrap();
+    let inputs = model_inputs(g)?;
+    g.output = tensors
+        .iter()
+        .map(|t| ValueInfoProto {
+            name: t.clone(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorTypeProto { elem_type: data_type::FLOAT, shape: None }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    g.value_info.clear();
+    let mut session = crate::runtime::cpu_session(&onnx::encode(&m)).context("loading the model for the shape probe")?;
+    let mut runs = Vec::new();
+    for batch in [2usize, 3] {
+        let feeds = probe_inputs(&inputs, batch, batch as u64)?;
+        let outputs = session
+            .run(feeds)
+            .map_err(|e| anyhow!("the shape probe (batch {batch}) failed in ONNX Runtime: {e}"))?;
+        let mut shapes = HashMap::new();
+        for t in tensors {
+            let v = &outputs[t.as_str()];
+            let (shape, _) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
+            shapes.insert(t.clone(), shape.iter().copied().collect::<Vec<i64>>());
+        }
+        runs.push(shapes);
+    }
+    let mut out = HashMap::new();
+    for t in tensors {
+        let (a, b) = (&runs[0][t], &runs[1][t]);
+        let shape = if a.len() == b.len() && !a.is_empty() && a[0] == 2 && b[0] == 3 && a[1..] == b[1..] {
+            ProbedShape { batched: true, rest: a[1..].to_vec() }
+        } else if a == b {
+            ProbedShape { batched: false, rest: a.clone() }
+        } else {
+            bail!(
+                "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on axis 0 and fixed other sizes"
+            );
+        };
+        out.insert(t.clone(), shape);
+    }
+    Ok(out)
+}
