@@ -55,25 +55,31 @@ class Graph:
         self.nodes = []
         self.inits = []
         self.used = {input_name}
+        self.used_nodes = set()
         self.counter = {}
         self.torch_const = 100  # numbering of folded "onnx::Conv_<n>" initializers
 
     # ---- names -------------------------------------------------------------------------------
-    def unique(self, base):
-        if base not in self.used:
-            self.used.add(base)
+    def unique(self, base, space=None):
+        """A fresh name; node names and tensor names are separate name spaces."""
+        used = self.used if space is None else space
+        if base not in used:
+            used.add(base)
             return base
         k = 1
-        while f"{base}_{k}" in self.used:
+        while f"{base}_{k}" in used:
             k += 1
         name = f"{base}_{k}"
-        self.used.add(name)
+        used.add(name)
         return name
+
+    def node_name(self, base):
+        return self.unique(base, self.used_nodes)
 
     def auto(self, op_type):
         k = self.counter.get(op_type, 0)
         self.counter[op_type] = k + 1
-        return self.unique(f"{op_type.lower()}{k}")
+        return self.node_name(f"{op_type.lower()}{k}")
 
     # ---- graph pieces ------------------------------------------------------------------------
     def const(self, base, arr, dtype=np.float32):
@@ -81,9 +87,14 @@ class Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), name))
         return name
 
-    def op(self, op_type, inputs, name=None, out=None, n_out=1, **attrs):
-        """Add one node; returns its output name (or a list when n_out > 1)."""
-        node_name = self.unique(name) if name else self.auto(op_type)
+    def op(self, op_type, inputs, name=None, out=None, n_out=1, reserved=False, **attrs):
+        """Add one node; returns its output name (or a list when n_out > 1).
+
+        reserved: `name` was already taken with node_name() by the caller."""
+        if reserved:
+            node_name = name
+        else:
+            node_name = self.node_name(name) if name else self.auto(op_type)
         if out is None:
             outs = [self.unique(node_name if n_out == 1 else f"{node_name}_out{i}") for i in range(n_out)]
         else:
@@ -94,9 +105,8 @@ class Graph:
     def top(self, scope, op_type, inputs, out=None, **attrs):
         """A node named the way torch.onnx.export names it: '/scope/Op', output '/scope/Op_output_0'."""
         base = f"{scope}/{op_type}" if scope else f"/{op_type}"
-        node_name = self.unique(base)
-        outs = [out if out else f"{node_name}_output_0"]
-        self.used.update(outs)
+        node_name = self.node_name(base)
+        outs = [self.unique(out if out else f"{node_name}_output_0")]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
         return outs[0]
 
@@ -121,11 +131,11 @@ class Graph:
             attrs["auto_pad"] = auto_pad
         else:
             attrs["pads"] = list(pads) if pads is not None else [0, 0, 0, 0]
-        node = name or self.auto("Conv")
+        node = self.node_name(name) if name else self.auto("Conv")
         ins = [x, self.const(f"{node}.weight", w)]
         if bias:
             ins.append(self.const(f"{node}.bias", b))
-        return self.op("Conv", ins, name=node, out=out, **attrs)
+        return self.op("Conv", ins, name=node, out=out, reserved=True, **attrs)
 
     def bn_params(self, c, gamma=(0.8, 1.2)):
         scale = self.rng.uniform(*gamma, c).astype(np.float32)
@@ -135,14 +145,14 @@ class Graph:
         return scale, bias, mean, var
 
     def batchnorm(self, x, c, name=None, out=None, eps=1e-5):
-        node = name or self.auto("BatchNormalization")
+        node = self.node_name(name) if name else self.auto("BatchNormalization")
         s, b, m, v = self.bn_params(c)
         ins = [x] + [self.const(f"{node}.{k}", a) for k, a in
                      (("scale", s), ("bias", b), ("mean", m), ("var", v))]
-        return self.op("BatchNormalization", ins, name=node, out=out, epsilon=eps)
+        return self.op("BatchNormalization", ins, name=node, out=out, reserved=True, epsilon=eps)
 
     def gemm(self, x, fin, fout, name=None, out=None, gain=1.0, alpha=1.0, beta=1.0, transB=1):
-        node = name or self.auto("Gemm")
+        node = self.node_name(name) if name else self.auto("Gemm")
         w = self.he([fout, fin], fin, gain)
         if not transB:
             w = np.ascontiguousarray(w.T)
@@ -153,7 +163,7 @@ class Graph:
         if beta != 1.0:
             attrs["beta"] = beta
         return self.op("Gemm", [x, self.const(f"{node}.weight", w), self.const(f"{node}.bias", b)],
-                       name=node, out=out, **attrs)
+                       name=node, out=out, reserved=True, **attrs)
 
     def stem(self, cout=4, out="h"):
         """The layer tensor of a rule model: a 3x3 'same' conv of the input, named 'h'."""
