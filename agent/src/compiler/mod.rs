@@ -245,14 +245,16 @@ fn spatial_hw(rest: &[i64]) -> (usize, usize) {
 }
 
 /// The summed cotangent of `t` (a `Sum` node when several consumers contributed).
+/// Called only once every consumer has contributed (reverse topological order).
 fn take_grad(cx: &mut ctx::Ctx, grads: &mut HashMap<String, Vec<String>>, t: &str) -> Option<String> {
-    let parts = grads.remove(t)?;
-    Some(if parts.len() == 1 {
-        parts.into_iter().next().unwrap()
-    } else {
+    let parts = grads.get_mut(t)?;
+    if parts.len() > 1 {
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-        cx.b.op("Sum", &refs, vec![])
-    })
+        let sum = cx.b.op("Sum", &refs, vec![]);
+        *parts = vec![sum];
+    }
+    // Kept (summed) in the map: a layer that feeds another layer is read again at the end.
+    Some(parts[0].clone())
 }
 
 fn rename_output(b: &mut builder::GraphBuilder, from: &str, to: &str) {

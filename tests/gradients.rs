@@ -1,0 +1,202 @@
+//! Every reverse-mode rule and every whole test model, checked against central finite differences of
+//! the forward graph run in ONNX Runtime, on fresh random inputs, batch 1 and 3.
+//!
+//! ONNX Runtime's CPU kernels for Conv and friends are float32 only, so differences are taken in
+//! float32, at two steps, ε = 4e-3 and 1e-3, and an entry must agree at one of them: the small step
+//! resolves models dense in kinks (AlexNet-like stacks, where a larger step averages the slope over
+//! many ReLU and max-pool switches), the large one resolves float32 rounding. Tolerance: |analytic − numeric| ≤ 2e-2 · max|analytic| of that sample's
+//! Jacobian, plus an absolute floor of 1e-4 and of four float32 ulps of `z_j` over the step (a
+//! difference of two float32 embeddings cannot resolve less: with |z| ≈ 16 that is ≈ 1e-3). ReLU and MaxPool are not differentiable everywhere: a step can cross a
+//! kink. A coordinate is *smooth* when its forward and backward differences agree within that
+//! tolerance; there the central difference must match the analytic value. Where they disagree, a kink
+//! lies within the step; the coordinate passes if any of the three differences matches, and otherwise
+//! counts as a kink, which must stay under 3% of the checked entries. A wrong rule fails on the smooth
+//! coordinates, which are the vast majority. Coordinates are drawn where |h| > 2·4e-3: a layer that is a
+//! ReLU output holds exact zeros, and a max-pool downstream then sees exact ties, where the gradient
+//! is undefined (the analytic value follows ONNX Runtime's first-index tie-break).
+
+mod common;
+
+use agent::compiler::{self, CompileOptions};
+use agent::onnx;
+use agent::scores::{Aggregation, Method};
+use common::*;
+use ndarray::{ArrayD, Axis, IxDyn, s};
+use rand::Rng;
+
+const STEPS: [f32; 2] = [4e-3, 1e-3];
+const REL_TOL: f32 = 2e-2;
+const COORDS_PER_SAMPLE: usize = 12;
+
+/// Worst relative error over the checked coordinates of one model.
+fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
+    let bytes = std::fs::read(entry.path()).unwrap();
+    let model = onnx::decode(&bytes).unwrap();
+    let opts = CompileOptions {
+        embedding: entry.embedding.clone(),
+        layers: entry.layers.clone(),
+        methods: vec![Method::Vanilla],
+        channel_agg: None,
+    };
+    let graph = compiler::compile(&model, "test", &opts).unwrap_or_else(|e| panic!("{}: {e:#}", entry.name));
+    let compiled = graph.to_bytes();
+    let d = graph.embedding_dim;
+    assert_eq!(d, entry.d, "{}: embedding dim", entry.name);
+    let mut worst = 0.0f32;
+    let (mut checked, mut kinks) = (0usize, 0usize);
+    for (bi, batch) in [1usize, 3].into_iter().enumerate() {
+        let mut shape = vec![batch];
+        shape.extend(&entry.input_shape);
+        let x = uniform(&shape, seed * 10 + bi as u64);
+        let eye = ArrayD::from_shape_fn(IxDyn(&[d, d]), |i| if i[0] == i[1] { 1.0f32 } else { 0.0 });
+        let names: Vec<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+        let maps = run(&compiled, vec![(&entry.input, x.clone()), (compiler::COTANGENT, eye)], &names);
+        for (li, layer) in entry.layers.iter().enumerate() {
+            // Raw map: [B, D, C, H, W] = ∂z_j/∂h.
+            let jac = &maps[li];
+            let h = run(&with_output(&model, layer), vec![(&entry.input, x.clone())], &[layer.as_str()]).remove(0);
+            let tail = tail_model(&model, layer, &entry.embedding);
+            let per_sample: usize = h.shape()[1..].iter().product();
+            assert_eq!(jac.len(), batch * d * per_sample, "{}: map size for {layer}", entry.name);
+            let mut r = rng(seed * 100 + li as u64 + 7 * bi as u64);
+            for b in 0..batch {
+                let hflat = h.index_axis(Axis(0), b).iter().copied().collect::<Vec<f32>>();
+                let away: Vec<usize> = (0..per_sample).filter(|&c| hflat[c].abs() > 2.0 * STEPS[0]).collect();
+                assert!(away.len() >= COORDS_PER_SAMPLE, "{}: layer {layer} is almost all zeros", entry.name);
+                let coords: Vec<usize> = (0..COORDS_PER_SAMPLE).map(|_| away[r.random_range(0..away.len())]).collect();
+                // One run per sample: rows [h, then h ± ε e_i for each coordinate and step].
+                let per_step = 2 * coords.len();
+                let n = 1 + STEPS.len() * per_step;
+                let hb = h.index_axis(Axis(0), b).to_owned();
+                let mut hs = ndarray::stack(Axis(0), &vec![hb.view(); n]).unwrap();
+                for (si, eps) in STEPS.iter().enumerate() {
+                    for (ci, &c) in coords.iter().enumerate() {
+                        let row = 1 + si * per_step + ci;
+                        hs.index_axis_mut(Axis(0), row).as_slice_mut().unwrap()[c] += eps;
+                        hs.index_axis_mut(Axis(0), row + coords.len()).as_slice_mut().unwrap()[c] -= eps;
+                    }
+                }
+                let xb = x.index_axis(Axis(0), b).to_owned();
+                let xs = ndarray::stack(Axis(0), &vec![xb.view(); n]).unwrap();
+                let mut feeds = vec![(layer.as_str(), hs)];
+                if entry.input != *layer {
+                    feeds.push((entry.input.as_str(), xs));
+                }
+                let z = run(&tail, feeds, &[entry.embedding.as_str()]).remove(0);
+                let jb = jac.to_owned().into_shape_with_order((batch, d, per_sample)).unwrap();
+                let jb = jb.slice(s![b, .., ..]);
+                let scale = jb.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+                for (ci, &c) in coords.iter().enumerate() {
+                    for j in 0..d {
+                        let an = jb[[j, c]];
+                        checked += 1;
+                        // (relative error, smooth) at each step.
+                        let mut tries = Vec::new();
+                        let mut detail = String::new();
+                        for (si, eps) in STEPS.iter().enumerate() {
+                            let row = 1 + si * per_step + ci;
+                            let (z0, zp, zm) = (z[[0, j]], z[[row, j]], z[[row + coords.len(), j]]);
+                            let central = (zp - zm) / (2.0 * eps);
+                            let (fwd, bwd) = ((zp - z0) / eps, (z0 - zm) / eps);
+                            let zmax = z0.abs().max(zp.abs()).max(zm.abs());
+                            let floor = 1e-4 + 4.0 * f32::EPSILON * zmax / (2.0 * eps);
+                            let rel = |e: f32| (e - floor).max(0.0) / scale;
+                            let smooth = rel((fwd - bwd).abs()) <= REL_TOL;
+                            let err = if smooth {
+                                (an - central).abs()
+                            } else {
+                                [central, fwd, bwd].iter().map(|n| (an - n).abs()).fold(f32::MAX, f32::min)
+                            };
+                            tries.push((rel(err), smooth, err / scale));
+                            detail += &format!(" [ε {eps}: central {central}, forward {fwd}, backward {bwd}]");
+                        }
+                        let best = tries.iter().map(|t| t.0).fold(f32::MAX, f32::min);
+                        if best <= REL_TOL {
+                            let raw = tries.iter().map(|t| t.2).fold(f32::MAX, f32::min);
+                            worst = worst.max(raw);
+                        } else if tries.iter().all(|t| !t.1) {
+                            kinks += 1;
+                        } else {
+                            panic!(
+                                "{} layer {layer} batch {batch} sample {b} coordinate {c} component {j}: analytic {an} (scale {scale}){detail}",
+                                entry.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(kinks * 100 <= checked * 3, "{}: {kinks} of {checked} entries sit on kinks", entry.name);
+    (worst, checked, kinks)
+}
+
+#[test]
+fn every_rule_and_model_matches_finite_differences() {
+    let mut report = Vec::new();
+    for (i, entry) in manifest().iter().filter(|e| e.committed).enumerate() {
+        let (worst, checked, kinks) = check_model(entry, 1000 + i as u64);
+        report.push(format!(
+            "{:24} worst |analytic − numeric| / scale {worst:.1e} over {checked} entries ({kinks} on kinks)  ops {}",
+            entry.name,
+            entry.ops.join(",")
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(report.len() >= 40, "expected the whole manifest, checked {}", report.len());
+}
+
+/// The aggregated outputs equal the same aggregations applied to the raw Jacobian and activation.
+#[test]
+fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
+    let entry = manifest().into_iter().find(|e| e.name == "mnist_encoder").unwrap();
+    let bytes = std::fs::read(entry.path()).unwrap();
+    let model = onnx::decode(&bytes).unwrap();
+    let layer = entry.layers[0].clone();
+    let x = uniform(&[2, 1, 28, 28], 5);
+    let k = 3;
+    let v = uniform(&[k, entry.d], 6) - 0.5;
+    let raw_opts = CompileOptions {
+        embedding: entry.embedding.clone(),
+        layers: vec![layer.clone()],
+        methods: vec![Method::Vanilla],
+        channel_agg: None,
+    };
+    let raw = compiler::compile(&model, "t", &raw_opts).unwrap();
+    let g = run(&raw.to_bytes(), vec![("input", x.clone()), (compiler::COTANGENT, v.clone())], &["attr/0/vanilla"])
+        .remove(0);
+    let h = run(&with_output(&model, &layer), vec![("input", x.clone())], &[layer.as_str()]).remove(0);
+    let h5 = h.clone().insert_axis(Axis(1));
+    for agg in [Aggregation::Mean, Aggregation::Abs, Aggregation::Var] {
+        let opts = CompileOptions { methods: Method::ALL.to_vec(), channel_agg: Some(agg), ..raw_opts.clone() };
+        let c = compiler::compile(&model, "t", &opts).unwrap();
+        let out = run(
+            &c.to_bytes(),
+            vec![("input", x.clone()), (compiler::COTANGENT, v.clone())],
+            &["attr/0/vanilla", "attr/0/actgrad", "attr/0/gradcam"],
+        );
+        let chan = |a: &ArrayD<f32>| -> ArrayD<f32> {
+            let mean = a.mean_axis(Axis(2)).unwrap();
+            match agg {
+                Aggregation::Mean => mean,
+                Aggregation::Abs => a.mapv(f32::abs).mean_axis(Axis(2)).unwrap(),
+                Aggregation::Var => {
+                    let m = mean.clone().insert_axis(Axis(2));
+                    (a - &m).mapv(|d| d * d).mean_axis(Axis(2)).unwrap()
+                }
+            }
+        };
+        let want_vanilla = chan(&g);
+        let want_actgrad = chan(&(&g * &h5));
+        let alpha = g.mean_axis(Axis(4)).unwrap().mean_axis(Axis(3)).unwrap().insert_axis(Axis(3)).insert_axis(Axis(4));
+        let want_gradcam = (&alpha * &h5).sum_axis(Axis(2)).mapv(|v| v.max(0.0));
+        for (got, want, what) in
+            [(&out[0], want_vanilla, "vanilla"), (&out[1], want_actgrad, "actgrad"), (&out[2], want_gradcam, "gradcam")]
+        {
+            assert_eq!(got.shape(), want.shape(), "{what} {agg:?}");
+            let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let err = (got - &want).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(err <= 1e-4 * scale + 1e-7, "{what} with {agg:?}: max error {err} (scale {scale})");
+        }
+    }
+}
