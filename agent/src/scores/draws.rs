@@ -43,7 +43,11 @@ pub fn smoothing_points(
     let mut shape = vec![samples];
     shape.extend_from_slice(x.shape());
     if samples == 1 && sigma == 0.0 {
-        return Ok(x.to_owned().insert_axis(Axis(0)).into_shape_with_order(IxDyn(&shape)).expect("same size"));
+        return Ok(x
+            .to_owned()
+            .insert_axis(Axis(0))
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same size"));
     }
     let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

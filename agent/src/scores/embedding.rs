@@ -11,7 +11,10 @@ use super::{Aggregation, ScoreError};
 #[derive(Debug, Clone)]
 enum State {
     /// Running `Σ_j M_j(p)` (for `mean`) or `Σ_j |M_j(p)|` (for `abs`), in `f64`.
-    Sum { values: Vec<f64>, abs: bool },
+    Sum {
+        values: Vec<f64>,
+        abs: bool,
+    },
     Var(PixelMoments),
 }
 
@@ -229,6 +232,9 @@ mod tests {
         acc.push(Array3::<f32>::from_elem((2, 1, 2), 9.0).view()).unwrap();
         acc.reset();
         acc.push(maps().view()).unwrap();
-        assert_eq!(acc.finish().unwrap(), embedding_aggregate(maps().view(), Aggregation::Var, false).unwrap());
+        assert_eq!(
+            acc.finish().unwrap(),
+            embedding_aggregate(maps().view(), Aggregation::Var, false).unwrap()
+        );
     }
 }

@@ -46,7 +46,9 @@ pub enum ScoreError {
     Empty(&'static str),
     #[error("the noise benchmark compares pairs of noise inputs and needs at least 2, got {0}")]
     TooFewNoiseInputs(usize),
-    #[error("a random subset of {sample} of {population} embedding components cannot estimate a variance (need 2 ≤ K ≤ D)")]
+    #[error(
+        "a random subset of {sample} of {population} embedding components cannot estimate a variance (need 2 ≤ K ≤ D)"
+    )]
     BadSubset { sample: usize, population: usize },
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),

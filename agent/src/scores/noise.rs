@@ -134,16 +134,16 @@ mod tests {
         let e = array![[0.1f32, 0.7]];
         assert_eq!(noise_score(e.view(), &[]), Err(ScoreError::Empty("noise inputs")));
         assert_eq!(noise_benchmark(&[]), Err(ScoreError::Empty("noise inputs")));
-        assert_eq!(noise_benchmark(&[e.clone()]), Err(ScoreError::TooFewNoiseInputs(1)));
+        assert_eq!(noise_benchmark(std::slice::from_ref(&e)), Err(ScoreError::TooFewNoiseInputs(1)));
         // One noise input still gives a noise score.
-        assert!(noise_score(e.view(), &[e.clone()]).is_ok());
+        assert!(noise_score(e.view(), std::slice::from_ref(&e)).is_ok());
     }
 
     #[test]
     fn shape_mismatch_is_an_error() {
         let e = array![[0.1f32, 0.7]];
         let other = array![[0.1f32], [0.7]];
-        assert!(noise_score(e.view(), &[other.clone()]).is_err());
+        assert!(noise_score(e.view(), std::slice::from_ref(&other)).is_err());
         assert!(noise_benchmark(&[e, other]).is_err());
     }
 }

@@ -40,6 +40,13 @@ pub fn choose_dims(d: usize, k: usize, seed: u64) -> Vec<usize> {
 /// noise score is not: it min–max normalises the estimated map, a non-linear step; its error is
 /// measured in the tests below, not claimed to be zero.
 ///
+/// Measured on synthetic maps (`D = 512`, `8 × 8` pixels, the same maps as the Hutchinson
+/// measurement; test `measured_error_on_synthetic_maps`, 20 seeds, averages) with `K = 16 / 64 / 256`:
+/// relative error of the variance score 0.054 / 0.022 / 0.012 (signed mean −0.013 / −0.003 / −0.004,
+/// i.e. no visible bias); relative error of the pixel-mean of the `var` embedding map 0.22 / 0.062 /
+/// 0.045; absolute error of the noise score (exact NS 0.144 on average) 0.043 / 0.018 / 0.0063.
+/// Measured on synthetic maps, not yet on the test models.
+///
 /// Errors when `k < 2 < d` (one value has no spread to scale) or `k > d`.
 pub fn subset_variance_factor(d: usize, k: usize) -> Result<f64, ScoreError> {
     if k > d || d == 0 {
@@ -107,6 +114,55 @@ mod tests {
                 count += 1;
             }
             assert!((total / count as f64 - target).abs() < 1e-12, "k = {k}");
+        }
+    }
+
+    /// The figures quoted on [`subset_variance_factor`] come from this test
+    /// (`cargo test -p agent --lib subset -- --nocapture` prints them).
+    #[test]
+    fn measured_error_on_synthetic_maps() {
+        use super::super::synthetic::synthetic_maps;
+        use super::super::{Aggregation, ScoreAccumulator, embedding_aggregate, noise_score, variance_score};
+        use ndarray::{Array2, Axis};
+
+        let (d, h, w) = (512, 8, 8);
+        let noise_e: Vec<Array2<f32>> = (0..4)
+            .map(|i| {
+                embedding_aggregate(synthetic_maps(d, h, w, 1000 + i).view(), Aggregation::Var, false)
+                    .unwrap()
+            })
+            .collect();
+        for (k, bound) in [(16, 0.2), (64, 0.1), (256, 0.05)] {
+            let (mut vs_err, mut vs_bias, mut var_err, mut ns_err, mut ns_exact_sum) =
+                (0.0, 0.0, 0.0, 0.0, 0.0);
+            let seeds = 20u64;
+            for seed in 0..seeds {
+                let maps = synthetic_maps(d, h, w, seed);
+                let exact_vs = variance_score(maps.view(), None).unwrap();
+                let exact_e = embedding_aggregate(maps.view(), Aggregation::Var, false).unwrap();
+                let exact_ns = noise_score(exact_e.view(), &noise_e).unwrap();
+                let dims = choose_dims(d, k, seed + 77);
+                let subset = maps.select(Axis(0), &dims);
+                let mut acc = ScoreAccumulator::new(h, w, Aggregation::Var, false, None).subset_of(d);
+                acc.push(subset.view()).unwrap();
+                let got = acc.finish().unwrap();
+                vs_err += ((got.variance_score - exact_vs) / exact_vs).abs();
+                vs_bias += (got.variance_score - exact_vs) / exact_vs;
+                let (me, ms) = (exact_e.mean().unwrap() as f64, got.embedding.mean().unwrap() as f64);
+                var_err += ((ms - me) / me).abs();
+                ns_err += (noise_score(got.embedding.view(), &noise_e).unwrap() - exact_ns).abs();
+                ns_exact_sum += exact_ns;
+            }
+            let n = seeds as f64;
+            eprintln!(
+                "subset K={k}: VS rel err {:.4} (signed {:+.4}), var-map pixel-mean rel err {:.4}, NS abs err {:.4} (exact NS {:.3})",
+                vs_err / n,
+                vs_bias / n,
+                var_err / n,
+                ns_err / n,
+                ns_exact_sum / n
+            );
+            assert!(vs_err / n < bound, "K = {k}");
         }
     }
 }

@@ -2,11 +2,11 @@
 
 use ndarray::{ArrayView3, Axis};
 
+use super::ScoreError;
 use super::embedding::check_chunk;
 use super::moments::PixelMoments;
 use super::normalize::{binarize_in_place, normalize_into};
 use super::subset::subset_variance_factor;
-use super::ScoreError;
 
 /// Streams `[k, H, W]` chunks of raw per-component maps into `VS`.
 ///
