@@ -7,3 +7,4 @@ pub mod onnx;
 pub mod runtime;
 pub mod engine;
 pub mod scores;
+pub mod drift;
