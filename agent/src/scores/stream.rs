@@ -154,10 +154,11 @@ mod tests {
             }
         }
 
-        /// Scaling by `c > 0` or adding a constant leaves every score unchanged (up to `f32` rounding
-        /// of the transformed inputs). `var` aggregation is shift-invariant too; `abs` and `mean` of
-        /// a shifted map are shifted or not, so the noise score is checked on `normalize_dims`, where
-        /// each map is normalised first, and on scaling for every aggregation.
+        /// Scaling every per-component map by `c > 0` or adding a constant leaves every score unchanged
+        /// (up to `f32` rounding of the transformed inputs). Shifts: `mean` shifts `E` by the same
+        /// constant and `var` ignores it, so min–max normalisation of `E` removes both; `abs` does not
+        /// commute with a shift (`|x + b| ≠ |x| + b`), so for `abs` the shift is checked only with
+        /// `normalize_dims`, where each map is normalised before aggregation.
         #[test]
         fn scale_and_shift_change_no_score(
             x in maps_strategy(), noise in maps_strategy(), c in 0.01f32..100.0, b in -50.0f32..50.0,
