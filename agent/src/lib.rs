@@ -8,3 +8,4 @@ pub mod runtime;
 pub mod compiler;
 pub mod engine;
 pub mod scores;
+pub mod drift;

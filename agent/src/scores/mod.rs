@@ -2,8 +2,57 @@
 //!
 //! Layout of a per-sample, per-layer attribution: `[D, H, W]`, one channel-aggregated map per embedding
 //! component (exactly what the attribution graph outputs for one sample, `K` rows at a time).
+//!
+//! - [`channel`]: `φ_C` (reference path; the graph folds channels in production).
+//! - [`normalize`]: min–max normalisation of one map.
+//! - [`embedding`], [`variance`], [`stream`]: `φ_E`, the variance score, and streaming accumulators that
+//!   take the graph's `[K, H, W]` chunks and give bit-identical results to the whole-array functions.
+//! - [`noise`]: the noise score and its benchmark.
+//! - [`subset`], [`hutchinson`]: the two large-`D` estimators of spec §6, with measured errors.
+//! - [`draws`]: the smoothed estimator's points and the noise inputs, from seeded generators.
+
+pub mod channel;
+pub mod draws;
+pub mod embedding;
+pub mod hutchinson;
+mod moments;
+pub mod noise;
+pub mod normalize;
+pub mod stream;
+pub mod subset;
+#[cfg(test)]
+mod synthetic;
+pub mod variance;
+
+pub use channel::channel_aggregate;
+pub use draws::{noise_inputs, smoothing_points};
+pub use embedding::{EmbeddingAccumulator, embedding_aggregate, embedding_aggregate_maps};
+pub use hutchinson::{HutchinsonAccumulator, hutchinson_probes, hutchinson_variance};
+pub use noise::{NoiseReference, noise_benchmark, noise_score};
+pub use normalize::normalize_map;
+pub use stream::{SampleMaps, ScoreAccumulator};
+pub use subset::{choose_dims, subset_variance_factor};
+pub use variance::{VarianceAccumulator, variance_score};
 
 use serde::{Deserialize, Serialize};
+
+/// Why a score could not be computed. Typed rather than NaN so that a misconfiguration (no noise
+/// inputs, a wrong shape from the graph) stops the engine with a message instead of exporting NaN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScoreError {
+    #[error("shape mismatch: expected {expected:?}, got {got:?}")]
+    ShapeMismatch { expected: Vec<usize>, got: Vec<usize> },
+    #[error("nothing to aggregate: no {0}")]
+    Empty(&'static str),
+    #[error("the noise benchmark compares pairs of noise inputs and needs at least 2, got {0}")]
+    TooFewNoiseInputs(usize),
+    #[error(
+        "a random subset of {sample} of {population} embedding components cannot estimate a variance (need 2 ≤ K ≤ D)"
+    )]
+    BadSubset { sample: usize, population: usize },
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+}
 
 /// Attribution method (spec §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

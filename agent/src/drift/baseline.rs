@@ -1,0 +1,352 @@
+//! The reference baseline (spec §7): what "normal" scores look like, stored beside the model hash.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::welford::RunningStats;
+use crate::engine::{SampleScores, ScoreKey};
+use crate::scores::Method;
+
+/// Version of the JSON layout; a file with another version is refused rather than misread.
+pub const BASELINE_FORMAT: u32 = 1;
+
+/// Default bound on the stored reference scores per (layer, method, score): enough for quantiles to
+/// about ±1 % and a KS reference side whose own sampling error (≈ 1.36/√4096 ≈ 0.02 in `D` at 5 %) is
+/// small next to the window's, while keeping the file at a few hundred kB per pair.
+pub const DEFAULT_RESERVOIR_SIZE: usize = 4096;
+
+/// One score's reference distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSummary {
+    /// Finite per-sample scores seen (all of them, not only those kept in `reservoir`).
+    pub count: u64,
+    pub mean: f64,
+    /// Population standard deviation (ddof = 0).
+    pub std: f64,
+    /// Non-finite scores skipped (NaN would mean a broken graph; reported, never averaged in).
+    #[serde(default)]
+    pub non_finite: u64,
+    /// A uniform random sample (reservoir sampling, seeded) of at most the reservoir size of the
+    /// per-sample scores, sorted ascending: the quantile sketch and the reference side of the KS test.
+    /// All of them when `count` is within the bound.
+    pub reservoir: Vec<f64>,
+}
+
+impl ScoreSummary {
+    /// The `q`-quantile (`0 ≤ q ≤ 1`) of the reservoir by linear interpolation between order
+    /// statistics (the "type 7" definition, NumPy's default); `None` when empty or `q` is out of range.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let v = &self.reservoir;
+        if v.is_empty() || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let pos = q * (v.len() - 1) as f64;
+        let lo = pos.floor() as usize;
+        let hi = (lo + 1).min(v.len() - 1);
+        Some(v[lo] + (pos - lo as f64) * (v[hi] - v[lo]))
+    }
+}
+
+/// The reference statistics of one (layer, method) pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineEntry {
+    pub layer: String,
+    pub method: Method,
+    pub noise_benchmark: f64,
+    pub noise_score: ScoreSummary,
+    pub variance_score: ScoreSummary,
+}
+
+/// Who built a baseline and for what: compared with the running configuration before use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineMeta {
+    /// SHA-256 (hex) of the ONNX model file.
+    pub model_sha256: String,
+    /// Hash of every setting that changes a score (layers, methods, aggregations, noise, smoothing…).
+    pub settings_hash: String,
+    pub created_unix_secs: u64,
+}
+
+/// The reference baseline file (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub format: u32,
+    pub agent_version: String,
+    #[serde(flatten)]
+    pub meta: BaselineMeta,
+    pub reservoir_size: usize,
+    pub entries: Vec<BaselineEntry>,
+}
+
+impl Baseline {
+    /// Builds a baseline from the engine's per-sample scores on a reference data set; see
+    /// [`BaselineBuilder`] for the streaming form and the meaning of `seed`.
+    pub fn from_samples(
+        meta: BaselineMeta,
+        keys: &[ScoreKey],
+        samples: &[SampleScores],
+        reservoir_size: usize,
+        seed: u64,
+    ) -> Result<Baseline, String> {
+        let mut b = BaselineBuilder::new(meta, keys, reservoir_size, seed);
+        for s in samples {
+            b.push(s)?;
+        }
+        b.finish()
+    }
+
+    /// Refuses a baseline built for another model or other score settings: comparing scores computed
+    /// differently would raise (or hide) drift that is not there.
+    pub fn check_compatible(&self, model_sha256: &str, settings_hash: &str) -> Result<(), String> {
+        let mut why = Vec::new();
+        if self.meta.model_sha256 != model_sha256 {
+            why.push(format!("model sha256 {} (running: {model_sha256})", self.meta.model_sha256));
+        }
+        if self.meta.settings_hash != settings_hash {
+            why.push(format!("settings hash {} (running: {settings_hash})", self.meta.settings_hash));
+        }
+        if why.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the baseline is stale: it was built for {}; rebuild it with \
+             `agent baseline --config FILE --reference DIR --out BASELINE`",
+            why.join(" and ")
+        ))
+    }
+
+    pub fn entry(&self, layer: &str, method: Method) -> Option<&BaselineEntry> {
+        self.entries.iter().find(|e| e.layer == layer && e.method == method)
+    }
+
+    pub fn to_json(&self) -> Result<String, String> {
+        serde_json::to_string_pretty(self).map_err(|e| format!("cannot serialise the baseline: {e}"))
+    }
+
+    /// Parses a baseline and refuses an unknown format version.
+    pub fn from_json(text: &str) -> Result<Baseline, String> {
+        let b: Baseline = serde_json::from_str(text).map_err(|e| format!("not a baseline file: {e}"))?;
+        if b.format != BASELINE_FORMAT {
+            return Err(format!(
+                "baseline format {} is not supported (this agent reads format {BASELINE_FORMAT}); rebuild it with \
+                 `agent baseline --config FILE --reference DIR --out BASELINE`",
+                b.format
+            ));
+        }
+        Ok(b)
+    }
+}
+
+/// Streams per-sample scores into a [`Baseline`] in `O(keys × reservoir_size)` memory, so a reference
+/// set of any size can be scored without holding it.
+///
+/// `seed` makes the reservoirs reproducible: the same reference scores in the same order give the same
+/// file. Every (layer, method, score) draws from its own generator (ChaCha8 seeded with `seed`, stream
+/// `2·index` or `2·index + 1`), so adding a layer does not reshuffle the others'.
+#[derive(Debug, Clone)]
+pub struct BaselineBuilder {
+    meta: BaselineMeta,
+    keys: Vec<ScoreKey>,
+    reservoir_size: usize,
+    noise: Vec<Summarizer>,
+    variance: Vec<Summarizer>,
+}
+
+impl BaselineBuilder {
+    pub fn new(meta: BaselineMeta, keys: &[ScoreKey], reservoir_size: usize, seed: u64) -> Self {
+        let make = |stream: u64| Summarizer::new(reservoir_size, seed, stream);
+        BaselineBuilder {
+            meta,
+            keys: keys.to_vec(),
+            reservoir_size,
+            noise: (0..keys.len() as u64).map(|i| make(2 * i)).collect(),
+            variance: (0..keys.len() as u64).map(|i| make(2 * i + 1)).collect(),
+        }
+    }
+
+    /// Adds one sample's scores, aligned with the keys.
+    pub fn push(&mut self, sample: &SampleScores) -> Result<(), String> {
+        if sample.scores.len() != self.keys.len() {
+            return Err(format!(
+                "{} scores for {} (layer, method) pairs",
+                sample.scores.len(),
+                self.keys.len()
+            ));
+        }
+        for (i, s) in sample.scores.iter().enumerate() {
+            self.noise[i].push(s.noise_score);
+            self.variance[i].push(s.variance_score);
+        }
+        Ok(())
+    }
+
+    /// Errors when a pair has no finite score at all (an empty reference set, or a broken layer).
+    pub fn finish(self) -> Result<Baseline, String> {
+        let mut entries = Vec::with_capacity(self.keys.len());
+        for ((key, ns), vs) in self.keys.into_iter().zip(self.noise).zip(self.variance) {
+            let (noise_score, variance_score) = match (ns.finish(), vs.finish()) {
+                (Some(n), Some(v)) => (n, v),
+                _ => {
+                    return Err(format!(
+                        "no finite reference score for layer {:?}, method {}",
+                        key.layer,
+                        key.method.as_str()
+                    ));
+                }
+            };
+            entries.push(BaselineEntry {
+                layer: key.layer,
+                method: key.method,
+                noise_benchmark: key.noise_benchmark,
+                noise_score,
+                variance_score,
+            });
+        }
+        Ok(Baseline {
+            format: BASELINE_FORMAT,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            meta: self.meta,
+            reservoir_size: self.reservoir_size,
+            entries,
+        })
+    }
+}
+
+/// Moments plus a reservoir (Vitter's algorithm R: the `i`-th value, 0-based, replaces a uniformly
+/// chosen slot with probability `capacity/(i + 1)`, which keeps every value seen equally likely to be
+/// in the sample).
+#[derive(Debug, Clone)]
+struct Summarizer {
+    stats: RunningStats,
+    non_finite: u64,
+    capacity: usize,
+    values: Vec<f64>,
+    rng: ChaCha8Rng,
+}
+
+impl Summarizer {
+    fn new(capacity: usize, seed: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Summarizer { stats: RunningStats::new(), non_finite: 0, capacity, values: Vec::new(), rng }
+    }
+
+    fn push(&mut self, value: f64) {
+        if !value.is_finite() {
+            self.non_finite += 1;
+            return;
+        }
+        let seen = self.stats.count();
+        self.stats.push(value);
+        if self.values.len() < self.capacity {
+            self.values.push(value);
+        } else {
+            let slot = self.rng.random_range(0..=seen);
+            if let Some(v) = self.values.get_mut(slot as usize) {
+                *v = value;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Option<ScoreSummary> {
+        self.values.sort_by(f64::total_cmp);
+        Some(ScoreSummary {
+            count: self.stats.count(),
+            mean: self.stats.mean()?,
+            std: self.stats.std()?,
+            non_finite: self.non_finite,
+            reservoir: self.values,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::LayerScores;
+
+    fn keys() -> Vec<ScoreKey> {
+        vec![
+            ScoreKey { layer: "conv1".into(), method: Method::Vanilla, noise_benchmark: 0.3 },
+            ScoreKey { layer: "conv2".into(), method: Method::GradCam, noise_benchmark: 0.2 },
+        ]
+    }
+
+    fn meta() -> BaselineMeta {
+        BaselineMeta {
+            model_sha256: "abc".into(),
+            settings_hash: "s1".into(),
+            created_unix_secs: 1_700_000_000,
+        }
+    }
+
+    fn sample(ns: f64, vs: f64) -> SampleScores {
+        SampleScores {
+            scores: vec![
+                LayerScores { noise_score: ns, variance_score: vs },
+                LayerScores { noise_score: 2.0 * ns, variance_score: vs / 2.0 },
+            ],
+        }
+    }
+
+    #[test]
+    fn summary_statistics_and_quantiles() {
+        let samples: Vec<_> = [0.1, 0.4, 0.2, 0.3].iter().map(|&v| sample(v, 0.2)).collect();
+        let b = Baseline::from_samples(meta(), &keys(), &samples, 16, 0).unwrap();
+        let e = b.entry("conv1", Method::Vanilla).unwrap();
+        assert_eq!(e.noise_benchmark, 0.3);
+        assert_eq!(e.noise_score.count, 4);
+        assert!((e.noise_score.mean - 0.25).abs() < 1e-15);
+        // population std of 0.1..0.4: sqrt(0.0125)
+        assert!((e.noise_score.std - 0.0125f64.sqrt()).abs() < 1e-12);
+        assert_eq!(e.noise_score.reservoir, vec![0.1, 0.2, 0.3, 0.4]);
+        // type 7: q = 0.5 → halfway between 0.2 and 0.3; q = 1/3 → 0.2 exactly
+        assert!((e.noise_score.quantile(0.5).unwrap() - 0.25).abs() < 1e-15);
+        assert!((e.noise_score.quantile(1.0 / 3.0).unwrap() - 0.2).abs() < 1e-15);
+        assert_eq!(e.noise_score.quantile(1.5), None);
+        assert_eq!(b.entry("conv2", Method::GradCam).unwrap().variance_score.mean, 0.1);
+    }
+
+    #[test]
+    fn reservoir_is_bounded_sorted_seeded_and_roughly_uniform() {
+        let samples: Vec<_> = (0..10_000).map(|i| sample(f64::from(i), 0.0)).collect();
+        let b = Baseline::from_samples(meta(), &keys(), &samples, 500, 7).unwrap();
+        let r = &b.entries[0].noise_score.reservoir;
+        assert_eq!(r.len(), 500);
+        assert!(r.windows(2).all(|w| w[0] <= w[1]));
+        let median = b.entries[0].noise_score.quantile(0.5).unwrap();
+        assert!((median - 5000.0).abs() < 600.0, "{median}");
+        assert_eq!(b, Baseline::from_samples(meta(), &keys(), &samples, 500, 7).unwrap());
+        assert_eq!(b.entries[0].noise_score.count, 10_000);
+    }
+
+    #[test]
+    fn json_round_trip_and_format_check() {
+        let b = Baseline::from_samples(meta(), &keys(), &[sample(0.5, 0.1)], 8, 0).unwrap();
+        let text = b.to_json().unwrap();
+        assert!(text.contains("\"model_sha256\": \"abc\""));
+        assert_eq!(Baseline::from_json(&text).unwrap(), b);
+        let future = text.replace("\"format\": 1", "\"format\": 99");
+        assert!(Baseline::from_json(&future).unwrap_err().contains("agent baseline"));
+    }
+
+    #[test]
+    fn stale_baselines_are_refused_with_the_rebuild_command() {
+        let b = Baseline::from_samples(meta(), &keys(), &[sample(0.5, 0.1)], 8, 0).unwrap();
+        assert!(b.check_compatible("abc", "s1").is_ok());
+        let err = b.check_compatible("def", "s1").unwrap_err();
+        assert!(err.contains("stale") && err.contains("model sha256 abc (running: def)"), "{err}");
+        assert!(err.contains("agent baseline --config FILE --reference DIR --out BASELINE"));
+        assert!(b.check_compatible("abc", "s2").unwrap_err().contains("settings hash"));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        assert!(Baseline::from_samples(meta(), &keys(), &[], 8, 0).is_err());
+        let short = SampleScores { scores: vec![] };
+        assert!(Baseline::from_samples(meta(), &keys(), &[short], 8, 0).is_err());
+        let nan = Baseline::from_samples(meta(), &keys(), &[sample(f64::NAN, 0.1), sample(0.5, 0.1)], 8, 0);
+        assert_eq!(nan.unwrap().entries[0].noise_score.non_finite, 1);
+    }
+}

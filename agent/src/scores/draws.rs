@@ -1,0 +1,146 @@
+//! Seeded random inputs: the smoothed estimator's points (spec §1) and the noise inputs (spec §5).
+//!
+//! Both use ChaCha8 (`rand_chacha`) seeded with `seed_from_u64`, whose stream is fixed by the crate
+//! version, so a configured seed reproduces the same draws on every machine.
+
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use super::ScoreError;
+
+/// `S` points `x̃_s = t_s·(x + σ·ε_s) + (1 − t_s)·x_ref`, `t_s ~ U(0,1)`, `ε_s ~ N(0, I)`, stacked on
+/// a new leading axis (`[S, ...x.shape]`). `reference = None` is the black reference `x_ref = 0`.
+///
+/// With `S = 1` and `σ = 0` the draw is the plain input (`t_1 = 1`, nothing drawn): the spec's
+/// "`S = 1, σ = 0, t = 1` is the plain gradient", and an exact copy keeps `agent score`'s default
+/// deterministic and bit-equal to scoring `x` directly. In every other case `t_s` is drawn, even when
+/// `σ = 0` (then the points lie on the straight path from the reference to `x`).
+///
+/// Draw order, fixed so results are reproducible: for each `s`, first `t_s`, then `ε_s` element by
+/// element in row-major order. The arithmetic is `f64`, rounded once to `f32`.
+///
+/// Errors: `S = 0`; `σ` negative or not finite; a reference whose shape differs from `x`'s.
+pub fn smoothing_points(
+    x: ArrayViewD<f32>,
+    samples: usize,
+    sigma: f32,
+    reference: Option<ArrayViewD<f32>>,
+    seed: u64,
+) -> Result<ArrayD<f32>, ScoreError> {
+    if samples == 0 {
+        return Err(ScoreError::InvalidParameter("samples must be at least 1".into()));
+    }
+    if !(sigma >= 0.0 && sigma.is_finite()) {
+        return Err(ScoreError::InvalidParameter(format!("smoothing must be finite and ≥ 0, got {sigma}")));
+    }
+    if let Some(r) = &reference
+        && r.shape() != x.shape()
+    {
+        return Err(ScoreError::ShapeMismatch { expected: x.shape().to_vec(), got: r.shape().to_vec() });
+    }
+    let mut shape = vec![samples];
+    shape.extend_from_slice(x.shape());
+    if samples == 1 && sigma == 0.0 {
+        return Ok(x
+            .to_owned()
+            .insert_axis(Axis(0))
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same size"));
+    }
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let sigma = f64::from(sigma);
+    for mut point in out.outer_iter_mut() {
+        let t: f64 = rng.random();
+        let x_ref = reference.as_ref().map(|r| r.iter());
+        let mut x_ref = x_ref.into_iter().flatten();
+        for (p, &xv) in point.iter_mut().zip(x.iter()) {
+            let eps: f64 = rng.sample(StandardNormal);
+            let r = x_ref.next().map_or(0.0, |&r| f64::from(r));
+            *p = (t * (f64::from(xv) + sigma * eps) + (1.0 - t) * r) as f32;
+        }
+    }
+    Ok(out)
+}
+
+/// `n` noise inputs of `shape`, every element `U[0, 1)`, in the raw input domain (the caller applies
+/// the same preprocessing as for real data). One generator draws them in turn, so the first `m` of
+/// `noise_inputs(shape, n, seed)` are `noise_inputs(shape, m, seed)`: raising `n_noise` keeps the
+/// earlier inputs.
+pub fn noise_inputs(shape: &[usize], n: usize, seed: u64) -> Vec<ArrayD<f32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random::<f32>())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, array};
+
+    fn x() -> ArrayD<f32> {
+        array![[0.25f32, -1.0, 3.0], [0.5, 0.0, 2.0]].into_dyn()
+    }
+
+    #[test]
+    fn one_sample_without_noise_is_the_input() {
+        let p = smoothing_points(x().view(), 1, 0.0, None, 9).unwrap();
+        assert_eq!(p.shape(), &[1, 2, 3]);
+        assert_eq!(p.index_axis(Axis(0), 0), x());
+    }
+
+    #[test]
+    fn points_are_seeded_and_shaped() {
+        let a = smoothing_points(x().view(), 4, 0.5, None, 1).unwrap();
+        assert_eq!(a.shape(), &[4, 2, 3]);
+        assert_eq!(a, smoothing_points(x().view(), 4, 0.5, None, 1).unwrap());
+        assert_ne!(a, smoothing_points(x().view(), 4, 0.5, None, 2).unwrap());
+    }
+
+    /// With `σ = 0` every point lies on the segment between the reference and `x`, at one `t` per
+    /// point: `x̃ − x_ref = t·(x − x_ref)`.
+    #[test]
+    fn without_noise_points_lie_on_the_path_from_the_reference() {
+        let r = ArrayD::from_elem(IxDyn(&[2, 3]), 1.0f32);
+        let p = smoothing_points(x().view(), 5, 0.0, Some(r.view()), 3).unwrap();
+        for point in p.outer_iter() {
+            // t from the first element whose x differs from the reference
+            let t = (point[[0, 0]] - 1.0) / (0.25 - 1.0);
+            assert!((0.0..1.0).contains(&t));
+            for (pv, xv) in point.iter().zip(x().iter()) {
+                assert!((pv - (1.0 + t * (xv - 1.0))).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn noise_has_roughly_the_right_spread() {
+        // x = 0, reference 0: x̃ = t·σ·ε, so E[x̃²] = E[t²]·σ² = σ²/3.
+        let z = ArrayD::<f32>::zeros(IxDyn(&[1000]));
+        let p = smoothing_points(z.view(), 20, 0.5, None, 11).unwrap();
+        let m2 = p.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / p.len() as f64;
+        assert!((m2 - 0.25 / 3.0).abs() < 0.02, "{m2}");
+    }
+
+    #[test]
+    fn invalid_parameters_are_errors() {
+        assert!(smoothing_points(x().view(), 0, 0.5, None, 0).is_err());
+        assert!(smoothing_points(x().view(), 2, -0.5, None, 0).is_err());
+        assert!(smoothing_points(x().view(), 2, f32::NAN, None, 0).is_err());
+        let r = ArrayD::<f32>::zeros(IxDyn(&[3, 2]));
+        assert!(smoothing_points(x().view(), 2, 0.5, Some(r.view()), 0).is_err());
+    }
+
+    #[test]
+    fn noise_inputs_are_uniform_seeded_and_prefix_stable() {
+        let a = noise_inputs(&[3, 4, 4], 3, 5);
+        assert_eq!(a.len(), 3);
+        assert!(a.iter().all(|n| n.shape() == [3, 4, 4] && n.iter().all(|v| (0.0..1.0).contains(v))));
+        assert_eq!(noise_inputs(&[3, 4, 4], 2, 5), a[..2].to_vec());
+        assert_ne!(noise_inputs(&[3, 4, 4], 1, 6)[0], a[0]);
+        let big = &noise_inputs(&[10_000], 1, 0)[0];
+        let mean = big.iter().map(|&v| f64::from(v)).sum::<f64>() / 1e4;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+    }
+}
