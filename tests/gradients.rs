@@ -54,7 +54,8 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
         for (li, layer) in entry.layers.iter().enumerate() {
             // Raw map: [B, D, C, H, W] = ∂z_j/∂h.
             let jac = &maps[li];
-            let h = run(&with_output(&model, layer), vec![(&entry.input, x.clone())], &[layer.as_str()]).remove(0);
+            let h = run(&with_output(&model, layer), vec![(&entry.input, x.clone())], &[layer.as_str()])
+                .remove(0);
             let tail = tail_model(&model, layer, &entry.embedding);
             let per_sample: usize = h.shape()[1..].iter().product();
             assert_eq!(jac.len(), batch * d * per_sample, "{}: map size for {layer}", entry.name);
@@ -63,7 +64,8 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
                 let hflat = h.index_axis(Axis(0), b).iter().copied().collect::<Vec<f32>>();
                 let away: Vec<usize> = (0..per_sample).filter(|&c| hflat[c].abs() > 2.0 * STEPS[0]).collect();
                 assert!(away.len() >= COORDS_PER_SAMPLE, "{}: layer {layer} is almost all zeros", entry.name);
-                let coords: Vec<usize> = (0..COORDS_PER_SAMPLE).map(|_| away[r.random_range(0..away.len())]).collect();
+                let coords: Vec<usize> =
+                    (0..COORDS_PER_SAMPLE).map(|_| away[r.random_range(0..away.len())]).collect();
                 // One run per sample: rows [h, then h ± ε e_i for each coordinate and step].
                 let per_step = 2 * coords.len();
                 let n = 1 + STEPS.len() * per_step;
@@ -108,7 +110,8 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
                                 [central, fwd, bwd].iter().map(|n| (an - n).abs()).fold(f32::MAX, f32::min)
                             };
                             tries.push((rel(err), smooth, err / scale));
-                            detail += &format!(" [ε {eps}: central {central}, forward {fwd}, backward {bwd}]");
+                            detail +=
+                                &format!(" [ε {eps}: central {central}, forward {fwd}, backward {bwd}]");
                         }
                         let best = tries.iter().map(|t| t.0).fold(f32::MAX, f32::min);
                         if best <= REL_TOL {
@@ -163,12 +166,17 @@ fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
         channel_agg: None,
     };
     let raw = compiler::compile(&model, "t", &raw_opts).unwrap();
-    let g = run(&raw.to_bytes(), vec![("input", x.clone()), (compiler::COTANGENT, v.clone())], &["attr/0/vanilla"])
-        .remove(0);
+    let g = run(
+        &raw.to_bytes(),
+        vec![("input", x.clone()), (compiler::COTANGENT, v.clone())],
+        &["attr/0/vanilla"],
+    )
+    .remove(0);
     let h = run(&with_output(&model, &layer), vec![("input", x.clone())], &[layer.as_str()]).remove(0);
     let h5 = h.clone().insert_axis(Axis(1));
     for agg in [Aggregation::Mean, Aggregation::Abs, Aggregation::Var] {
-        let opts = CompileOptions { methods: Method::ALL.to_vec(), channel_agg: Some(agg), ..raw_opts.clone() };
+        let opts =
+            CompileOptions { methods: Method::ALL.to_vec(), channel_agg: Some(agg), ..raw_opts.clone() };
         let c = compiler::compile(&model, "t", &opts).unwrap();
         let out = run(
             &c.to_bytes(),
@@ -188,11 +196,19 @@ fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
         };
         let want_vanilla = chan(&g);
         let want_actgrad = chan(&(&g * &h5));
-        let alpha = g.mean_axis(Axis(4)).unwrap().mean_axis(Axis(3)).unwrap().insert_axis(Axis(3)).insert_axis(Axis(4));
+        let alpha = g
+            .mean_axis(Axis(4))
+            .unwrap()
+            .mean_axis(Axis(3))
+            .unwrap()
+            .insert_axis(Axis(3))
+            .insert_axis(Axis(4));
         let want_gradcam = (&alpha * &h5).sum_axis(Axis(2)).mapv(|v| v.max(0.0));
-        for (got, want, what) in
-            [(&out[0], want_vanilla, "vanilla"), (&out[1], want_actgrad, "actgrad"), (&out[2], want_gradcam, "gradcam")]
-        {
+        for (got, want, what) in [
+            (&out[0], want_vanilla, "vanilla"),
+            (&out[1], want_actgrad, "actgrad"),
+            (&out[2], want_gradcam, "gradcam"),
+        ] {
             assert_eq!(got.shape(), want.shape(), "{what} {agg:?}");
             let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             let err = (got - &want).iter().fold(0.0f32, |m, v| m.max(v.abs()));

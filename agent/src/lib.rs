@@ -3,9 +3,9 @@
 //! Data flows sources → decoders (crate `plugins`) → engine → scores → drift windows → telemetry;
 //! see ARCHITECTURE.md for the map.
 
+pub mod compiler;
+pub mod drift;
+pub mod engine;
 pub mod onnx;
 pub mod runtime;
-pub mod compiler;
-pub mod engine;
 pub mod scores;
-pub mod drift;

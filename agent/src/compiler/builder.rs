@@ -28,7 +28,13 @@ impl GraphBuilder {
     }
 
     /// Adds a node with `n` outputs.
-    pub fn op_n(&mut self, op_type: &str, inputs: &[&str], n: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
+    pub fn op_n(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        n: usize,
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<String> {
         let outputs: Vec<String> = (0..n).map(|_| self.fresh(op_type)).collect();
         let name = self.fresh(&format!("{op_type}_node"));
         self.nodes.push(NodeProto {

@@ -75,7 +75,13 @@ impl Ctx<'_> {
 
     /// Sums a split-form gradient `[B, K, out…]` down to a batched operand's shape `[B, K, x…]`,
     /// undoing broadcasting.
-    pub fn unbroadcast(&mut self, node: &NodeProto, g: &str, out_rest: &[i64], x_rest: &[i64]) -> Result<String> {
+    pub fn unbroadcast(
+        &mut self,
+        node: &NodeProto,
+        g: &str,
+        out_rest: &[i64],
+        x_rest: &[i64],
+    ) -> Result<String> {
         if out_rest.len() != x_rest.len() {
             bail!(
                 "node {} (op {}): an operand of rank {} broadcasts against rank {}; the compiler needs operands that carry the batch to have the output's rank",
@@ -85,10 +91,8 @@ impl Ctx<'_> {
                 out_rest.len() + 1
             );
         }
-        let axes: Vec<i64> = (0..x_rest.len())
-            .filter(|&i| x_rest[i] == 1 && out_rest[i] != 1)
-            .map(|i| i as i64 + 2)
-            .collect();
+        let axes: Vec<i64> =
+            (0..x_rest.len()).filter(|&i| x_rest[i] == 1 && out_rest[i] != 1).map(|i| i as i64 + 2).collect();
         Ok(if axes.is_empty() { g.to_string() } else { self.b.reduce_sum(g, &axes, true) })
     }
 

@@ -9,19 +9,41 @@ use crate::onnx::proto::*;
 /// Ops whose outputs carry no gradient (integer/boolean results, shape arithmetic, piecewise-constant
 /// functions): an active input does not make their outputs active.
 const NON_DIFFERENTIABLE: &[&str] = &[
-    "Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
-    "ArgMax", "ArgMin", "NonZero", "ConstantOfShape", "Range", "IsNaN", "IsInf", "Sign", "Floor", "Ceil",
-    "Round", "EyeLike", "RandomNormalLike", "RandomUniformLike",
+    "Shape",
+    "Size",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "ArgMax",
+    "ArgMin",
+    "NonZero",
+    "ConstantOfShape",
+    "Range",
+    "IsNaN",
+    "IsInf",
+    "Sign",
+    "Floor",
+    "Ceil",
+    "Round",
+    "EyeLike",
+    "RandomNormalLike",
+    "RandomUniformLike",
 ];
 
 /// For each op with a reverse-mode rule, the input slots through which a gradient flows.
 /// `None`: every input slot (Concat).
 pub fn differentiable_slots(op: &str) -> Option<Option<&'static [usize]>> {
     let slots: Option<&'static [usize]> = match op {
-        "Conv" | "ConvTranspose" | "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Softplus" | "Clip" | "MaxPool"
-        | "AveragePool" | "GlobalAveragePool" | "BatchNormalization" | "Gemm" | "Flatten" | "Reshape"
-        | "Squeeze" | "Unsqueeze" | "Transpose" | "Dropout" | "Identity" | "Pad" | "Resize" | "ReduceMean"
-        | "ReduceSum" | "Neg" => Some(&[0]),
+        "Conv" | "ConvTranspose" | "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Softplus" | "Clip"
+        | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "BatchNormalization" | "Gemm" | "Flatten"
+        | "Reshape" | "Squeeze" | "Unsqueeze" | "Transpose" | "Dropout" | "Identity" | "Pad" | "Resize"
+        | "ReduceMean" | "ReduceSum" | "Neg" => Some(&[0]),
         "MatMul" | "Add" | "Sub" | "Mul" | "Div" => Some(&[0, 1]),
         "Concat" | "Sum" => None,
         _ => return None,
@@ -31,10 +53,38 @@ pub fn differentiable_slots(op: &str) -> Option<Option<&'static [usize]>> {
 
 /// The op types with a rule, for messages and docs.
 pub const SUPPORTED_OPS: &[&str] = &[
-    "Conv", "ConvTranspose", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "Clip", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "BatchNormalization", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Neg",
-    "Concat", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Dropout", "Identity", "Pad", "Resize",
-    "ReduceMean", "ReduceSum",
+    "Conv",
+    "ConvTranspose",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "BatchNormalization",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Sum",
+    "Neg",
+    "Concat",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Dropout",
+    "Identity",
+    "Pad",
+    "Resize",
+    "ReduceMean",
+    "ReduceSum",
 ];
 
 /// The part of the graph the gradient flows through.
@@ -106,7 +156,9 @@ pub fn analyse(graph: &GraphProto, layers: &[String], embedding: &str) -> Result
     let reach = active.get(embedding).copied().unwrap_or(0);
     for (i, l) in layers.iter().enumerate() {
         if reach & (1 << i) == 0 {
-            bail!("layer {l:?} is not an ancestor of the embedding {embedding:?}: the embedding does not depend on it");
+            bail!(
+                "layer {l:?} is not an ancestor of the embedding {embedding:?}: the embedding does not depend on it"
+            );
         }
     }
 
@@ -123,26 +175,40 @@ pub fn analyse(graph: &GraphProto, layers: &[String], embedding: &str) -> Result
             continue;
         }
         let layer_names = |bits: u64| -> String {
-            layers.iter().enumerate().filter(|(j, _)| bits & (1 << j) != 0).map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ")
+            layers
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| bits & (1 << j) != 0)
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let bits = active_inputs.iter().fold(0, |b, (_, x)| b | active[*x]);
         if !n.domain.is_empty() && n.domain != "ai.onnx" {
             bail!(
                 "node {} (op {}, domain {}) lies between layer {} and the embedding, and custom-domain operators have no gradient rule",
-                n.display_name(), n.op_type, n.domain, layer_names(bits)
+                n.display_name(),
+                n.op_type,
+                n.domain,
+                layer_names(bits)
             );
         }
         if differentiable_slots(&n.op_type).is_none() {
             bail!(
                 "node {} (op {}) lies between layer {} and the embedding and has no gradient rule; supported ops: {}",
-                n.display_name(), n.op_type, layer_names(bits), SUPPORTED_OPS.join(", ")
+                n.display_name(),
+                n.op_type,
+                layer_names(bits),
+                SUPPORTED_OPS.join(", ")
             );
         }
         for (slot, x) in &active_inputs {
             if !slot_is_differentiable(&n.op_type, *slot) {
                 bail!(
                     "node {} (op {}) takes {x:?} (which depends on layer {}) as input {slot}, through which the compiler cannot differentiate",
-                    n.display_name(), n.op_type, layer_names(active[*x])
+                    n.display_name(),
+                    n.op_type,
+                    layer_names(active[*x])
                 );
             }
             needed.insert((*x).clone());
@@ -160,7 +226,10 @@ fn check_topological(graph: &GraphProto) -> Result<()> {
     for n in &graph.node {
         for x in &n.input {
             if !known.contains(x.as_str()) {
-                bail!("node {} reads {x:?} before any node produces it (graph not topologically sorted, or the tensor is missing)", n.display_name());
+                bail!(
+                    "node {} reads {x:?} before any node produces it (graph not topologically sorted, or the tensor is missing)",
+                    n.display_name()
+                );
             }
         }
         known.extend(n.output.iter().map(String::as_str));

@@ -116,9 +116,12 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     for &i in &analysis.path_nodes {
         let n = &graph.node[i];
         let data_inputs: Vec<&String> = match n.op_type.as_str() {
-            "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Concat" | "Gemm" | "Conv" | "ConvTranspose" => {
-                n.input.iter().take(if n.op_type == "Concat" || n.op_type == "Sum" { usize::MAX } else { 2 }).collect()
-            }
+            "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Concat" | "Gemm" | "Conv"
+            | "ConvTranspose" => n
+                .input
+                .iter()
+                .take(if n.op_type == "Concat" || n.op_type == "Sum" { usize::MAX } else { 2 })
+                .collect(),
             _ => n.input.iter().take(1).collect(),
         };
         to_probe.extend(data_inputs.into_iter().cloned());
@@ -133,24 +136,24 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
 
     let emb = &shapes[&opts.embedding];
     if !emb.batched || emb.rest.len() != 1 {
-        bail!(
-            "embedding {:?} must be rank 2 [batch, D]; it has shape {}",
-            opts.embedding,
-            describe(emb)
-        );
+        bail!("embedding {:?} must be rank 2 [batch, D]; it has shape {}", opts.embedding, describe(emb));
     }
     let d = emb.rest[0];
     for l in &opts.layers {
         let s = &shapes[l];
         if !s.batched || s.rest.is_empty() || s.rest.len() > 3 {
-            bail!("layer {l:?} must be [batch, C], [batch, C, L] or [batch, C, H, W]; it has shape {}", describe(s));
+            bail!(
+                "layer {l:?} must be [batch, C], [batch, C, L] or [batch, C, H, W]; it has shape {}",
+                describe(s)
+            );
         }
     }
 
     let mut b = builder::GraphBuilder::new("attr/");
     let kshape = b.shape(COTANGENT);
     let kdim = b.slice1(&kshape, 0, 1);
-    let mut cx = ctx::Ctx { b, shapes: &shapes, consts, kdim, opset, extra_outputs: Vec::new(), node_index: 0 };
+    let mut cx =
+        ctx::Ctx { b, shapes: &shapes, consts, kdim, opset, extra_outputs: Vec::new(), node_index: 0 };
 
     // Seed: every (b, k) row gets cotangent row k, i.e. dZ = V repeated over the batch.
     let emb_shape = cx.b.shape(&opts.embedding);
@@ -168,8 +171,9 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
         let Some(dy) = take_grad(&mut cx, &mut grads, &node.output[0]) else { continue };
         let wanted: Vec<bool> = node.input.iter().map(|x| analysis.needed.contains(x)).collect();
         cx.node_index = i;
-        let node_grads = rules::vjp(&mut cx, node, &dy, &wanted)
-            .with_context(|| format!("building the gradient of node {} ({})", node.display_name(), node.op_type))?;
+        let node_grads = rules::vjp(&mut cx, node, &dy, &wanted).with_context(|| {
+            format!("building the gradient of node {} ({})", node.display_name(), node.op_type)
+        })?;
         for (slot, g) in node_grads {
             let x = &node.input[slot];
             // A layer that is also an intermediate keeps its total gradient; the sum is taken once,
@@ -233,7 +237,11 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
 }
 
 fn describe(s: &probe::ProbedShape) -> String {
-    if s.batched { format!("[batch, {}]", s.rest.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")) } else { format!("{:?} (no batch axis)", s.rest) }
+    if s.batched {
+        format!("[batch, {}]", s.rest.iter().map(i64::to_string).collect::<Vec<_>>().join(", "))
+    } else {
+        format!("{:?} (no batch axis)", s.rest)
+    }
 }
 
 fn spatial_hw(rest: &[i64]) -> (usize, usize) {

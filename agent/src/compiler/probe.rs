@@ -59,7 +59,11 @@ pub fn model_inputs(graph: &GraphProto) -> Result<Vec<InputSpec>> {
 }
 
 /// Random probe inputs: floats in [0, 1), integers zero.
-fn probe_inputs(inputs: &[InputSpec], batch: usize, seed: u64) -> Result<Vec<(String, ort::value::DynValue)>> {
+fn probe_inputs(
+    inputs: &[InputSpec],
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<(String, ort::value::DynValue)>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
     for i in inputs {
@@ -74,7 +78,10 @@ fn probe_inputs(inputs: &[InputSpec], batch: usize, seed: u64) -> Result<Vec<(St
                 let a = ArrayD::<i64>::zeros(IxDyn(&shape));
                 ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?.into_dyn()
             }
-            t => bail!("model input {:?} has element type {t}; the probe feeds float32 and int64 inputs", i.name),
+            t => bail!(
+                "model input {:?} has element type {t}; the probe feeds float32 and int64 inputs",
+                i.name
+            ),
         };
         out.push((i.name.clone(), v));
     }
@@ -98,7 +105,8 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<HashMap<String, P
         })
         .collect();
     g.value_info.clear();
-    let mut session = crate::runtime::cpu_session(&onnx::encode(&m)).context("loading the model for the shape probe")?;
+    let mut session =
+        crate::runtime::cpu_session(&onnx::encode(&m)).context("loading the model for the shape probe")?;
     let mut runs = Vec::new();
     for batch in [2usize, 3] {
         let feeds = probe_inputs(&inputs, batch, batch as u64)?;

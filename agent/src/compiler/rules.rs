@@ -106,7 +106,8 @@ fn clip(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
         return Ok(dy.to_string());
     }
     let conds: Vec<String> = bounds.iter().map(|(b, op)| ctx.b.op(op, &[x, b], vec![])).collect();
-    let inside = if conds.len() == 2 { ctx.b.op("And", &[&conds[0], &conds[1]], vec![]) } else { conds[0].clone() };
+    let inside =
+        if conds.len() == 2 { ctx.b.op("And", &[&conds[0], &conds[1]], vec![]) } else { conds[0].clone() };
     let l = ctx.b.op("Cast", &[&inside], vec![attr::int("to", data_type::FLOAT as i64)]);
     local(ctx, node, dy, &l)
 }
@@ -114,7 +115,10 @@ fn clip(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
 /// Inference-mode batch norm is `x·s + t` per channel with `s = scale / sqrt(var + ε)`.
 fn batch_norm(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
     if node.attr_int("training_mode").unwrap_or(0) != 0 {
-        bail!("node {} (BatchNormalization) is in training mode; export the model in inference mode", node.display_name());
+        bail!(
+            "node {} (BatchNormalization) is in training mode; export the model in inference mode",
+            node.display_name()
+        );
     }
     let rest = ctx.rest(node, &node.input[0])?;
     let eps = ctx.b.scalar_f32(node.attr_float("epsilon").unwrap_or(1e-5));
@@ -135,7 +139,10 @@ fn transpose(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
         None => (0..rank as i64).rev().collect(),
     };
     if perm.first() != Some(&0) {
-        bail!("node {} (Transpose) moves the batch axis (perm {perm:?}); the compiler needs it to stay on axis 0", node.display_name());
+        bail!(
+            "node {} (Transpose) moves the batch axis (perm {perm:?}); the compiler needs it to stay on axis 0",
+            node.display_name()
+        );
     }
     let mut inv = vec![0i64; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
@@ -147,7 +154,10 @@ fn transpose(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
 /// `Y = α·op(A)·op(B) + β·C` with the batch in `A`'s rows: `dA = α·dY·op(B)ᵀ`.
 fn gemm(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
     if node.attr_int("transA").unwrap_or(0) != 0 {
-        bail!("node {} (Gemm) has transA = 1, which puts the batch in A's columns; not supported", node.display_name());
+        bail!(
+            "node {} (Gemm) has transA = 1, which puts the batch in A's columns; not supported",
+            node.display_name()
+        );
     }
     let b = node.input[1].as_str();
     if ctx.shape(b)?.batched {

@@ -34,7 +34,8 @@ fn window(node: &NodeProto, kernel: Vec<i64>, x_spatial: &[i64]) -> Result<Windo
             let (mut b, mut e) = (vec![0; n], vec![0; n]);
             for i in 0..n {
                 let out = (x_spatial[i] + strides[i] - 1) / strides[i];
-                let total = ((out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - x_spatial[i]).max(0);
+                let total =
+                    ((out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - x_spatial[i]).max(0);
                 let small = total / 2;
                 if auto_pad == "SAME_UPPER" {
                     (b[i], e[i]) = (small, total - small);
@@ -47,7 +48,11 @@ fn window(node: &NodeProto, kernel: Vec<i64>, x_spatial: &[i64]) -> Result<Windo
         other => bail!("node {} ({}): unknown auto_pad {other:?}", node.display_name(), node.op_type),
     };
     if strides.len() != n || dilations.len() != n || begin.len() != n {
-        bail!("node {} ({}): attribute lengths do not match the kernel's rank", node.display_name(), node.op_type);
+        bail!(
+            "node {} ({}): attribute lengths do not match the kernel's rank",
+            node.display_name(),
+            node.op_type
+        );
     }
     Ok(Window { kernel, strides, dilations, begin, end })
 }
@@ -57,7 +62,8 @@ fn transposed_attrs(w: &Window, x_spatial: &[i64], y_spatial: &[i64]) -> Vec<Att
     let n = w.kernel.len();
     let (mut end, mut out_pad) = (vec![0; n], vec![0; n]);
     for i in 0..n {
-        let r = (y_spatial[i] - 1) * w.strides[i] - w.begin[i] + w.dilations[i] * (w.kernel[i] - 1) + 1 - x_spatial[i];
+        let r = (y_spatial[i] - 1) * w.strides[i] - w.begin[i] + w.dilations[i] * (w.kernel[i] - 1) + 1
+            - x_spatial[i];
         if r >= 0 { end[i] = r } else { out_pad[i] = -r }
     }
     let mut pads = w.begin.clone();
@@ -75,7 +81,11 @@ fn spatial_shapes(ctx: &Ctx, node: &NodeProto) -> Result<(Vec<i64>, Vec<i64>)> {
     let x = ctx.rest(node, &node.input[0])?;
     let y = ctx.rest(node, &node.output[0])?;
     if x.len() < 2 || y.len() != x.len() {
-        bail!("node {} ({}): expected [N, C, spatial…] input, got rest {x:?}", node.display_name(), node.op_type);
+        bail!(
+            "node {} ({}): expected [N, C, spatial…] input, got rest {x:?}",
+            node.display_name(),
+            node.op_type
+        );
     }
     Ok((x, y))
 }
@@ -113,9 +123,13 @@ pub fn conv_transpose(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Strin
     let kernel = kernel_of(ctx, node, x.len() - 1)?;
     let w = window(node, kernel, &x[1..])?;
     for i in 0..w.kernel.len() {
-        let back = (y[i + 1] + w.begin[i] + w.end[i] - w.dilations[i] * (w.kernel[i] - 1) - 1) / w.strides[i] + 1;
+        let back =
+            (y[i + 1] + w.begin[i] + w.end[i] - w.dilations[i] * (w.kernel[i] - 1) - 1) / w.strides[i] + 1;
         if back != x[i + 1] {
-            bail!("node {} (ConvTranspose): its output padding is not invertible by a convolution", node.display_name());
+            bail!(
+                "node {} (ConvTranspose): its output padding is not invertible by a convolution",
+                node.display_name()
+            );
         }
     }
     let mut pads = w.begin.clone();
@@ -162,7 +176,11 @@ pub fn max_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
     let rows = ctx.b.slice1(&rows, 0, 1);
     let width = ctx.b.const_i64(&[x_size]);
     let zshape = ctx.b.concat0(&[&rows, &width]);
-    let zeros = ctx.b.op("ConstantOfShape", &[&zshape], vec![attr::tensor("value", onnx::tensor_f32("", &[1], &[0.0]))]);
+    let zeros = ctx.b.op(
+        "ConstantOfShape",
+        &[&zshape],
+        vec![attr::tensor("value", onnx::tensor_f32("", &[1], &[0.0]))],
+    );
     let dx = ctx.b.op(
         "ScatterElements",
         &[&zeros, &idx, &upd],
@@ -186,7 +204,8 @@ pub fn average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String>
             (0..y[i + 1])
                 .map(|o| {
                     let start = o * w.strides[i] - w.begin[i];
-                    (0..w.kernel[i]).filter(|j| (lo..hi).contains(&(start + j * w.dilations[i]))).count() as f32
+                    (0..w.kernel[i]).filter(|j| (lo..hi).contains(&(start + j * w.dilations[i]))).count()
+                        as f32
                 })
                 .collect()
         })
@@ -267,12 +286,18 @@ pub fn pad(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
 pub fn resize(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
     let (x, y) = spatial_shapes(ctx, node)?;
     if x.len() != 3 || x[0] != y[0] {
-        bail!("node {} (Resize): only [N, C, H, W] inputs resized over H and W have a rule", node.display_name());
+        bail!(
+            "node {} (Resize): only [N, C, H, W] inputs resized over H and W have a rule",
+            node.display_name()
+        );
     }
     let mode = node.attr_string("mode").unwrap_or_else(|| "nearest".into());
     let ctm = node.attr_string("coordinate_transformation_mode").unwrap_or_default();
     if mode == "cubic" || ctm == "tf_crop_and_resize" {
-        bail!("node {} (Resize): mode {mode:?} / {ctm:?} has no rule (nearest and linear do)", node.display_name());
+        bail!(
+            "node {} (Resize): mode {mode:?} / {ctm:?} has no rule (nearest and linear do)",
+            node.display_name()
+        );
     }
     let (rh, rw) = resize_matrices(ctx, node, (x[1], x[2]), (y[1], y[2]))?;
     let rht = ctx.b.const_f32(&[x[1], y[1]], &transpose(&rh, y[1] as usize, x[1] as usize));
@@ -292,7 +317,13 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Runs a one-node Resize model with the node's attributes on `batch` inputs of `[batch, 1, H, W]`.
-fn run_resize(ctx: &Ctx, node: &NodeProto, hw: (i64, i64), out_hw: (i64, i64), input: Vec<f32>) -> Result<Vec<f32>> {
+fn run_resize(
+    ctx: &Ctx,
+    node: &NodeProto,
+    hw: (i64, i64),
+    out_hw: (i64, i64),
+    input: Vec<f32>,
+) -> Result<Vec<f32>> {
     let batch = input.len() as i64 / (hw.0 * hw.1);
     let mut inits = Vec::new();
     let roi = match node.input.get(1).filter(|s| !s.is_empty()) {
@@ -319,10 +350,20 @@ fn run_resize(ctx: &Ctx, node: &NodeProto, hw: (i64, i64), out_hw: (i64, i64), i
     attrs.retain(|a| a.name != "axes");
     let graph = GraphProto {
         name: "resize_probe".into(),
-        node: vec![NodeProto { op_type: "Resize".into(), input: inputs, output: vec!["y".into()], attribute: attrs, ..Default::default() }],
+        node: vec![NodeProto {
+            op_type: "Resize".into(),
+            input: inputs,
+            output: vec!["y".into()],
+            attribute: attrs,
+            ..Default::default()
+        }],
         initializer: inits,
         input: vec![onnx::value_info("x", data_type::FLOAT, &[Ok(batch), Ok(1), Ok(hw.0), Ok(hw.1)])],
-        output: vec![onnx::value_info("y", data_type::FLOAT, &[Ok(batch), Ok(1), Ok(out_hw.0), Ok(out_hw.1)])],
+        output: vec![onnx::value_info(
+            "y",
+            data_type::FLOAT,
+            &[Ok(batch), Ok(1), Ok(out_hw.0), Ok(out_hw.1)],
+        )],
         ..Default::default()
     };
     let model = ModelProto {
@@ -341,7 +382,12 @@ fn run_resize(ctx: &Ctx, node: &NodeProto, hw: (i64, i64), out_hw: (i64, i64), i
 }
 
 /// `Rh` (`[Ho, H]`) and `Rw` (`[Wo, W]`), row-major.
-fn resize_matrices(ctx: &Ctx, node: &NodeProto, (h, w): (i64, i64), (ho, wo): (i64, i64)) -> Result<(Vec<f32>, Vec<f32>)> {
+fn resize_matrices(
+    ctx: &Ctx,
+    node: &NodeProto,
+    (h, w): (i64, i64),
+    (ho, wo): (i64, i64),
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let (hu, wu, hou, wou) = (h as usize, w as usize, ho as usize, wo as usize);
     // Row probes: sample i is 1 on row i. Output column 0 of sample i is Rh[:, i]·(Rw·1)[0], and the
     // rows of Rw sum to 1 for nearest and linear interpolation (checked below).
