@@ -37,6 +37,7 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
         layers: entry.layers.clone(),
         methods: vec![Method::Vanilla],
         channel_agg: None,
+        smoothing_samples: 1,
     };
     let graph = compiler::compile(&model, "test", &opts).unwrap_or_else(|e| panic!("{}: {e:#}", entry.name));
     let compiled = graph.to_bytes();
@@ -164,6 +165,7 @@ fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
         layers: vec![layer.clone()],
         methods: vec![Method::Vanilla],
         channel_agg: None,
+        smoothing_samples: 1,
     };
     let raw = compiler::compile(&model, "t", &raw_opts).unwrap();
     let g = run(

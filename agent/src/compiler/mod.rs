@@ -41,6 +41,15 @@ pub struct CompileOptions {
     pub methods: Vec<Method>,
     /// `None` outputs the raw per-channel maps `[B, K, C, H, W]` (used to check gradients).
     pub channel_agg: Option<Aggregation>,
+    /// Smoothed attributions (spec §1): the model's batch holds `S` consecutive points per sample and
+    /// the maps average the attribution over them *before* channel aggregation, as the spec defines
+    /// (it matters for `abs` and `var`). Grad-CAM maps are averaged after their ReLU. `1` = plain.
+    #[serde(default = "one")]
+    pub smoothing_samples: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One attribution output of a compiled graph.
@@ -189,10 +198,11 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
         let rest = shapes[layer].rest.clone();
         for &method in &opts.methods {
             let name = format!("attr/{li}/{}", method.as_str());
-            let (map, dims) = attribution_map(&mut cx, &g, layer, &rest, method, opts.channel_agg);
+            let (map, dims) =
+                attribution_map(&mut cx, &g, layer, &rest, method, opts.channel_agg, opts.smoothing_samples);
             let node_out = cx.b.op("Identity", &[&map], vec![]);
             rename_output(&mut cx.b, &node_out, &name);
-            let mut vi: Vec<Result<i64, &str>> = vec![Err("N"), Err("K")];
+            let mut vi: Vec<Result<i64, &str>> = vec![Err(if opts.smoothing_samples > 1 { "B" } else { "N" }), Err("K")];
             vi.extend(dims.iter().map(|&x| Ok(x)));
             graph_outputs.push(onnx::value_info(&name, data_type::FLOAT, &vi));
             let (h, w) = spatial_hw(&rest);
@@ -273,6 +283,20 @@ fn rename_output(b: &mut builder::GraphBuilder, from: &str, to: &str) {
     }
 }
 
+/// `[B·S, K, dims…]` → `[B, K, dims…]`, the mean over each sample's `S` smoothing points.
+fn average_points(cx: &mut ctx::Ctx, x: &str, dims: &[i64], samples: usize) -> String {
+    if samples <= 1 {
+        return x.to_string();
+    }
+    let lead = cx.b.const_i64(&[-1, samples as i64]);
+    let tail = cx.b.const_i64(dims);
+    let k = cx.kdim.clone();
+    let shape = cx.b.concat0(&[&lead, &k, &tail]);
+    let grouped = cx.b.reshape(x, &shape);
+    let summed = cx.b.reduce_sum(&grouped, &[1], false);
+    cx.b.scale(&summed, 1.0 / samples as f32)
+}
+
 /// Turns the flat gradient `[B·K, C, …]` of a layer into the method's map, channel-aggregated, as
 /// `[B, K, H, W]` (or `[B, K, C, H, W]` raw). Returns the map and its dims after `[B, K]`.
 fn attribution_map(
@@ -282,6 +306,7 @@ fn attribution_map(
     rest: &[i64],
     method: Method,
     channel_agg: Option<Aggregation>,
+    samples: usize,
 ) -> (String, Vec<i64>) {
     let c = rest[0];
     let (h, w) = spatial_hw(rest);
@@ -304,6 +329,7 @@ fn attribution_map(
         let weighted = cx.b.mul(&alpha, &h5);
         let summed = cx.b.reduce_sum(&weighted, &[2], false);
         let relu = cx.b.op("Relu", &[&summed], vec![]);
+        let relu = average_points(cx, &relu, &[h, w], samples);
         return (hw_shape(&mut cx.b, &relu, false), vec![h, w]);
     }
     let a = if method == Method::ActGrad {
@@ -312,6 +338,7 @@ fn attribution_map(
     } else {
         g5
     };
+    let a = average_points(cx, &a, rest, samples);
     let Some(agg) = channel_agg else {
         return (hw_shape(&mut cx.b, &a, true), vec![c, h, w]);
     };

@@ -1,0 +1,297 @@
+//! [`Engine`]: compile the attribution graph, hold its ONNX Runtime session, and score batches.
+//!
+//! Per batch: each sample becomes `S` smoothing points (`S = 1`: the sample itself), the graph runs
+//! once per chunk of `rows_per_run` cotangent rows (one-hot rows of the scored components), and every
+//! chunk's `[B, k, H, W]` maps stream into one [`ScoreAccumulator`] per sample and (layer, method).
+//! The noise side is computed the same way once, at start-up.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::{EngineSpec, LayerScores, SampleScores, ScoreKey};
+use crate::compiler::{self, AttributionGraph, CompileOptions, MapOutput};
+use crate::runtime::{self, Provider, SessionOptions};
+use crate::scores::{self, NoiseReference, ScoreAccumulator};
+
+pub struct Engine {
+    spec: EngineSpec,
+    graph: AttributionGraph,
+    session: Session,
+    provider: Provider,
+    input_name: String,
+    input_shape: Vec<usize>,
+    /// Embedding components scored (all `D`, or a seeded subset).
+    dims: Vec<usize>,
+    keys: Vec<ScoreKey>,
+    noise: Vec<NoiseReference>,
+    model_sha256: String,
+    settings_hash: String,
+}
+
+impl Engine {
+    pub fn new(spec: &EngineSpec) -> Result<Engine> {
+        let (env, rt) = runtime::environment(spec.onnxruntime_path.as_deref())?;
+        tracing::debug!(runtime = %rt.path.display(), "ONNX Runtime loaded");
+        let bytes = std::fs::read(&spec.model_path)
+            .with_context(|| format!("reading model {}", spec.model_path.display()))?;
+        let model_sha256 = compiler::sha256_hex(&bytes);
+        if spec.samples == 0 || spec.rows_per_run == 0 {
+            bail!("samples and rows_per_run must be at least 1");
+        }
+        let opts = CompileOptions {
+            embedding: spec.embedding.clone(),
+            layers: spec.layers.iter().map(|l| l.tensor.clone()).collect(),
+            methods: spec.methods.clone(),
+            channel_agg: Some(spec.channel_agg),
+            smoothing_samples: spec.samples,
+        };
+        let model = crate::onnx::decode(&bytes)
+            .with_context(|| format!("{} is not a valid ONNX model", spec.model_path.display()))?;
+        let graph = compiler::compile(&model, &model_sha256, &opts)
+            .with_context(|| format!("compiling the attribution graph of {}", spec.model_path.display()))?;
+        if graph.inputs.len() != 1 || graph.inputs[0].elem_type != crate::onnx::proto::data_type::FLOAT {
+            bail!("the engine scores models with exactly one float32 input; this one has {}", graph.inputs.len());
+        }
+        let input_name = graph.inputs[0].name.clone();
+        let input_shape: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
+        let d = graph.embedding_dim;
+        let dims = match spec.dims {
+            Some(k) if k < d => scores::choose_dims(d, k, spec.noise_seed),
+            Some(0) => bail!("dims must be at least 1"),
+            _ => (0..d).collect(),
+        };
+        let so = SessionOptions { providers: spec.providers.clone(), threads: spec.threads, device_id: 0 };
+        let (session, provider) = runtime::session(env, &graph.to_bytes(), &so)?;
+        let requested = spec.providers.first().copied().unwrap_or(Provider::Cpu);
+        if provider != requested {
+            tracing::warn!(requested = requested.as_str(), running = provider.as_str(), "execution provider fell back");
+        }
+        tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_dims = dims.len(), "engine ready");
+        let settings_hash = settings_hash(spec, &model_sha256)?;
+        let mut engine = Engine {
+            spec: spec.clone(),
+            graph,
+            session,
+            provider,
+            input_name,
+            input_shape,
+            dims,
+            keys: Vec::new(),
+            noise: Vec::new(),
+            model_sha256,
+            settings_hash,
+        };
+        engine.prepare_noise()?;
+        Ok(engine)
+    }
+
+    pub fn keys(&self) -> &[ScoreKey] {
+        &self.keys
+    }
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+    pub fn requested_provider(&self) -> Provider {
+        self.spec.providers.first().copied().unwrap_or(Provider::Cpu)
+    }
+    pub fn model_sha256(&self) -> &str {
+        &self.model_sha256
+    }
+    pub fn settings_hash(&self) -> &str {
+        &self.settings_hash
+    }
+    pub fn spec(&self) -> &EngineSpec {
+        &self.spec
+    }
+    pub fn embedding_dim(&self) -> usize {
+        self.graph.embedding_dim
+    }
+    pub fn graph(&self) -> &AttributionGraph {
+        &self.graph
+    }
+
+    /// Noise inputs: the given files, or `n_noise` draws of `U[0,1]` in the raw input domain passed
+    /// through the configured normalisation. Their maps are computed once and reused for every sample.
+    fn prepare_noise(&mut self) -> Result<()> {
+        let inputs: Vec<ArrayD<f32>> = if self.spec.noise_inputs.is_empty() {
+            scores::noise_inputs(&self.input_shape, self.spec.n_noise, self.spec.noise_seed)
+                .into_iter()
+                .map(|x| normalize(x, &self.spec.normalization))
+                .collect()
+        } else {
+            self.spec.noise_inputs.iter().map(|p| load_noise(p, &self.input_shape)).collect::<Result<_>>()?
+        };
+        if inputs.len() < 2 {
+            bail!("at least 2 noise inputs are needed (the noise benchmark compares pairs); got {}", inputs.len());
+        }
+        let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
+        let batch = ndarray::stack(Axis(0), &views)?;
+        let maps = self.maps(batch.view()).context("computing the noise inputs' attribution maps")?;
+        // maps[sample][output] → per output, the noise E maps.
+        let outputs = self.graph.outputs.clone();
+        self.noise.clear();
+        self.keys.clear();
+        for (oi, out) in outputs.iter().enumerate() {
+            let e: Vec<Array2<f32>> = maps.iter().map(|m| m[oi].embedding.clone()).collect();
+            let reference = NoiseReference::new(&e).map_err(|e| anyhow!("noise maps of {}: {e}", out.layer))?;
+            let noise_benchmark = reference.benchmark().map_err(|e| anyhow!("noise benchmark: {e}"))?;
+            self.keys.push(ScoreKey {
+                layer: self.spec.layers[out.layer_index].name.clone(),
+                method: out.method,
+                noise_benchmark,
+            });
+            self.noise.push(reference);
+        }
+        Ok(())
+    }
+
+    /// Scores a batch `[B, …input_shape]`; one result per sample, aligned with [`Engine::keys`].
+    pub fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
+        let maps = self.maps(batch)?;
+        maps.into_iter()
+            .map(|per_output| {
+                let scores = per_output
+                    .iter()
+                    .zip(&self.noise)
+                    .map(|(m, noise)| {
+                        let noise_score = noise.score(m.embedding.view()).map_err(|e| anyhow!("{e}"))?;
+                        Ok(LayerScores { noise_score, variance_score: m.variance_score })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(SampleScores { scores })
+            })
+            .collect()
+    }
+
+    /// Per sample, per output: the embedding-aggregated map and the variance score.
+    fn maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<scores::SampleMaps>>> {
+        if batch.ndim() != self.input_shape.len() + 1 || batch.shape()[1..] != self.input_shape[..] {
+            bail!("batch has shape {:?}; the model takes [B, {:?}]", batch.shape(), self.input_shape);
+        }
+        let b = batch.shape()[0];
+        let points = self.points(batch)?;
+        let d = self.graph.embedding_dim;
+        let outputs: Vec<MapOutput> = self.graph.outputs.clone();
+        let mut acc: Vec<Vec<ScoreAccumulator>> = (0..b)
+            .map(|_| {
+                outputs
+                    .iter()
+                    .map(|o| {
+                        let a = ScoreAccumulator::new(
+                            o.height,
+                            o.width,
+                            self.spec.embedding_agg,
+                            self.spec.normalize_dims,
+                            self.spec.binarize,
+                        );
+                        if self.dims.len() < d { a.subset_of(d) } else { a }
+                    })
+                    .collect()
+            })
+            .collect();
+        let names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
+        for chunk in self.dims.clone().chunks(self.spec.rows_per_run) {
+            let mut v = Array2::<f32>::zeros((chunk.len(), d));
+            for (r, &j) in chunk.iter().enumerate() {
+                v[[r, j]] = 1.0;
+            }
+            let feeds = ort::inputs![
+                self.input_name.as_str() => TensorRef::from_array_view(points.view()).map_err(|e| anyhow!("{e}"))?,
+                compiler::COTANGENT => TensorRef::from_array_view(v.view()).map_err(|e| anyhow!("{e}"))?,
+            ];
+            let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
+            for (oi, name) in names.iter().enumerate() {
+                let m = out[name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
+                let m = m.into_dimensionality::<ndarray::Ix4>()?;
+                for (s, a) in acc.iter_mut().enumerate() {
+                    a[oi].push(m.index_axis(Axis(0), s)).map_err(|e| anyhow!("{e}"))?;
+                }
+            }
+        }
+        acc.into_iter()
+            .map(|per| per.iter().map(|a| a.finish().map_err(|e| anyhow!("{e}"))).collect())
+            .collect()
+    }
+
+    /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself).
+    fn points(&self, batch: ArrayViewD<f32>) -> Result<ArrayD<f32>> {
+        let s = self.spec.samples;
+        if s == 1 && self.spec.smoothing == 0.0 {
+            return Ok(batch.to_owned());
+        }
+        let mut parts = Vec::with_capacity(batch.shape()[0]);
+        for x in batch.axis_iter(Axis(0)) {
+            // The same draws for every sample (one seed), so a sample's score does not depend on
+            // its position in a batch or a stream.
+            let p = scores::smoothing_points(x, s, self.spec.smoothing, None, self.spec.smoothing_seed)
+                .map_err(|e| anyhow!("{e}"))?;
+            parts.push(p);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let stacked = ndarray::concatenate(Axis(0), &views)?;
+        Ok(stacked)
+    }
+}
+
+/// Mean/std normalisation per channel (axis 0 of one sample); empty = identity.
+pub fn normalize(mut x: ArrayD<f32>, n: &super::Normalization) -> ArrayD<f32> {
+    if n.mean.is_empty() && n.std.is_empty() {
+        return x;
+    }
+    let channels = x.shape().first().copied().unwrap_or(1);
+    for (c, mut plane) in x.axis_iter_mut(Axis(0)).enumerate() {
+        let m = n.mean.get(if n.mean.len() == 1 { 0 } else { c }).copied().unwrap_or(0.0);
+        let s = n.std.get(if n.std.len() == 1 { 0 } else { c }).copied().unwrap_or(1.0);
+        plane.mapv_inplace(|v| (v - m) / s);
+    }
+    let _ = channels;
+    x
+}
+
+fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
+    let a = plugins::decode::npy::read_npy_file(path).with_context(|| format!("noise input {}", path.display()))?;
+    let a = if a.shape() == shape {
+        a
+    } else if a.ndim() == shape.len() + 1 && a.shape()[0] == 1 && a.shape()[1..] == *shape {
+        a.index_axis(Axis(0), 0).to_owned()
+    } else {
+        bail!("noise input {} has shape {:?}; the model takes {:?}", path.display(), a.shape(), shape);
+    };
+    Ok(a.into_dimensionality::<IxDyn>()?)
+}
+
+/// Hash of the model and of every setting that changes a score (spec §7): a baseline made under a
+/// different hash is refused.
+fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
+    let mut noise_files = Vec::new();
+    for p in &spec.noise_inputs {
+        noise_files.push(compiler::sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?));
+    }
+    let v = serde_json::json!({
+        "model": model_sha256,
+        "embedding": spec.embedding,
+        "layers": spec.layers,
+        "methods": spec.methods,
+        "channel_agg": spec.channel_agg,
+        "embedding_agg": spec.embedding_agg,
+        "normalize_dims": spec.normalize_dims,
+        "binarize": spec.binarize,
+        "n_noise": if spec.noise_inputs.is_empty() { spec.n_noise } else { 0 },
+        "noise_seed": spec.noise_seed,
+        "noise_files": noise_files,
+        "normalization": spec.normalization,
+        "samples": spec.samples,
+        "smoothing": spec.smoothing,
+        "smoothing_seed": spec.smoothing_seed,
+        "dims": spec.dims,
+        "compiler": compiler::COMPILER_VERSION,
+    });
+    Ok(compiler::sha256_hex(v.to_string().as_bytes()))
+}
