@@ -9,7 +9,12 @@ fn runs_a_two_node_graph() {
     let graph = GraphProto {
         name: "g".into(),
         node: vec![
-            NodeProto { op_type: "Relu".into(), input: vec!["x".into()], output: vec!["r".into()], ..Default::default() },
+            NodeProto {
+                op_type: "Relu".into(),
+                input: vec!["x".into()],
+                output: vec!["r".into()],
+                ..Default::default()
+            },
             NodeProto {
                 op_type: "Add".into(),
                 input: vec!["r".into(), "one".into()],

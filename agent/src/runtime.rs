@@ -133,11 +133,7 @@ impl Default for SessionOptions {
 /// Returns the session and the provider that actually runs it. CUDA is registered with
 /// `error_on_failure`, so a missing CUDA provider or driver is seen here, logged, and answered with
 /// the next provider instead of a silent fallback inside ONNX Runtime.
-pub fn session(
-    env: &Environment,
-    model: &[u8],
-    opts: &SessionOptions,
-) -> Result<(Session, Provider)> {
+pub fn session(env: &Environment, model: &[u8], opts: &SessionOptions) -> Result<(Session, Provider)> {
     let mut errors = Vec::new();
     for &provider in &opts.providers {
         let mut builder = Session::builder(env)

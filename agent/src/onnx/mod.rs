@@ -32,20 +32,12 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 
 /// The opset version the model imports for the default (`ai.onnx`) domain.
 pub fn default_opset(model: &ModelProto) -> Option<i64> {
-    model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
+    model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
 }
 
 /// Looks up a string metadata property.
 pub fn metadata<'a>(model: &'a ModelProto, key: &str) -> Option<&'a str> {
-    model
-        .metadata_props
-        .iter()
-        .find(|p| p.key == key)
-        .map(|p| p.value.as_str())
+    model.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
 }
 
 /// Sets (or replaces) a string metadata property.
@@ -53,10 +45,7 @@ pub fn set_metadata(model: &mut ModelProto, key: &str, value: impl Into<String>)
     let value = value.into();
     match model.metadata_props.iter_mut().find(|p| p.key == key) {
         Some(p) => p.value = value,
-        None => model.metadata_props.push(StringStringEntryProto {
-            key: key.to_string(),
-            value,
-        }),
+        None => model.metadata_props.push(StringStringEntryProto { key: key.to_string(), value }),
     }
 }
 
@@ -103,10 +92,20 @@ pub mod attr {
         AttributeProto { name: name.into(), r#type: attr_type::FLOAT, f, ..Default::default() }
     }
     pub fn ints(name: &str, ints: &[i64]) -> AttributeProto {
-        AttributeProto { name: name.into(), r#type: attr_type::INTS, ints: ints.to_vec(), ..Default::default() }
+        AttributeProto {
+            name: name.into(),
+            r#type: attr_type::INTS,
+            ints: ints.to_vec(),
+            ..Default::default()
+        }
     }
     pub fn string(name: &str, s: &str) -> AttributeProto {
-        AttributeProto { name: name.into(), r#type: attr_type::STRING, s: s.as_bytes().to_vec(), ..Default::default() }
+        AttributeProto {
+            name: name.into(),
+            r#type: attr_type::STRING,
+            s: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
     }
     pub fn tensor(name: &str, t: TensorProto) -> AttributeProto {
         AttributeProto { name: name.into(), r#type: attr_type::TENSOR, t: Some(t), ..Default::default() }
@@ -147,11 +146,9 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<Vec<f32>> {
             Ok(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
         }
         data_type::FLOAT => Ok(t.float_data.clone()),
-        data_type::DOUBLE if !t.raw_data.is_empty() => Ok(t
-            .raw_data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect()),
+        data_type::DOUBLE if !t.raw_data.is_empty() => {
+            Ok(t.raw_data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect())
+        }
         data_type::DOUBLE => Ok(t.double_data.iter().map(|&v| v as f32).collect()),
         other => bail!("tensor {} has data type {other}, expected float", t.name),
     }
@@ -164,11 +161,9 @@ pub fn tensor_to_i64(t: &TensorProto) -> Result<Vec<i64>> {
             Ok(t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
         }
         data_type::INT64 => Ok(t.int64_data.clone()),
-        data_type::INT32 if !t.raw_data.is_empty() => Ok(t
-            .raw_data
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-            .collect()),
+        data_type::INT32 if !t.raw_data.is_empty() => {
+            Ok(t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect())
+        }
         data_type::INT32 => Ok(t.int32_data.iter().map(|&v| v as i64).collect()),
         other => bail!("tensor {} has data type {other}, expected an integer type", t.name),
     }
@@ -200,10 +195,6 @@ pub fn value_info(name: &str, elem_type: i32, dims: &[Result<i64, &str>]) -> Val
 /// Element type and dims of a value info (dims: `None` where symbolic or unknown).
 pub fn value_info_shape(v: &ValueInfoProto) -> Option<(i32, Vec<Option<i64>>)> {
     let tt = v.r#type.as_ref()?.tensor_type.as_ref()?;
-    let dims = tt
-        .shape
-        .as_ref()
-        .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
-        .unwrap_or_default();
+    let dims = tt.shape.as_ref().map(|s| s.dim.iter().map(|d| d.dim_value).collect()).unwrap_or_default();
     Some((tt.elem_type, dims))
 }

@@ -138,23 +138,21 @@ struct Shared {
     ledger: Mutex<Ledger>,
 }
 
-impl Shared {
-    /// Moves a claimed file out of `processing/` according to its (durable) outcome.
-    fn settle(&self, claim: &str, outcome: &Outcome) -> std::io::Result<()> {
-        let from = self.cfg.processing_dir().join(claim);
-        let original = original_name(claim);
-        match outcome {
-            Outcome::Scored { .. } => {
-                let to = free_name(&self.cfg.done_dir(), original);
-                std::fs::rename(&from, to)
-            }
-            Outcome::Rejected(r) => {
-                let to = free_name(&self.cfg.rejected_dir(), original);
-                let mut reason_path = to.clone().into_os_string();
-                reason_path.push(".reason.txt");
-                std::fs::write(&reason_path, format!("reason: {}\n{}\n", r.reason.as_str(), r.message))?;
-                std::fs::rename(&from, to)
-            }
+/// Moves a claimed file out of `processing/` according to its (durable) outcome.
+fn settle(cfg: &DirConfig, claim: &str, outcome: &Outcome) -> std::io::Result<()> {
+    let from = cfg.processing_dir().join(claim);
+    let original = original_name(claim);
+    match outcome {
+        Outcome::Scored { .. } => {
+            let to = free_name(&cfg.done_dir(), original);
+            std::fs::rename(&from, to)
+        }
+        Outcome::Rejected(r) => {
+            let to = free_name(&cfg.rejected_dir(), original);
+            let mut reason_path = to.clone().into_os_string();
+            reason_path.push(".reason.txt");
+            std::fs::write(&reason_path, format!("reason: {}\n{}\n", r.reason.as_str(), r.message))?;
+            std::fs::rename(&from, to)
         }
     }
 }
@@ -181,7 +179,7 @@ struct DirAck {
 impl Acknowledge for DirAck {
     fn finish(self: Box<Self>, outcome: &Outcome) -> std::io::Result<()> {
         self.shared.ledger.lock().unwrap_or_else(|e| e.into_inner()).append(&self.claim, outcome)?;
-        self.shared.settle(&self.claim, outcome)
+        settle(&self.shared.cfg, &self.claim, outcome)
     }
 }
 
@@ -207,14 +205,14 @@ impl DirSource {
                 settled.push((claim, outcome.clone()));
             }
         }
-        // Finished leftovers are moved only once compaction has carried their counts into the totals
-        // line; if compaction fails, nothing moves and the old ledger still describes them.
+        // Settle first, compact second: a crash in between leaves the ledger lines that still count the
+        // moved files, while compacting first could forget a claim whose file is still in processing/.
+        for (claim, outcome) in &settled {
+            tracing::info!(source = %cfg.name, file = original_name(claim), "finishing a file scored before a restart");
+            settle(cfg, claim, outcome)?;
+        }
         let ledger = Ledger::compact(&ledger_path, &totals)?;
         let shared = Arc::new(Shared { cfg: cfg.clone(), ledger: Mutex::new(ledger) });
-        for (claim, outcome) in settled {
-            tracing::info!(source = %cfg.name, file = original_name(&claim), "finishing a file scored before a restart");
-            shared.settle(&claim, &outcome)?;
-        }
         let run_id = format!(
             "{:x}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
