@@ -89,7 +89,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if pre.mean.len() != pre.std.len() {
         p.add("model.preprocessing", format!("mean has {} values, std {}", pre.mean.len(), pre.std.len()));
     }
-    if pre.std.iter().any(|s| !(*s > 0.0)) {
+    if pre.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
         p.add("model.preprocessing.std", "every value must be > 0");
     }
 
