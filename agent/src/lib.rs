@@ -8,3 +8,4 @@ pub mod engine;
 pub mod onnx;
 pub mod runtime;
 pub mod scores;
+pub mod telemetry;
