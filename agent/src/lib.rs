@@ -4,8 +4,10 @@
 //! see ARCHITECTURE.md for the map.
 
 pub mod compiler;
+pub mod config;
 pub mod drift;
 pub mod engine;
 pub mod onnx;
 pub mod runtime;
 pub mod scores;
+pub mod telemetry;

@@ -1,1 +1,8 @@
-//! Sources and decoders.
+//! Sources and decoders: where samples come from and how they become tensors.
+//!
+//! Data flow: a source ([`sources`]) finds an input, a decoder ([`decode`]) turns it into a batch
+//! `[B, ..input_shape]` of `f32`, and the source hands it to the daemon with an acknowledgement
+//! handle; a rejected input carries a [`decode::Rejection`] whose reason is a bounded metric label.
+
+pub mod decode;
+pub mod sources;

@@ -84,3 +84,6 @@ pub struct ScoreKey {
     pub method: Method,
     pub noise_benchmark: f64,
 }
+
+mod session;
+pub use session::{Engine, normalize};

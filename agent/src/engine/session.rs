@@ -256,15 +256,12 @@ pub fn normalize(mut x: ArrayD<f32>, n: &super::Normalization) -> ArrayD<f32> {
 }
 
 fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
-    let a = plugins::decode::npy::read_npy_file(path).with_context(|| format!("noise input {}", path.display()))?;
-    let a = if a.shape() == shape {
-        a
-    } else if a.ndim() == shape.len() + 1 && a.shape()[0] == 1 && a.shape()[1..] == *shape {
-        a.index_axis(Axis(0), 0).to_owned()
-    } else {
-        bail!("noise input {} has shape {:?}; the model takes {:?}", path.display(), a.shape(), shape);
-    };
-    Ok(a.into_dimensionality::<IxDyn>()?)
+    let opts = plugins::decode::DecodeOptions { input_shape: shape.to_vec(), ..Default::default() };
+    let a = plugins::decode::decode_file(path, &opts).map_err(|e| anyhow!("noise input: {e}"))?;
+    if a.shape()[0] != 1 {
+        bail!("noise input {} holds {} samples; give one sample per file", path.display(), a.shape()[0]);
+    }
+    Ok(a.index_axis(Axis(0), 0).to_owned().into_dimensionality::<IxDyn>()?)
 }
 
 /// Hash of the model and of every setting that changes a score (spec §7): a baseline made under a

@@ -1,0 +1,124 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// A valid configuration whose files exist under `dir`.
+fn valid(dir: &Path) -> String {
+    std::fs::write(dir.join("m.onnx"), b"not really onnx").unwrap();
+    std::fs::create_dir_all(dir.join("inbox")).unwrap();
+    std::fs::create_dir_all(dir.join("ref")).unwrap();
+    format!(
+        r#"
+[model]
+name = "digits"
+path = "{d}/m.onnx"
+embedding = "embedding"
+layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
+
+[baseline]
+path = "{d}/baseline.json"
+reference_dir = "{d}/ref"
+
+[window]
+samples = 100
+
+[[sources]]
+type = "dir"
+path = "{d}/inbox"
+"#,
+        d = dir.display()
+    )
+}
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("agent.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn parses_with_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), &valid(d.path()));
+    let cfg = Config::load_with_env(&p, HashMap::new()).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    assert_eq!(cfg.model.samples, 16);
+    assert_eq!(cfg.model.smoothing, 0.5);
+    assert_eq!(cfg.model.channel_agg, Aggregation::Abs);
+    assert_eq!(cfg.model.embedding_agg, Aggregation::Var);
+    assert_eq!(cfg.engine.providers, vec![Provider::Cuda, Provider::Cpu]);
+    assert_eq!(cfg.noise.n_noise, 4);
+    assert_eq!(cfg.server.listen, "127.0.0.1:9717");
+    assert_eq!(cfg.model.layers[0].tensor, "/pool1/MaxPool_output_0");
+    let spec = cfg.to_engine_spec();
+    assert_eq!(spec.layers.len(), 2);
+    assert_eq!(spec.model_name, "digits");
+    assert_eq!(spec.samples, 16);
+    match &cfg.sources[0] {
+        SourceConfig::Dir(dir) => assert_eq!(dir.name, "dir"),
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let text = valid(d.path()).replace("[window]", "[window]\nsamplez = 3");
+    let p = write(d.path(), &text);
+    let err = Config::load_with_env(&p, HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("agent.toml"), "{err}");
+    assert!(err.contains("samplez"), "{err}");
+    let text = valid(d.path()).replace("type = \"dir\"", "type = \"dir\"\npoll_intervall_ms = 5");
+    let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("poll_intervall_ms"), "{err}");
+    let text = valid(d.path()).replace("type = \"dir\"", "type = \"carrier-pigeon\"");
+    let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("carrier-pigeon"), "{err}");
+}
+
+#[test]
+fn environment_overrides_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), &valid(d.path()));
+    let env: HashMap<String, String> = [
+        ("AGENT__SERVER__LISTEN", "0.0.0.0:9999"),
+        ("AGENT__ENGINE__BATCH_SIZE", "3"),
+        ("AGENT__ENGINE__PROVIDERS", "cpu"),
+        ("UNRELATED", "x"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cfg = Config::load_with_env(&p, env).unwrap();
+    assert_eq!(cfg.server.listen, "0.0.0.0:9999");
+    assert_eq!(cfg.engine.batch_size, 3);
+    assert_eq!(cfg.engine.providers, vec![Provider::Cpu]);
+}
+
+#[test]
+fn validate_lists_every_problem() {
+    let d = tempfile::tempdir().unwrap();
+    let text = valid(d.path())
+        .replace("m.onnx", "missing.onnx")
+        .replace("tensor = \"/pool2/MaxPool_output_0\"", "tensor = \"\"")
+        .replace("samples = 100", "")
+        .replace("[baseline]", "[engine]\nbatch_size = 0\n\n[server]\nlisten = \"nowhere\"\n\n[baseline]")
+        .replace("/inbox", "/no-inbox");
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
+    for k in [
+        "model.path",
+        "model.layers[1].tensor",
+        "engine.batch_size",
+        "window",
+        "sources[0].path",
+        "server.listen",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+    let shown = cfg.validate()[0].to_string();
+    assert!(
+        shown.starts_with(&format!("{}: model.path: ", d.path().join("agent.toml").display())),
+        "{shown}"
+    );
+}

@@ -1,0 +1,190 @@
+//! `Config::validate`: every problem at once, each naming the file, the key and why.
+
+use std::net::SocketAddr;
+
+use super::{Config, SourceConfig};
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// Dotted key, e.g. `model.layers[1].tensor`.
+    pub key: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.why)
+    }
+}
+
+struct Problems<'a> {
+    file: &'a str,
+    out: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: impl Into<String>, why: impl Into<String>) {
+        self.out.push(Problem { file: self.file.to_string(), key: key.into(), why: why.into() });
+    }
+}
+
+/// A metric label value: short, printable, no quotes.
+fn label_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c))
+}
+
+pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
+    let file = cfg.file.display().to_string();
+    let mut p = Problems { file: &file, out: Vec::new() };
+    let m = &cfg.model;
+    if !label_ok(&m.name) {
+        p.add(
+            "model.name",
+            format!("{:?} is not a usable metric label (1–64 of A-Z a-z 0-9 _ - . : /)", m.name),
+        );
+    }
+    if !m.path.is_file() {
+        p.add("model.path", format!("model file {} does not exist", m.path.display()));
+    }
+    if m.embedding.trim().is_empty() {
+        p.add("model.embedding", "empty; name the model's rank-2 embedding output");
+    }
+    if m.layers.is_empty() {
+        p.add("model.layers", "no layer configured; add at least one [[model.layers]] with name and tensor");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, l) in m.layers.iter().enumerate() {
+        if !label_ok(&l.name) {
+            p.add(format!("model.layers[{i}].name"), format!("{:?} is not a usable metric label", l.name));
+        } else if !seen.insert(l.name.as_str()) {
+            p.add(format!("model.layers[{i}].name"), format!("{:?} is used by another layer", l.name));
+        }
+        if l.tensor.trim().is_empty() {
+            p.add(format!("model.layers[{i}].tensor"), "empty; name an intermediate tensor of the graph");
+        }
+    }
+    if m.methods.is_empty() {
+        p.add("model.methods", "empty; use one or more of vanilla, actgrad, gradcam");
+    }
+    if m.samples == 0 {
+        p.add("model.samples", "must be at least 1");
+    }
+    if !(m.smoothing >= 0.0 && m.smoothing.is_finite()) {
+        p.add("model.smoothing", "must be a finite number ≥ 0");
+    }
+    if m.dims == Some(0) {
+        p.add("model.dims", "must be at least 1 (or absent to score every component)");
+    }
+    if m.rows_per_run == 0 {
+        p.add("model.rows_per_run", "must be at least 1");
+    }
+    if let Some(t) = m.binarize
+        && !(t > 0.0 && t < 1.0)
+    {
+        p.add("model.binarize", "threshold must lie strictly between 0 and 1");
+    }
+    let pre = &m.preprocessing;
+    if pre.mean.len() != pre.std.len() {
+        p.add("model.preprocessing", format!("mean has {} values, std {}", pre.mean.len(), pre.std.len()));
+    }
+    if pre.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+        p.add("model.preprocessing.std", "every value must be > 0");
+    }
+
+    let e = &cfg.engine;
+    if e.providers.is_empty() {
+        p.add("engine.providers", "empty; use [\"cuda\", \"cpu\"] or [\"cpu\"]");
+    }
+    if e.batch_size == 0 {
+        p.add("engine.batch_size", "must be at least 1");
+    }
+    if e.queue_capacity == 0 {
+        p.add("engine.queue_capacity", "must be at least 1");
+    }
+    if let Some(lib) = &e.onnxruntime_path
+        && !lib.is_file()
+    {
+        p.add("engine.onnxruntime_path", format!("{} does not exist", lib.display()));
+    }
+
+    let n = &cfg.noise;
+    if n.inputs.is_empty() && n.n_noise < 2 {
+        p.add("noise.n_noise", "must be at least 2 (the benchmark compares pairs of noise inputs)");
+    }
+    for (i, f) in n.inputs.iter().enumerate() {
+        if !f.is_file() {
+            p.add(format!("noise.inputs[{i}]"), format!("{} does not exist", f.display()));
+        }
+    }
+
+    let b = &cfg.baseline;
+    match (&b.path, &b.reference_dir) {
+        (None, None) => p.add(
+            "baseline",
+            "set path (an existing baseline) and/or reference_dir (reference data to build it from at start-up)",
+        ),
+        (Some(path), None) if !path.is_file() => p.add(
+            "baseline.path",
+            format!(
+                "{} does not exist and baseline.reference_dir is not set; build it with \
+                 `agent baseline --config {file} --reference DIR --out {}`",
+                path.display(),
+                path.display()
+            ),
+        ),
+        _ => {}
+    }
+    if let Some(r) = &b.reference_dir
+        && !r.exists()
+    {
+        p.add("baseline.reference_dir", format!("{} does not exist", r.display()));
+    }
+    if b.reservoir_samples == 0 {
+        p.add("baseline.reservoir_samples", "must be at least 1");
+    }
+
+    let w = &cfg.window;
+    match (w.samples, w.secs) {
+        (None, None) => {
+            p.add("window", "neither samples nor secs is set; the window needs at least one bound")
+        }
+        _ => {
+            if w.samples == Some(0) {
+                p.add("window.samples", "must be at least 1");
+            }
+            if w.secs == Some(0) {
+                p.add("window.secs", "must be at least 1");
+            }
+        }
+    }
+
+    if cfg.sources.is_empty() {
+        p.add("sources", "no source configured; add a [[sources]] section (type = \"dir\")");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in cfg.sources.iter().enumerate() {
+        if !names.insert(s.name().to_string()) {
+            p.add(format!("sources[{i}].name"), format!("{:?} is used by another source", s.name()));
+        }
+        match s {
+            SourceConfig::Dir(d) => {
+                for (key, why) in d.validate() {
+                    p.add(format!("sources[{i}].{key}"), why);
+                }
+            }
+        }
+    }
+
+    if let Err(e) = cfg.server.listen.parse::<SocketAddr>() {
+        p.add("server.listen", format!("{:?} is not an address:port ({e})", cfg.server.listen));
+    }
+    if cfg.server.auth_token.as_deref() == Some("") {
+        p.add("server.auth_token", "empty; remove the key to disable authentication");
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level) {
+        p.add("logging.level", format!("{:?} is not a log filter ({e})", cfg.logging.level));
+    }
+    p.out
+}

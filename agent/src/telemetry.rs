@@ -1,0 +1,260 @@
+//! Every metric the agent exports (the contract is `docs/metrics.md`), in one private registry.
+//!
+//! Labels are bounded: `model`, `layer`, `method`, `score`, `reason`, `source`, `provider`, `kind`,
+//! `code`, `result` — never a file name or a sample id.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use plugins::decode::RejectReason;
+
+/// The Prometheus text format's content type, as `GET /metrics` answers it.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const KEY: &[&str] = &["model", "layer", "method"];
+
+pub struct Telemetry {
+    registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub execution_provider_info: IntGaugeVec,
+    pub ready: IntGauge,
+    pub samples_scored: IntCounterVec,
+    pub samples_rejected: IntCounterVec,
+    pub noise_score: GaugeVec,
+    pub variance_score: GaugeVec,
+    pub noise_benchmark: GaugeVec,
+    pub baseline_noise_score: GaugeVec,
+    pub baseline_variance_score: GaugeVec,
+    pub noise_score_drift: GaugeVec,
+    pub variance_score_drift: GaugeVec,
+    pub drift_ks_statistic: GaugeVec,
+    pub drift_ks_pvalue: GaugeVec,
+    pub window_samples: IntGaugeVec,
+    pub noise_score_per_sample: HistogramVec,
+    pub variance_score_per_sample: HistogramVec,
+    pub inference_duration_seconds: HistogramVec,
+    pub batch_size: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_capacity: IntGaugeVec,
+    pub baseline_created_timestamp_seconds: GaugeVec,
+    pub last_sample_timestamp_seconds: GaugeVec,
+    pub source_errors: IntCounterVec,
+    pub feed_last_success_timestamp_seconds: GaugeVec,
+    pub ingest_requests: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+}
+
+fn linear(step: f64, n: usize) -> Vec<f64> {
+    (1..=n).map(|i| step * i as f64).collect()
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("a valid metric definition");
+                registry.register(Box::new(m.clone())).expect("metric names are unique");
+                m
+            }};
+        }
+        let g = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
+        let ig = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
+        let c = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let h = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        };
+        Telemetry {
+            build_info: reg!(ig(
+                "agent_build_info",
+                "Build and runtime versions.",
+                &["version", "onnxruntime"]
+            )),
+            execution_provider_info: reg!(ig(
+                "agent_execution_provider_info",
+                "Execution provider that actually runs (requested = first preference).",
+                &["model", "provider", "requested"]
+            )),
+            ready: reg!(IntGauge::new("agent_ready", "1 once model, noise maps and baseline are loaded.")),
+            samples_scored: reg!(c("agent_samples_scored_total", "Samples scored.", &["model"])),
+            samples_rejected: reg!(c(
+                "agent_samples_rejected_total",
+                "Inputs rejected, by reason.",
+                &["model", "reason"]
+            )),
+            noise_score: reg!(g("agent_noise_score", "Window mean of the per-sample noise score.", KEY)),
+            variance_score: reg!(g(
+                "agent_variance_score",
+                "Window mean of the per-sample variance score.",
+                KEY
+            )),
+            noise_benchmark: reg!(g("agent_noise_benchmark", "Noise-vs-noise benchmark NS_bench.", KEY)),
+            baseline_noise_score: reg!(g("agent_baseline_noise_score", "Reference mean noise score.", KEY)),
+            baseline_variance_score: reg!(g(
+                "agent_baseline_variance_score",
+                "Reference mean variance score.",
+                KEY
+            )),
+            noise_score_drift: reg!(g(
+                "agent_noise_score_drift",
+                "Relative drift (NS_ref - NS_window) / NS_ref.",
+                KEY
+            )),
+            variance_score_drift: reg!(g(
+                "agent_variance_score_drift",
+                "Relative drift (VS_ref - VS_window) / VS_ref.",
+                KEY
+            )),
+            drift_ks_statistic: reg!(g(
+                "agent_drift_ks_statistic",
+                "Two-sample Kolmogorov-Smirnov statistic, window vs reference.",
+                &["model", "layer", "method", "score"]
+            )),
+            drift_ks_pvalue: reg!(g(
+                "agent_drift_ks_pvalue",
+                "P-value of the two-sample Kolmogorov-Smirnov test.",
+                &["model", "layer", "method", "score"]
+            )),
+            window_samples: reg!(ig("agent_window_samples", "Samples currently in the window.", &["model"])),
+            noise_score_per_sample: reg!(h(
+                "agent_noise_score_per_sample",
+                "Per-sample noise score.",
+                KEY,
+                linear(0.05, 20)
+            )),
+            variance_score_per_sample: reg!(h(
+                "agent_variance_score_per_sample",
+                "Per-sample variance score.",
+                KEY,
+                linear(0.0125, 20)
+            )),
+            inference_duration_seconds: reg!(h(
+                "agent_inference_duration_seconds",
+                "Wall time of one engine batch.",
+                &["model"],
+                prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets")
+            )),
+            batch_size: reg!(h(
+                "agent_batch_size",
+                "Samples per engine batch.",
+                &["model"],
+                prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets")
+            )),
+            queue_depth: reg!(ig("agent_queue_depth", "Inputs waiting for the engine.", &["model"])),
+            queue_capacity: reg!(ig(
+                "agent_queue_capacity",
+                "Bound of the engine's input queue.",
+                &["model"]
+            )),
+            baseline_created_timestamp_seconds: reg!(g(
+                "agent_baseline_created_timestamp_seconds",
+                "When the baseline in use was computed.",
+                &["model"]
+            )),
+            last_sample_timestamp_seconds: reg!(g(
+                "agent_last_sample_timestamp_seconds",
+                "When the last sample was scored.",
+                &["model"]
+            )),
+            source_errors: reg!(c(
+                "agent_source_errors_total",
+                "Source-level failures.",
+                &["source", "kind"]
+            )),
+            feed_last_success_timestamp_seconds: reg!(g(
+                "agent_feed_last_success_timestamp_seconds",
+                "HTTP feed: last successful fetch.",
+                &["source"]
+            )),
+            ingest_requests: reg!(c(
+                "agent_ingest_requests_total",
+                "Ingest endpoint requests by HTTP status.",
+                &["source", "code"]
+            )),
+            config_reloads: reg!(c(
+                "agent_config_reloads_total",
+                "Configuration reloads (SIGHUP).",
+                &["result"]
+            )),
+            registry,
+        }
+    }
+
+    /// Sets the constant series and creates the counters' zero series for a model, so that rates and
+    /// absent-alerts work from the first scrape.
+    pub fn init_model(&self, model: &str, onnxruntime: &str) {
+        self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), onnxruntime]).set(1);
+        self.samples_scored.with_label_values(&[model]);
+        for r in RejectReason::ALL {
+            self.samples_rejected.with_label_values(&[model, r.as_str()]);
+        }
+        for result in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+    }
+
+    pub fn rejected(&self, model: &str, reason: RejectReason) {
+        self.samples_rejected.with_label_values(&[model, reason.as_str()]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to memory");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_exported() {
+        let t = Telemetry::new();
+        t.init_model("digits", "1.31");
+        let k = ["digits", "conv2_in", "vanilla"];
+        for gv in [
+            &t.noise_score,
+            &t.variance_score,
+            &t.noise_benchmark,
+            &t.baseline_noise_score,
+            &t.baseline_variance_score,
+            &t.noise_score_drift,
+            &t.variance_score_drift,
+        ] {
+            gv.with_label_values(&k).set(0.5);
+        }
+        t.drift_ks_statistic.with_label_values(&["digits", "conv2_in", "vanilla", "noise"]).set(0.1);
+        t.drift_ks_pvalue.with_label_values(&["digits", "conv2_in", "vanilla", "noise"]).set(0.9);
+        t.execution_provider_info.with_label_values(&["digits", "cpu", "cuda"]).set(1);
+        t.ready.set(1);
+        t.window_samples.with_label_values(&["digits"]).set(3);
+        t.noise_score_per_sample.with_label_values(&k).observe(0.3);
+        t.variance_score_per_sample.with_label_values(&k).observe(0.1);
+        t.inference_duration_seconds.with_label_values(&["digits"]).observe(0.01);
+        t.batch_size.with_label_values(&["digits"]).observe(4.0);
+        t.queue_depth.with_label_values(&["digits"]).set(0);
+        t.queue_capacity.with_label_values(&["digits"]).set(64);
+        t.baseline_created_timestamp_seconds.with_label_values(&["digits"]).set(1.0);
+        t.last_sample_timestamp_seconds.with_label_values(&["digits"]).set(1.0);
+        t.source_errors.with_label_values(&["inbox", "watch"]).inc();
+        t.feed_last_success_timestamp_seconds.with_label_values(&["feed"]).set(1.0);
+        t.ingest_requests.with_label_values(&["ingest", "200"]).inc();
+        let text = t.encode();
+        let contract = include_str!("../../docs/metrics.md");
+        for line in contract.lines().filter(|l| l.starts_with("| `agent_")) {
+            let name = line.split('`').nth(1).unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not exported");
+        }
+        assert!(text.contains("agent_samples_rejected_total{model=\"digits\",reason=\"non_finite\"} 0"));
+    }
+}

@@ -1,0 +1,141 @@
+use std::path::PathBuf;
+
+use ndarray::{Array, ArrayD, IxDyn};
+use ndarray_npy::{NpzWriter, WriteNpyExt};
+
+use super::*;
+
+fn opts() -> DecodeOptions {
+    DecodeOptions { input_shape: vec![1, 4, 4], max_bytes: 0, mean: vec![], std: vec![] }
+}
+
+fn write_npy<T: ndarray_npy::WritableElement>(dir: &Path, name: &str, a: &ArrayD<T>) -> PathBuf {
+    let p = dir.join(name);
+    a.write_npy(std::fs::File::create(&p).unwrap()).unwrap();
+    p
+}
+
+fn ramp(shape: &[usize]) -> ArrayD<f32> {
+    let n: usize = shape.iter().product();
+    Array::from_shape_vec(IxDyn(shape), (0..n).map(|i| i as f32 / n as f32).collect()).unwrap()
+}
+
+#[test]
+fn one_sample_gets_a_batch_axis() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "one.npy", &ramp(&[1, 4, 4]));
+    let b = decode_file(&p, &opts()).unwrap();
+    assert_eq!(b.shape(), &[1, 1, 4, 4]);
+    assert_eq!(b[[0, 0, 0, 1]], 1.0 / 16.0);
+}
+
+#[test]
+fn a_batch_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "batch.npy", &ramp(&[3, 1, 4, 4]));
+    assert_eq!(decode_file(&p, &opts()).unwrap().shape(), &[3, 1, 4, 4]);
+}
+
+#[test]
+fn float64_is_cast_and_uint8_scaled_and_normalised() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "f64.npy", &ramp(&[1, 4, 4]).mapv(f64::from));
+    assert_eq!(decode_file(&p, &opts()).unwrap()[[0, 0, 0, 2]], 2.0 / 16.0);
+    let u = ArrayD::<u8>::from_elem(IxDyn(&[2, 1, 4, 4]), 255);
+    let p = write_npy(d.path(), "u8.npy", &u);
+    assert_eq!(decode_file(&p, &opts()).unwrap()[[1, 0, 3, 3]], 1.0);
+    let o = DecodeOptions { mean: vec![0.5], std: vec![0.25], ..opts() };
+    assert_eq!(decode_file(&p, &o).unwrap()[[1, 0, 3, 3]], 2.0);
+}
+
+#[test]
+fn npz_with_one_array_or_x() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("a.npz");
+    let mut w = NpzWriter::new_compressed(std::fs::File::create(&p).unwrap());
+    w.add_array("x", &ramp(&[2, 1, 4, 4])).unwrap();
+    w.add_array("labels", &ndarray::arr1(&[1i64, 2])).unwrap();
+    w.finish().unwrap();
+    assert_eq!(decode_file(&p, &opts()).unwrap().shape(), &[2, 1, 4, 4]);
+    let p2 = d.path().join("b.npz");
+    let mut w = NpzWriter::new(std::fs::File::create(&p2).unwrap());
+    w.add_array("a", &ramp(&[1, 4, 4])).unwrap();
+    w.add_array("b", &ramp(&[1, 4, 4])).unwrap();
+    w.finish().unwrap();
+    assert_eq!(decode_file(&p2, &opts()).unwrap_err().reason, RejectReason::Shape);
+}
+
+#[test]
+fn truncated_file_is_a_decode_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "t.npy", &ramp(&[1, 4, 4]));
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
+    let e = decode_file(&p, &opts()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::Decode);
+    assert!(e.message.starts_with("t.npy: "), "{}", e.message);
+    assert!(e.message.contains("truncated"), "{}", e.message);
+}
+
+#[test]
+fn garbage_is_a_decode_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("g.npy");
+    std::fs::write(&p, b"this is not numpy at all").unwrap();
+    assert_eq!(decode_file(&p, &opts()).unwrap_err().reason, RejectReason::Decode);
+    let p = d.path().join("g.npz");
+    std::fs::write(&p, b"PK garbage").unwrap();
+    assert_eq!(decode_file(&p, &opts()).unwrap_err().reason, RejectReason::Decode);
+}
+
+#[test]
+fn wrong_dtype_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "i.npy", &ArrayD::<i32>::zeros(IxDyn(&[1, 4, 4])));
+    let e = decode_file(&p, &opts()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::Dtype);
+    assert!(e.message.contains("i4"), "{}", e.message);
+}
+
+#[test]
+fn nan_and_inf_are_rejected() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = ramp(&[1, 4, 4]);
+    a[[0, 2, 2]] = f32::NAN;
+    let p = write_npy(d.path(), "nan.npy", &a);
+    let e = decode_file(&p, &opts()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::NonFinite);
+    assert!(e.message.contains("index 10"), "{}", e.message);
+    let big = ArrayD::<f64>::from_elem(IxDyn(&[1, 4, 4]), 1e300);
+    let p = write_npy(d.path(), "big.npy", &big);
+    assert_eq!(decode_file(&p, &opts()).unwrap_err().reason, RejectReason::NonFinite);
+}
+
+#[test]
+fn wrong_shape_and_empty_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "s.npy", &ramp(&[1, 5, 4]));
+    let e = decode_file(&p, &opts()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::Shape);
+    assert!(e.message.contains("[1, 5, 4]"), "{}", e.message);
+    let p = write_npy(d.path(), "e.npy", &ramp(&[0, 1, 4, 4]));
+    assert_eq!(decode_file(&p, &opts()).unwrap_err().reason, RejectReason::Shape);
+}
+
+#[test]
+fn size_limit_and_extension() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "l.npy", &ramp(&[1, 4, 4]));
+    let o = DecodeOptions { max_bytes: 10, ..opts() };
+    assert_eq!(decode_file(&p, &o).unwrap_err().reason, RejectReason::TooLarge);
+    let p = d.path().join("x.csv");
+    std::fs::write(&p, "1,2,3").unwrap();
+    assert_eq!(decode_file(&p, &opts()).unwrap_err().reason, RejectReason::Unsupported);
+}
+
+#[test]
+fn reasons_round_trip() {
+    for r in RejectReason::ALL {
+        assert_eq!(RejectReason::parse(r.as_str()), Some(r));
+    }
+}
