@@ -1,0 +1,149 @@
+//! The engine's scores against the independent numpy reference (`tools/reference_scores.py`), which
+//! computes them from raw Jacobians that ONNX Runtime produces through an uncompressed attribution
+//! graph. Needs the project's Python tools (`scripts/install-onnxruntime.sh` makes `.venv`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agent::compiler::{self, CompileOptions};
+use agent::engine::{Engine, EngineSpec, LayerSpec, Normalization};
+use agent::onnx;
+use agent::runtime::Provider;
+use agent::scores::{Aggregation, Method};
+use common::*;
+use ndarray::{ArrayD, Axis, IxDyn};
+
+const LAYER: &str = "/block1/pool/MaxPool_output_0";
+
+fn python() -> PathBuf {
+    std::env::var_os("AGENT_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+}
+
+pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
+    EngineSpec {
+        model_path: model.to_path_buf(),
+        model_name: "test".into(),
+        embedding: "embedding".into(),
+        layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into() }],
+        methods,
+        channel_agg: Aggregation::Abs,
+        embedding_agg: Aggregation::Var,
+        normalize_dims: false,
+        binarize: None,
+        n_noise: 3,
+        noise_seed: 0,
+        noise_inputs: vec![],
+        normalization: Normalization::default(),
+        samples: 1,
+        smoothing: 0.0,
+        smoothing_seed: 0,
+        dims: None,
+        rows_per_run: 8,
+        providers: vec![Provider::Cpu],
+        threads: 1,
+        onnxruntime_path: None,
+    }
+}
+
+/// Raw Jacobian `[D, C, H, W]` and activation `[C, H, W]` of one sample at the layer.
+fn raw(model: &onnx::proto::ModelProto, x: &ArrayD<f32>) -> (ArrayD<f32>, ArrayD<f32>) {
+    let opts = CompileOptions {
+        embedding: "embedding".into(),
+        layers: vec![LAYER.into()],
+        methods: vec![Method::Vanilla],
+        channel_agg: None,
+        smoothing_samples: 1,
+    };
+    let g = compiler::compile(model, "t", &opts).unwrap();
+    let d = g.embedding_dim;
+    let eye = ArrayD::from_shape_fn(IxDyn(&[d, d]), |i| if i[0] == i[1] { 1.0f32 } else { 0.0 });
+    let xb = x.clone().insert_axis(Axis(0));
+    let jac = run(&g.to_bytes(), vec![("input", xb.clone()), (compiler::COTANGENT, eye)], &["attr/0/vanilla"]).remove(0);
+    let h = run(&with_output(model, LAYER), vec![("input", xb)], &[LAYER]).remove(0);
+    (jac.index_axis(Axis(0), 0).to_owned(), h.index_axis(Axis(0), 0).to_owned())
+}
+
+#[test]
+fn scores_match_the_numpy_reference() {
+    let entry = manifest().into_iter().find(|e| e.name == "mnist_encoder").unwrap();
+    let model = onnx::decode(&std::fs::read(entry.path()).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let noise: Vec<ArrayD<f32>> = (0..3).map(|i| uniform(&[1, 28, 28], 100 + i)).collect();
+    let mut noise_files = Vec::new();
+    let mut noise_args = Vec::new();
+    for (i, n) in noise.iter().enumerate() {
+        let p = dir.path().join(format!("noise{i}.npy"));
+        ndarray_npy::write_npy(&p, n).unwrap();
+        noise_files.push(p);
+        let (j, h) = raw(&model, n);
+        let (jp, hp) = (dir.path().join(format!("njac{i}.npy")), dir.path().join(format!("nact{i}.npy")));
+        ndarray_npy::write_npy(&jp, &j).unwrap();
+        ndarray_npy::write_npy(&hp, &h).unwrap();
+        noise_args.extend(["--noise-jac".to_string(), jp.display().to_string()]);
+        noise_args.extend(["--noise-act".to_string(), hp.display().to_string()]);
+    }
+    let xs: Vec<ArrayD<f32>> = (0..2).map(|i| uniform(&[1, 28, 28], 200 + i)).collect();
+    let mut sample_args = Vec::new();
+    for (i, x) in xs.iter().enumerate() {
+        let (j, h) = raw(&model, x);
+        let (jp, hp) = (dir.path().join(format!("jac{i}.npy")), dir.path().join(format!("act{i}.npy")));
+        ndarray_npy::write_npy(&jp, &j).unwrap();
+        ndarray_npy::write_npy(&hp, &h).unwrap();
+        sample_args.push((jp, hp));
+    }
+    let batch = ndarray::stack(Axis(0), &[xs[0].view(), xs[1].view()]).unwrap();
+    let combos = [
+        (Aggregation::Abs, Aggregation::Var, false, None),
+        (Aggregation::Var, Aggregation::Abs, true, Some(0.5)),
+        (Aggregation::Mean, Aggregation::Mean, false, None),
+    ];
+    let mut worst = 0.0f64;
+    for (chan, emb, norm, bin) in combos {
+        let mut s = spec(&entry.path(), LAYER, Method::ALL.to_vec());
+        s.channel_agg = chan;
+        s.embedding_agg = emb;
+        s.normalize_dims = norm;
+        s.binarize = bin;
+        s.noise_inputs = noise_files.clone();
+        s.rows_per_run = 7; // not a divisor of D = 32: exercises a short last chunk
+        let mut engine = Engine::new(&s).unwrap();
+        let scores = engine.score_batch(batch.view().into_dyn()).unwrap();
+        for (ki, key) in engine.keys().iter().enumerate() {
+            for (si, (jp, hp)) in sample_args.iter().enumerate() {
+                let mut cmd = Command::new(python());
+                cmd.arg(repo_root().join("tools/reference_scores.py"))
+                    .args(["--jac", &jp.display().to_string(), "--act", &hp.display().to_string()])
+                    .args(&noise_args)
+                    .args(["--method", key.method.as_str(), "--channel-agg", chan.as_str(), "--embedding-agg", emb.as_str()]);
+                if norm {
+                    cmd.arg("--normalize-dims");
+                }
+                if let Some(t) = bin {
+                    cmd.args(["--binarize", &t.to_string()]);
+                }
+                let out = cmd.output().expect("running the numpy reference (is .venv installed?)");
+                assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
+                let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let got = scores[si].scores[ki];
+                let pairs = [
+                    ("noise_score", got.noise_score, want["noise_score"].as_f64().unwrap()),
+                    ("variance_score", got.variance_score, want["variance_score"].as_f64().unwrap()),
+                    ("noise_benchmark", key.noise_benchmark, want["noise_benchmark"].as_f64().unwrap()),
+                ];
+                for (what, g, w) in pairs {
+                    let err = (g - w).abs();
+                    worst = worst.max(err);
+                    assert!(
+                        err <= 1e-5,
+                        "{what} for {:?} {chan:?}/{emb:?} normalize_dims={norm} binarize={bin:?} sample {si}: agent {g}, numpy {w}",
+                        key.method
+                    );
+                }
+                assert!((0.0..=1.0).contains(&got.noise_score) && (0.0..=0.25).contains(&got.variance_score));
+            }
+        }
+    }
+    eprintln!("worst |agent − numpy| over all scores: {worst:.2e}");
+}
