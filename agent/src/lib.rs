@@ -3,6 +3,7 @@
 //! Data flows sources → decoders (crate `plugins`) → engine → scores → drift windows → telemetry;
 //! see ARCHITECTURE.md for the map.
 
+pub mod cli;
 pub mod compiler;
 pub mod config;
 pub mod drift;

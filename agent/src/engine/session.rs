@@ -170,6 +170,34 @@ impl Engine {
             .collect()
     }
 
+    /// Runs the graph once on a batch with arbitrary cotangent rows `[K, D]` (random probes, a
+    /// `1/D` row for the mean map, …) and returns each output's `[B, K, H, W]` maps; smoothing
+    /// points are formed as for scoring. For estimators and experiments.
+    pub fn run_rows(&mut self, batch: ArrayViewD<f32>, rows: ndarray::ArrayView2<f32>) -> Result<Vec<ndarray::Array4<f32>>> {
+        if rows.ncols() != self.graph.embedding_dim {
+            bail!("cotangent rows have {} columns; D = {}", rows.ncols(), self.graph.embedding_dim);
+        }
+        let points = self.points(batch)?;
+        let feeds = ort::inputs![
+            self.input_name.as_str() => TensorRef::from_array_view(points.view()).map_err(|e| anyhow!("{e}"))?,
+            compiler::COTANGENT => TensorRef::from_array_view(rows).map_err(|e| anyhow!("{e}"))?,
+        ];
+        let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
+        self.graph
+            .outputs
+            .iter()
+            .map(|o| {
+                let m = out[o.name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
+                Ok(m.into_dimensionality::<ndarray::Ix4>()?.to_owned())
+            })
+            .collect()
+    }
+
+    /// Per sample, per output (aligned with [`Engine::keys`]): the embedding-aggregated map `E`.
+    pub fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<Array2<f32>>>> {
+        Ok(self.maps(batch)?.into_iter().map(|per| per.into_iter().map(|m| m.embedding).collect()).collect())
+    }
+
     /// Per sample, per output: the embedding-aggregated map and the variance score.
     fn maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<scores::SampleMaps>>> {
         if batch.ndim() != self.input_shape.len() + 1 || batch.shape()[1..] != self.input_shape[..] {

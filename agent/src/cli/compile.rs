@@ -1,0 +1,76 @@
+//! `agent compile`: write the attribution graph of a model, for inspection or to ship as an artifact.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::compiler::{self, CompileOptions};
+use crate::scores::{Aggregation, Method};
+
+#[derive(Debug, Clone, Args)]
+pub struct CompileArgs {
+    /// The forward ONNX model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The rank-2 embedding output `[B, D]`.
+    #[arg(long)]
+    pub embedding: String,
+    /// Intermediate tensor(s) to attribute to; repeat for several.
+    #[arg(long = "layer", required = true)]
+    pub layers: Vec<String>,
+    /// Attribution method(s); default vanilla.
+    #[arg(long = "method")]
+    pub methods: Vec<Method>,
+    /// Channel aggregation in the graph (mean, abs, var), or `none` for raw `[B, K, C, H, W]` maps.
+    #[arg(long, default_value = "abs")]
+    pub channel_agg: String,
+    /// Smoothing points per sample averaged inside the graph (spec §1); default 1.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Where to write the attribution graph.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: &CompileArgs) -> Result<()> {
+    let channel_agg = match args.channel_agg.as_str() {
+        "none" => None,
+        s => Some(s.parse::<Aggregation>().map_err(anyhow::Error::msg)?),
+    };
+    let opts = CompileOptions {
+        embedding: args.embedding.clone(),
+        layers: args.layers.clone(),
+        methods: if args.methods.is_empty() { vec![Method::Vanilla] } else { args.methods.clone() },
+        channel_agg,
+        smoothing_samples: args.samples.max(1),
+    };
+    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let start = Instant::now();
+    let graph = compiler::compile_bytes(&bytes, &opts)
+        .with_context(|| format!("compiling {}", args.model.display()))?;
+    let elapsed = start.elapsed();
+    let out = graph.to_bytes();
+    std::fs::write(&args.out, &out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} ({} bytes) in {:.2} s: embedding {} (D = {}), inputs {} + {} [K, {}]",
+        args.out.display(),
+        out.len(),
+        elapsed.as_secs_f64(),
+        graph.embedding,
+        graph.embedding_dim,
+        graph.inputs.iter().map(|i| format!("{} [N, {:?}]", i.name, i.rest)).collect::<Vec<_>>().join(", "),
+        compiler::COTANGENT,
+        graph.embedding_dim
+    );
+    for o in &graph.outputs {
+        let shape = if channel_agg.is_some() {
+            format!("[N, K, {}, {}]", o.height, o.width)
+        } else {
+            format!("[N, K, {}, {}, {}]", o.channels, o.height, o.width)
+        };
+        println!("  output {:16} {shape:22} layer {} ({} channels)", o.name, o.layer, o.channels);
+    }
+    Ok(())
+}

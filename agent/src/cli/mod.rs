@@ -1,0 +1,181 @@
+//! Command-line verbs that work on files: `compile`, `score`, `explain`. The daemon's verbs (`run`,
+//! `check`, `baseline`) live with the daemon. Each verb is a function taking its parsed arguments.
+
+pub mod compile;
+pub mod explain;
+pub mod score;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::config::Config;
+use crate::engine::{EngineSpec, LayerSpec, Normalization};
+use crate::runtime::Provider;
+use crate::scores::{Aggregation, Method};
+
+/// Where the engine's settings come from: a configuration file, or flags alone. Flags given
+/// together with `--config` override the file's values.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Configuration file (TOML); its `[model]`, `[noise]` and `[engine]` sections are used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The ONNX model (without --config).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The rank-2 embedding output (without --config).
+    #[arg(long)]
+    pub embedding: Option<String>,
+    /// An intermediate tensor to score; repeat for a score curve (`label=tensor` sets the label).
+    #[arg(long = "layer")]
+    pub layers: Vec<String>,
+    /// Attribution method(s): vanilla, actgrad, gradcam.
+    #[arg(long = "method")]
+    pub methods: Vec<Method>,
+    #[arg(long)]
+    pub channel_agg: Option<Aggregation>,
+    #[arg(long)]
+    pub embedding_agg: Option<Aggregation>,
+    /// Normalise each component's map before the embedding aggregation.
+    #[arg(long)]
+    pub normalize_dims: bool,
+    /// Binarise normalised maps at this threshold before the variance score.
+    #[arg(long)]
+    pub binarize: Option<f32>,
+    /// Noise input file(s) (`.npy`, one sample each) instead of drawn noise.
+    #[arg(long = "noise-input")]
+    pub noise_inputs: Vec<PathBuf>,
+    #[arg(long)]
+    pub noise_seed: Option<u64>,
+    #[arg(long)]
+    pub n_noise: Option<usize>,
+    /// Smoothed estimator: points per sample (default 1: the plain gradient).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Smoothed estimator: noise σ (default 0.5 when --samples > 1).
+    #[arg(long)]
+    pub smoothing: Option<f32>,
+    /// Score a seeded random subset of this many embedding components.
+    #[arg(long)]
+    pub dims: Option<usize>,
+    /// Cotangent rows per ONNX Runtime run.
+    #[arg(long)]
+    pub rows_per_run: Option<usize>,
+    /// Execution providers in order of preference (default cpu without --config).
+    #[arg(long = "provider")]
+    pub providers: Vec<Provider>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// libonnxruntime.so to load.
+    #[arg(long)]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cuda" => Ok(Provider::Cuda),
+            "cpu" => Ok(Provider::Cpu),
+            _ => Err(format!("unknown provider {s:?} (expected cuda or cpu)")),
+        }
+    }
+}
+
+impl ModelArgs {
+    /// The engine specification these arguments describe. `score`'s defaults differ from the
+    /// daemon's: one smoothing point (the plain gradient) unless asked otherwise.
+    pub fn engine_spec(&self) -> Result<EngineSpec> {
+        let mut spec = match &self.config {
+            Some(path) => {
+                let cfg = Config::load(path)?;
+                let problems = cfg.validate();
+                if !problems.is_empty() {
+                    let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                    bail!("{} has problems:\n{}", path.display(), list.join("\n"));
+                }
+                cfg.to_engine_spec()
+            }
+            None => {
+                let (Some(model), Some(embedding)) = (&self.model, &self.embedding) else {
+                    bail!("give --config FILE, or --model M.onnx --embedding NAME --layer TENSOR");
+                };
+                if self.layers.is_empty() {
+                    bail!("give at least one --layer TENSOR");
+                }
+                EngineSpec {
+                    model_path: model.clone(),
+                    model_name: model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                    embedding: embedding.clone(),
+                    layers: vec![],
+                    methods: vec![Method::Vanilla],
+                    channel_agg: Aggregation::Abs,
+                    embedding_agg: Aggregation::Var,
+                    normalize_dims: false,
+                    binarize: None,
+                    n_noise: 4,
+                    noise_seed: 0,
+                    noise_inputs: vec![],
+                    normalization: Normalization::default(),
+                    samples: 1,
+                    smoothing: 0.0,
+                    smoothing_seed: 0,
+                    dims: None,
+                    rows_per_run: 32,
+                    providers: vec![Provider::Cpu],
+                    threads: 0,
+                    onnxruntime_path: None,
+                }
+            }
+        };
+        if !self.layers.is_empty() {
+            spec.layers = self
+                .layers
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((name, tensor)) if !name.is_empty() => LayerSpec { name: name.into(), tensor: tensor.into() },
+                    _ => LayerSpec { name: l.clone(), tensor: l.clone() },
+                })
+                .collect();
+        }
+        if let Some(m) = &self.model {
+            spec.model_path = m.clone();
+        }
+        if let Some(e) = &self.embedding {
+            spec.embedding = e.clone();
+        }
+        if !self.methods.is_empty() {
+            spec.methods = self.methods.clone();
+        }
+        spec.channel_agg = self.channel_agg.unwrap_or(spec.channel_agg);
+        spec.embedding_agg = self.embedding_agg.unwrap_or(spec.embedding_agg);
+        spec.normalize_dims |= self.normalize_dims;
+        spec.binarize = self.binarize.or(spec.binarize);
+        if !self.noise_inputs.is_empty() {
+            spec.noise_inputs = self.noise_inputs.clone();
+        }
+        spec.noise_seed = self.noise_seed.unwrap_or(spec.noise_seed);
+        spec.n_noise = self.n_noise.unwrap_or(spec.n_noise);
+        if self.config.is_none() || self.samples.is_some() {
+            spec.samples = self.samples.unwrap_or(1);
+            spec.smoothing = self.smoothing.unwrap_or(if spec.samples > 1 { 0.5 } else { 0.0 });
+        } else if let Some(s) = self.smoothing {
+            spec.smoothing = s;
+        }
+        spec.dims = self.dims.or(spec.dims);
+        spec.rows_per_run = self.rows_per_run.unwrap_or(spec.rows_per_run);
+        if !self.providers.is_empty() {
+            spec.providers = self.providers.clone();
+        }
+        spec.threads = self.threads.unwrap_or(spec.threads);
+        if let Some(p) = &self.onnxruntime {
+            spec.onnxruntime_path = Some(p.clone());
+        }
+        if spec.layers.is_empty() {
+            bail!("no layer to score: give --layer TENSOR or configure [[model.layers]]");
+        }
+        Ok(spec)
+    }
+}

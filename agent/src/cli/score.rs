@@ -1,0 +1,132 @@
+//! `agent score`: score files once and print the scores (a table, or JSON lines with `--json`).
+//!
+//! Every input is scored even when some are bad; the bad ones are listed on stderr, one line each
+//! naming the file and the problem, and the exit status is then 1.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ndarray::{ArrayD, Axis};
+
+use super::ModelArgs;
+use crate::engine::Engine;
+
+#[derive(Debug, Clone, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// One JSON object per line per input sample, layer and method.
+    #[arg(long)]
+    pub json: bool,
+    /// Samples per engine run.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Input files (`.npy` or `.npz`): one sample each, or a batch.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// One printed row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScoreRow {
+    pub input: String,
+    pub sample: usize,
+    pub layer: String,
+    pub method: &'static str,
+    pub noise_score: f64,
+    pub variance_score: f64,
+    pub noise_benchmark: f64,
+}
+
+/// Decodes an input file into a batch for the engine.
+pub fn decode(engine: &Engine, path: &std::path::Path) -> Result<ArrayD<f32>, String> {
+    let n = &engine.spec().normalization;
+    let opts = plugins::decode::DecodeOptions {
+        input_shape: engine.input_shape().to_vec(),
+        max_bytes: 0,
+        mean: n.mean.clone(),
+        std: n.std.clone(),
+    };
+    plugins::decode::decode_file_as(path, &path.display().to_string(), &opts).map_err(|e| e.message)
+}
+
+pub fn run(args: &ScoreArgs) -> Result<i32> {
+    let spec = args.model.engine_spec()?;
+    let mut engine = Engine::new(&spec)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.json {
+        writeln!(out, "{:40} {:>6} {:20} {:8} {:>11} {:>14} {:>15}", "input", "sample", "layer", "method", "noise_score", "variance_score", "noise_benchmark")?;
+    }
+    let mut failures = Vec::new();
+    let (mut scored, start) = (0usize, Instant::now());
+    for path in &args.inputs {
+        let batch = match decode(&engine, path) {
+            Ok(b) => b,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let mut rows = Vec::new();
+        let mut failed = None;
+        for (ci, chunk) in batch.axis_chunks_iter(Axis(0), args.batch_size.max(1)).enumerate() {
+            match engine.score_batch(chunk) {
+                Ok(scores) => {
+                    for (i, s) in scores.iter().enumerate() {
+                        for (key, v) in engine.keys().iter().zip(&s.scores) {
+                            rows.push(ScoreRow {
+                                input: path.display().to_string(),
+                                sample: ci * args.batch_size.max(1) + i,
+                                layer: key.layer.clone(),
+                                method: key.method.as_str(),
+                                noise_score: v.noise_score,
+                                variance_score: v.variance_score,
+                                noise_benchmark: key.noise_benchmark,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed = Some(format!("{}: scoring failed: {e:#}", path.display()));
+                    break;
+                }
+            }
+        }
+        if let Some(f) = failed {
+            failures.push(f);
+            continue;
+        }
+        scored += batch.shape()[0];
+        for r in rows {
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:40} {:>6} {:20} {:8} {:>11.6} {:>14.6} {:>15.6}",
+                    r.input, r.sample, r.layer, r.method, r.noise_score, r.variance_score, r.noise_benchmark
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    let secs = start.elapsed().as_secs_f64();
+    if scored > 0 {
+        eprintln!(
+            "scored {scored} sample(s) in {secs:.2} s ({:.1} ms per sample, provider {})",
+            1000.0 * secs / scored as f64,
+            engine.provider().as_str()
+        );
+    }
+    for f in &failures {
+        eprintln!("error: {f}");
+    }
+    if scored == 0 && failures.is_empty() {
+        bail!("no input");
+    }
+    Ok(if failures.is_empty() { 0 } else { 1 })
+}
