@@ -4,6 +4,7 @@
 //! see ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod onnx;
 pub mod runtime;

@@ -84,3 +84,7 @@ pub struct ScoreKey {
     pub method: Method,
     pub noise_benchmark: f64,
 }
+
+// PLACEHOLDER — DELETE AT MERGE (the real engine replaces these two lines).
+mod api_placeholder;
+pub use api_placeholder::Engine;
