@@ -195,3 +195,6 @@ impl Server {
         let _ = self.task.await;
     }
 }
+
+#[cfg(test)]
+mod tests;
