@@ -57,6 +57,9 @@ impl ReferenceBaseline {
 
     /// Writes atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self)?;
         {
