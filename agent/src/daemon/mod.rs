@@ -109,8 +109,17 @@ pub fn command(config: &Path) -> Result<()> {
 }
 
 /// The daemon's main loop; returns when a SIGTERM/SIGINT drain has finished.
-pub async fn run(path: std::path::PathBuf, mut cfg: Config, factory: ScorerFactory) -> Result<()> {
-    let state = Arc::new(AppState::new());
+pub async fn run(path: std::path::PathBuf, cfg: Config, factory: ScorerFactory) -> Result<()> {
+    run_with_state(path, cfg, factory, Arc::new(AppState::new())).await
+}
+
+/// [`run`] with the state given (tests read its metrics).
+pub async fn run_with_state(
+    path: std::path::PathBuf,
+    mut cfg: Config,
+    factory: ScorerFactory,
+    state: Arc<AppState>,
+) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

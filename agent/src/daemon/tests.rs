@@ -174,3 +174,84 @@ fn a_stale_baseline_is_refused_with_the_rebuild_command() {
     let msg = format!("{err:#}");
     assert!(msg.contains("agent baseline --config"), "{msg}");
 }
+
+fn http_get(port: u16, path: &str, auth: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn server_endpoints_and_auth() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let state = Arc::new(AppState::new());
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move { axum::serve(listener, server::router(state.clone())).await });
+    let state = Arc::new(AppState::new());
+    let listener2 = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port2 = listener2.local_addr().unwrap().port();
+    *state.auth_token.write().unwrap() = Some("s3cret".into());
+    let s2 = state.clone();
+    rt.spawn(async move { axum::serve(listener2, server::router(s2)).await });
+
+    assert!(http_get(port, "/healthz", None).starts_with("HTTP/1.0 200"));
+    assert!(http_get(port, "/readyz", None).starts_with("HTTP/1.0 503"));
+    let m = http_get(port, "/metrics", None);
+    assert!(m.starts_with("HTTP/1.0 200"), "{m}");
+    assert!(m.to_lowercase().contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{m}");
+    assert!(http_get(port, "/api/v1/status", None).contains("\"ready\":false"));
+    assert!(http_get(port, "/", None).contains("<h1>agent"));
+
+    assert!(http_get(port2, "/metrics", None).starts_with("HTTP/1.0 401"));
+    assert!(http_get(port2, "/metrics", Some("wrong")).starts_with("HTTP/1.0 401"));
+    assert!(http_get(port2, "/metrics", Some("s3cret")).starts_with("HTTP/1.0 200"));
+    assert!(http_get(port2, "/healthz", None).starts_with("HTTP/1.0 200"));
+    state.telemetry.ready.set(1);
+    assert!(http_get(port2, "/readyz", None).starts_with("HTTP/1.0 200"));
+}
+
+#[test]
+fn sighup_reloads_or_keeps_the_old_config_and_sigterm_drains() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path());
+    let path = d.path().join("agent.toml");
+    let good = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[window]", "[server]\nlisten = \"127.0.0.1:0\"\n[window]");
+    std::fs::write(&path, &good).unwrap();
+    let cfg = Config {
+        server: crate::config::ServerConfig { listen: "127.0.0.1:0".into(), auth_token: None },
+        ..cfg
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let state = Arc::new(AppState::new());
+    let run = rt.spawn(run_with_state(path.clone(), cfg, fake_factory(), state.clone()));
+    let pid = std::process::id().to_string();
+    let signal =
+        |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let reloads = |r: &str| state.telemetry.config_reloads.with_label_values(&[r]).get();
+    wait("ready", || state.telemetry.ready.get() == 1);
+    // A bad configuration is refused; the running one stays.
+    std::fs::write(&path, good.replace("batch_size = 4", "batch_size = 0")).unwrap();
+    signal("-HUP");
+    wait("a failed reload", || reloads("failure") == 1);
+    assert_eq!(state.telemetry.ready.get(), 1);
+    // A good one replaces it.
+    std::fs::write(&path, good.replace("samples = 50", "samples = 10")).unwrap();
+    signal("-HUP");
+    wait("a successful reload", || reloads("success") == 1 && state.telemetry.ready.get() == 1);
+    npy(&d.path().join("inbox/after.npy"), &[1, 4, 4], 0.25);
+    wait("a sample after the reload", || count(&d.path().join("inbox/done")) == 1);
+    signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.is_finished() {
+        assert!(Instant::now() < deadline, "run did not return after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(run).unwrap().unwrap();
+}
