@@ -83,18 +83,25 @@ impl Pipeline {
         let observer: Arc<dyn Observer> =
             Arc::new(MetricsObserver { state: state.clone(), model: model.clone() });
         let opts = baseline::decode_options(cfg, &input_shape);
-        let mut sources = Vec::new();
+        // Open every source before starting any, so that a failure leaves nothing running.
+        let mut opened = Vec::new();
         for s in &cfg.sources {
             match s {
-                SourceConfig::Dir(d) => {
-                    let (src, totals) = DirSource::open(d)
-                        .with_context(|| format!("opening source {:?} ({})", d.name, d.path.display()))?;
-                    state.seed_counters(&model, &d.name, &totals);
-                    let (opts, tx, observer, stop_rx) =
-                        (opts.clone(), tx.clone(), observer.clone(), stop_rx.clone());
-                    sources.push(tokio::task::spawn_blocking(move || src.run(opts, tx, observer, stop_rx)));
-                }
+                SourceConfig::Dir(d) => match DirSource::open(d) {
+                    Ok(pair) => opened.push(pair),
+                    Err(e) => {
+                        drop(tx);
+                        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+                        return Err(anyhow!("opening source {:?} ({}): {e}", d.name, d.path.display()));
+                    }
+                },
             }
+        }
+        let mut sources = Vec::new();
+        for (src, totals) in opened {
+            state.seed_counters(&model, &src.config().name, &totals);
+            let (opts, tx, observer, stop_rx) = (opts.clone(), tx.clone(), observer.clone(), stop_rx.clone());
+            sources.push(tokio::task::spawn_blocking(move || src.run(opts, tx, observer, stop_rx)));
         }
         drop(tx);
         state.telemetry.ready.set(1);
