@@ -72,16 +72,40 @@ pub fn engine_factory() -> ScorerFactory {
     Arc::new(|spec: &EngineSpec| Ok(Box::new(Engine::new(spec)?) as Box<dyn Scorer>))
 }
 
-/// Installs the global `tracing` subscriber (`RUST_LOG` wins over `logging.level`).
-pub fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+fn log_filter(cfg: &Config) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.logging.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match cfg.logging.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Installs the global `tracing` subscriber (`RUST_LOG` wins over `logging.level`). The level can be
+/// changed by a reload; the format (text or json) only by a restart.
+pub fn init_logging(cfg: &Config) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(cfg));
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let installed = match cfg.logging.format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
     };
+    if installed.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+fn reload_logging(cfg: &Config) {
+    if let Some(h) = LOG_FILTER.get()
+        && let Err(e) = h.reload(log_filter(cfg))
+    {
+        tracing::warn!(error = %e, "cannot change the log level");
+    }
 }
 
 /// Loads and validates a configuration, or fails listing every problem.
@@ -153,6 +177,7 @@ pub async fn run_with_state(
                             server.stop().await;
                             server = Server::start(&new, state.clone()).await?;
                         }
+                        reload_logging(&new);
                         cfg = new;
                         state.telemetry.config_reloads.with_label_values(&["success"]).inc();
                     }
