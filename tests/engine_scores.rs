@@ -18,7 +18,9 @@ use ndarray::{ArrayD, Axis, IxDyn};
 const LAYER: &str = "/block1/pool/MaxPool_output_0";
 
 fn python() -> PathBuf {
-    std::env::var_os("AGENT_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+    std::env::var_os("AGENT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
 }
 
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
@@ -60,7 +62,9 @@ fn raw(model: &onnx::proto::ModelProto, x: &ArrayD<f32>) -> (ArrayD<f32>, ArrayD
     let d = g.embedding_dim;
     let eye = ArrayD::from_shape_fn(IxDyn(&[d, d]), |i| if i[0] == i[1] { 1.0f32 } else { 0.0 });
     let xb = x.clone().insert_axis(Axis(0));
-    let jac = run(&g.to_bytes(), vec![("input", xb.clone()), (compiler::COTANGENT, eye)], &["attr/0/vanilla"]).remove(0);
+    let jac =
+        run(&g.to_bytes(), vec![("input", xb.clone()), (compiler::COTANGENT, eye)], &["attr/0/vanilla"])
+            .remove(0);
     let h = run(&with_output(model, LAYER), vec![("input", xb)], &[LAYER]).remove(0);
     (jac.index_axis(Axis(0), 0).to_owned(), h.index_axis(Axis(0), 0).to_owned())
 }
@@ -116,7 +120,14 @@ fn scores_match_the_numpy_reference() {
                 cmd.arg(repo_root().join("tools/reference_scores.py"))
                     .args(["--jac", &jp.display().to_string(), "--act", &hp.display().to_string()])
                     .args(&noise_args)
-                    .args(["--method", key.method.as_str(), "--channel-agg", chan.as_str(), "--embedding-agg", emb.as_str()]);
+                    .args([
+                        "--method",
+                        key.method.as_str(),
+                        "--channel-agg",
+                        chan.as_str(),
+                        "--embedding-agg",
+                        emb.as_str(),
+                    ]);
                 if norm {
                     cmd.arg("--normalize-dims");
                 }

@@ -1,20 +1,51 @@
-//! `agent`: the daemon and the command-line verbs (spec `shared/spec/agent.md`, "Command line").
+//! The `agent` command line: a thin dispatcher into the library's modules
+//! (contract: `shared/spec/agent.md`, "Command line").
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use agent::cli;
 
 #[derive(Parser)]
-#[command(name = "agent", version, about = "Representation-drift monitoring for ONNX models")]
+#[command(
+    name = "agent",
+    version,
+    about = "Monitors whether a model's learned representation still works on today's data"
+)]
 struct Cli {
+    /// Configuration file; without a subcommand, runs the daemon (= `agent run --config FILE`).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon.
+    Run(ConfigArg),
+    /// Validate the configuration, model, layers and baseline; exit 1 listing every problem.
+    Check(ConfigArg),
+    /// Compute a reference baseline with a progress bar.
+    Baseline {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Reference data: a directory of .npy/.npz files, or one batch file.
+        #[arg(long)]
+        reference: PathBuf,
+        /// Where to write the baseline.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the attribution graph of a model.
     Compile(cli::compile::CompileArgs),
     /// Score input files once.
@@ -23,19 +54,48 @@ enum Command {
     Explain(cli::explain::ExplainArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
-    let result = match &cli.command {
-        Command::Compile(a) => cli::compile::run(a).map(|_| 0),
-        Command::Score(a) => cli::score::run(a),
-        Command::Explain(a) => cli::explain::run(a).map(|_| 0),
-    };
-    match result {
+fn report(r: anyhow::Result<i32>) -> ExitCode {
+    match r {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs of the file verbs go to stderr (stdout carries their results); `RUST_LOG` sets the level.
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => match cli.config {
+            Some(config) => report(agent::daemon::command(&config).map(|_| 0)),
+            None => {
+                eprintln!("error: --config FILE is required (or a subcommand; see --help)");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Run(c)) => report(agent::daemon::command(&c.config).map(|_| 0)),
+        Some(Command::Check(c)) => ExitCode::from(agent::daemon::check::command(&c.config) as u8),
+        Some(Command::Baseline { config, reference, out }) => {
+            report(agent::daemon::baseline::command(&config.config, &reference, &out).map(|_| 0))
+        }
+        Some(Command::Compile(a)) => {
+            init_cli_logging();
+            report(cli::compile::run(&a).map(|_| 0))
+        }
+        Some(Command::Score(a)) => {
+            init_cli_logging();
+            report(cli::score::run(&a))
+        }
+        Some(Command::Explain(a)) => {
+            init_cli_logging();
+            report(cli::explain::run(&a).map(|_| 0))
         }
     }
 }

@@ -32,7 +32,12 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let mut engine = Engine::new(&spec)?;
     let batch = super::score::decode(&engine, &args.input).map_err(anyhow::Error::msg)?;
     if args.sample >= batch.shape()[0] {
-        bail!("{} holds {} sample(s); --sample {} is out of range", args.input.display(), batch.shape()[0], args.sample);
+        bail!(
+            "{} holds {} sample(s); --sample {} is out of range",
+            args.input.display(),
+            batch.shape()[0],
+            args.sample
+        );
     }
     let x = batch.index_axis(Axis(0), args.sample).to_owned();
     let one = x.clone().insert_axis(Axis(0));
@@ -52,7 +57,11 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let gap = 4u32;
     let cols = 1 + layers.len() as u32;
     let rows = methods.len() as u32;
-    let mut png = image::RgbImage::from_pixel(cols * (pw + gap) + gap, rows * (ph + gap) + gap, image::Rgb([255, 255, 255]));
+    let mut png = image::RgbImage::from_pixel(
+        cols * (pw + gap) + gap,
+        rows * (ph + gap) + gap,
+        image::Rgb([255, 255, 255]),
+    );
     for (r, method) in methods.iter().enumerate() {
         let oy = gap + r as u32 * (ph + gap);
         draw(&mut png, gap, oy, scale, &image, None);
@@ -101,7 +110,14 @@ fn heat_colour(v: f32) -> [f32; 3] {
     [0, 1, 2].map(|c| RAMP[i][c] * (1.0 - f) + RAMP[i + 1][c] * f)
 }
 
-fn draw(png: &mut image::RgbImage, ox: u32, oy: u32, scale: u32, img: &Array2<f32>, heat: Option<&Array2<f32>>) {
+fn draw(
+    png: &mut image::RgbImage,
+    ox: u32,
+    oy: u32,
+    scale: u32,
+    img: &Array2<f32>,
+    heat: Option<&Array2<f32>>,
+) {
     let (h, w) = img.dim();
     for y in 0..h {
         for x in 0..w {

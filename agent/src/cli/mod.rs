@@ -107,7 +107,10 @@ impl ModelArgs {
                 }
                 EngineSpec {
                     model_path: model.clone(),
-                    model_name: model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                    model_name: model
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     embedding: embedding.clone(),
                     layers: vec![],
                     methods: vec![Method::Vanilla],
@@ -135,7 +138,9 @@ impl ModelArgs {
                 .layers
                 .iter()
                 .map(|l| match l.split_once('=') {
-                    Some((name, tensor)) if !name.is_empty() => LayerSpec { name: name.into(), tensor: tensor.into() },
+                    Some((name, tensor)) if !name.is_empty() => {
+                        LayerSpec { name: name.into(), tensor: tensor.into() }
+                    }
                     _ => LayerSpec { name: l.clone(), tensor: l.clone() },
                 })
                 .collect();

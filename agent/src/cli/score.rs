@@ -59,7 +59,11 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !args.json {
-        writeln!(out, "{:40} {:>6} {:20} {:8} {:>11} {:>14} {:>15}", "input", "sample", "layer", "method", "noise_score", "variance_score", "noise_benchmark")?;
+        writeln!(
+            out,
+            "{:40} {:>6} {:20} {:8} {:>11} {:>14} {:>15}",
+            "input", "sample", "layer", "method", "noise_score", "variance_score", "noise_benchmark"
+        )?;
     }
     let mut failures = Vec::new();
     let (mut scored, start) = (0usize, Instant::now());

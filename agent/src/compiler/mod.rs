@@ -202,7 +202,8 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
                 attribution_map(&mut cx, &g, layer, &rest, method, opts.channel_agg, opts.smoothing_samples);
             let node_out = cx.b.op("Identity", &[&map], vec![]);
             rename_output(&mut cx.b, &node_out, &name);
-            let mut vi: Vec<Result<i64, &str>> = vec![Err(if opts.smoothing_samples > 1 { "B" } else { "N" }), Err("K")];
+            let mut vi: Vec<Result<i64, &str>> =
+                vec![Err(if opts.smoothing_samples > 1 { "B" } else { "N" }), Err("K")];
             vi.extend(dims.iter().map(|&x| Ok(x)));
             graph_outputs.push(onnx::value_info(&name, data_type::FLOAT, &vi));
             let (h, w) = spatial_hw(&rest);

@@ -318,6 +318,7 @@ impl Config {
                     .list_separator(",")
                     .with_list_parse_key("engine.providers")
                     .with_list_parse_key("model.methods")
+                    .with_list_parse_key("noise.inputs")
                     .source(Some(env)),
             )
             .build()

@@ -122,3 +122,12 @@ fn validate_lists_every_problem() {
         "{shown}"
     );
 }
+
+#[test]
+fn shipped_configurations_parse() {
+    for f in ["demo.toml", "prod.toml"] {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(f);
+        let cfg = Config::load_with_env(&p, HashMap::new()).unwrap_or_else(|e| panic!("{f}: {e:#}"));
+        assert_eq!(cfg.model.layers.len(), 2, "{f}");
+    }
+}

@@ -54,7 +54,10 @@ impl Engine {
         let graph = compiler::compile(&model, &model_sha256, &opts)
             .with_context(|| format!("compiling the attribution graph of {}", spec.model_path.display()))?;
         if graph.inputs.len() != 1 || graph.inputs[0].elem_type != crate::onnx::proto::data_type::FLOAT {
-            bail!("the engine scores models with exactly one float32 input; this one has {}", graph.inputs.len());
+            bail!(
+                "the engine scores models with exactly one float32 input; this one has {}",
+                graph.inputs.len()
+            );
         }
         let input_name = graph.inputs[0].name.clone();
         let input_shape: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
@@ -68,7 +71,11 @@ impl Engine {
         let (session, provider) = runtime::session(env, &graph.to_bytes(), &so)?;
         let requested = spec.providers.first().copied().unwrap_or(Provider::Cpu);
         if provider != requested {
-            tracing::warn!(requested = requested.as_str(), running = provider.as_str(), "execution provider fell back");
+            tracing::warn!(
+                requested = requested.as_str(),
+                running = provider.as_str(),
+                "execution provider fell back"
+            );
         }
         tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_dims = dims.len(), "engine ready");
         let settings_hash = settings_hash(spec, &model_sha256)?;
@@ -129,7 +136,10 @@ impl Engine {
             self.spec.noise_inputs.iter().map(|p| load_noise(p, &self.input_shape)).collect::<Result<_>>()?
         };
         if inputs.len() < 2 {
-            bail!("at least 2 noise inputs are needed (the noise benchmark compares pairs); got {}", inputs.len());
+            bail!(
+                "at least 2 noise inputs are needed (the noise benchmark compares pairs); got {}",
+                inputs.len()
+            );
         }
         let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
         let batch = ndarray::stack(Axis(0), &views)?;
@@ -140,7 +150,8 @@ impl Engine {
         self.keys.clear();
         for (oi, out) in outputs.iter().enumerate() {
             let e: Vec<Array2<f32>> = maps.iter().map(|m| m[oi].embedding.clone()).collect();
-            let reference = NoiseReference::new(&e).map_err(|e| anyhow!("noise maps of {}: {e}", out.layer))?;
+            let reference =
+                NoiseReference::new(&e).map_err(|e| anyhow!("noise maps of {}: {e}", out.layer))?;
             let noise_benchmark = reference.benchmark().map_err(|e| anyhow!("noise benchmark: {e}"))?;
             self.keys.push(ScoreKey {
                 layer: self.spec.layers[out.layer_index].name.clone(),
@@ -173,7 +184,11 @@ impl Engine {
     /// Runs the graph once on a batch with arbitrary cotangent rows `[K, D]` (random probes, a
     /// `1/D` row for the mean map, …) and returns each output's `[B, K, H, W]` maps; smoothing
     /// points are formed as for scoring. For estimators and experiments.
-    pub fn run_rows(&mut self, batch: ArrayViewD<f32>, rows: ndarray::ArrayView2<f32>) -> Result<Vec<ndarray::Array4<f32>>> {
+    pub fn run_rows(
+        &mut self,
+        batch: ArrayViewD<f32>,
+        rows: ndarray::ArrayView2<f32>,
+    ) -> Result<Vec<ndarray::Array4<f32>>> {
         if rows.ncols() != self.graph.embedding_dim {
             bail!("cotangent rows have {} columns; D = {}", rows.ncols(), self.graph.embedding_dim);
         }
@@ -297,7 +312,9 @@ fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
 fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
     let mut noise_files = Vec::new();
     for p in &spec.noise_inputs {
-        noise_files.push(compiler::sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?));
+        noise_files.push(compiler::sha256_hex(
+            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        ));
     }
     let v = serde_json::json!({
         "model": model_sha256,

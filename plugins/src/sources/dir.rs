@@ -70,6 +70,10 @@ pub struct DirConfig {
     /// Larger files are rejected (`too_large`) without being read.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
+    /// Create `path` at start-up when it is missing (default false: a missing inbox is a
+    /// configuration error, which catches typos).
+    #[serde(default)]
+    pub create_dirs: bool,
 }
 
 fn default_name() -> String {
@@ -93,6 +97,7 @@ impl DirConfig {
             rejected_dir: None,
             state_dir: None,
             max_file_bytes: default_max_file_bytes(),
+            create_dirs: false,
         }
     }
 
@@ -112,7 +117,7 @@ impl DirConfig {
     /// Every problem with this configuration, as `(key, why)`.
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        if !self.path.is_dir() {
+        if !self.path.is_dir() && !self.create_dirs {
             out.push(("path".into(), format!("directory {} does not exist", self.path.display())));
         }
         if self.name.is_empty() {
@@ -193,7 +198,7 @@ pub struct DirSource {
 impl DirSource {
     /// Opens the source and returns the totals its ledger holds (to seed the daemon's counters).
     pub fn open(cfg: &DirConfig) -> std::io::Result<(DirSource, Totals)> {
-        for d in [cfg.done_dir(), cfg.rejected_dir(), cfg.processing_dir()] {
+        for d in [cfg.path.clone(), cfg.done_dir(), cfg.rejected_dir(), cfg.processing_dir()] {
             std::fs::create_dir_all(&d)?;
         }
         let ledger_path = cfg.state_dir().join("ledger");

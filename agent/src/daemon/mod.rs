@@ -1,0 +1,234 @@
+//! The daemon (`agent run`): a tokio runtime for the sources, the HTTP server and the signals; the
+//! engine on its own thread behind a bounded queue.
+//!
+//! ```text
+//! sources (spawn_blocking) ──bounded queue──▶ engine thread: micro-batch → score → Monitor
+//!                                              → metrics → ack (ledger, done/) → counters
+//! HTTP server (axum) ◀── AppState (registry + status snapshot)
+//! main loop: SIGTERM/SIGINT → drain, exit 0 · SIGHUP → validate, drain, restart · watchdog pings
+//! ```
+
+pub mod baseline;
+pub mod check;
+pub mod monitor;
+mod pipeline;
+pub mod server;
+pub mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ndarray::ArrayViewD;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, LogFormat};
+use crate::engine::{Engine, EngineSpec, SampleScores, ScoreKey};
+use crate::runtime::Provider;
+use pipeline::Pipeline;
+use state::AppState;
+
+/// What the daemon needs from the engine; [`Engine`] implements it, tests use a fake.
+pub trait Scorer: Send {
+    fn keys(&self) -> &[ScoreKey];
+    fn input_shape(&self) -> &[usize];
+    fn provider(&self) -> Provider;
+    fn requested_provider(&self) -> Provider;
+    fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>>;
+    fn model_sha256(&self) -> &str;
+    fn settings_hash(&self) -> &str;
+}
+
+impl Scorer for Engine {
+    fn keys(&self) -> &[ScoreKey] {
+        Engine::keys(self)
+    }
+    fn input_shape(&self) -> &[usize] {
+        Engine::input_shape(self)
+    }
+    fn provider(&self) -> Provider {
+        Engine::provider(self)
+    }
+    fn requested_provider(&self) -> Provider {
+        Engine::requested_provider(self)
+    }
+    fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
+        Engine::score_batch(self, batch)
+    }
+    fn model_sha256(&self) -> &str {
+        Engine::model_sha256(self)
+    }
+    fn settings_hash(&self) -> &str {
+        Engine::settings_hash(self)
+    }
+}
+
+/// Builds a scorer on the engine thread.
+pub type ScorerFactory = Arc<dyn Fn(&EngineSpec) -> Result<Box<dyn Scorer>> + Send + Sync>;
+
+/// The real engine.
+pub fn engine_factory() -> ScorerFactory {
+    Arc::new(|spec: &EngineSpec| Ok(Box::new(Engine::new(spec)?) as Box<dyn Scorer>))
+}
+
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+fn log_filter(cfg: &Config) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.logging.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Installs the global `tracing` subscriber (`RUST_LOG` wins over `logging.level`). The level can be
+/// changed by a reload; the format (text or json) only by a restart.
+pub fn init_logging(cfg: &Config) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(cfg));
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let installed = match cfg.logging.format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+    };
+    if installed.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+fn reload_logging(cfg: &Config) {
+    if let Some(h) = LOG_FILTER.get()
+        && let Err(e) = h.reload(log_filter(cfg))
+    {
+        tracing::warn!(error = %e, "cannot change the log level");
+    }
+}
+
+/// Loads and validates a configuration, or fails listing every problem.
+pub fn load_valid(path: &Path) -> Result<Config> {
+    let cfg = Config::load(path)?;
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        bail!("invalid configuration:\n{}", list.join("\n"));
+    }
+    Ok(cfg)
+}
+
+/// `agent run --config FILE`.
+pub fn command(config: &Path) -> Result<()> {
+    let cfg = load_valid(config)?;
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("agent-rt")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(config.to_path_buf(), cfg, engine_factory()))
+}
+
+/// The daemon's main loop; returns when a SIGTERM/SIGINT drain has finished.
+pub async fn run(path: std::path::PathBuf, cfg: Config, factory: ScorerFactory) -> Result<()> {
+    run_with_state(path, cfg, factory, Arc::new(AppState::new())).await
+}
+
+/// [`run`] with the state given (tests read its metrics).
+pub async fn run_with_state(
+    path: std::path::PathBuf,
+    mut cfg: Config,
+    factory: ScorerFactory,
+    state: Arc<AppState>,
+) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut server = Server::start(&cfg, state.clone()).await?;
+    let mut pipeline = Pipeline::start(&cfg, state.clone(), factory.clone()).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(watchdog);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = hup.recv() => {
+                let new = match load_valid(&path) {
+                    Ok(new) => new,
+                    Err(e) => {
+                        tracing::error!("configuration reload rejected, the running configuration stays:\n{e:#}");
+                        state.telemetry.config_reloads.with_label_values(&["failure"]).inc();
+                        continue;
+                    }
+                };
+                tracing::info!("reloading the configuration");
+                pipeline.drain(&state).await;
+                match Pipeline::start(&new, state.clone(), factory.clone()).await {
+                    Ok(p) => {
+                        pipeline = p;
+                        if new.server != cfg.server {
+                            server.stop().await;
+                            server = Server::start(&new, state.clone()).await?;
+                        }
+                        reload_logging(&new);
+                        cfg = new;
+                        state.telemetry.config_reloads.with_label_values(&["success"]).inc();
+                    }
+                    Err(e) => {
+                        tracing::error!("the new configuration failed to start ({e:#}); restarting the previous one");
+                        state.telemetry.config_reloads.with_label_values(&["failure"]).inc();
+                        pipeline = Pipeline::start(&cfg, state.clone(), factory.clone()).await?;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: draining in-flight samples");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    pipeline.drain(&state).await;
+    server.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(cfg: &Config, state: Arc<AppState>) -> Result<Server> {
+        let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, "serving /metrics");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = server::router(state);
+        let task = tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        Ok(Server { stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

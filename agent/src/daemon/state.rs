@@ -1,0 +1,97 @@
+//! What the HTTP server reads: the metrics registry and a status snapshot the engine thread updates.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+
+use serde::Serialize;
+
+use super::monitor::KeyView;
+use crate::config::Config;
+use crate::telemetry::Telemetry;
+use plugins::decode::RejectReason;
+use plugins::sources::Totals;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineInfo {
+    pub path: Option<PathBuf>,
+    pub created_unix_secs: f64,
+    pub samples: u64,
+    pub settings_hash: String,
+}
+
+/// `GET /api/v1/status` (counters are read from the registry when answering).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub model: String,
+    pub provider: Option<String>,
+    pub requested_provider: Option<String>,
+    pub ready: bool,
+    pub layers: Vec<KeyView>,
+    pub window_samples: usize,
+    pub baseline: Option<BaselineInfo>,
+    pub samples_scored: u64,
+    pub samples_rejected: BTreeMap<&'static str, u64>,
+    pub queue_depth: i64,
+    pub queue_capacity: usize,
+    pub sources: Vec<String>,
+}
+
+pub struct AppState {
+    pub telemetry: Telemetry,
+    pub status: RwLock<Status>,
+    pub auth_token: RwLock<Option<String>>,
+    /// Sources whose ledger totals were already added to the counters (once per process).
+    seeded: Mutex<HashSet<String>>,
+}
+
+impl AppState {
+    pub fn new() -> AppState {
+        AppState {
+            telemetry: Telemetry::new(),
+            status: RwLock::new(Status::default()),
+            auth_token: RwLock::new(None),
+            seeded: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn set_model(&self, cfg: &Config) {
+        let onnxruntime = crate::runtime::EXPECTED_VERSION;
+        self.telemetry.init_model(&cfg.model.name, onnxruntime);
+        *self.auth_token.write().expect("lock") = cfg.server.auth_token.clone();
+        let mut st = self.status.write().expect("lock");
+        st.model = cfg.model.name.clone();
+        st.sources = cfg.sources.iter().map(|s| s.name().to_string()).collect();
+    }
+
+    /// Adds a source's durable totals to the counters the first time this process opens it, so the
+    /// counters continue across restarts (a reload reopens the source but must not add them again).
+    pub fn seed_counters(&self, model: &str, source: &str, totals: &Totals) {
+        if !self.seeded.lock().expect("lock").insert(source.to_string()) {
+            return;
+        }
+        let t = &self.telemetry;
+        t.samples_scored.with_label_values(&[model]).inc_by(totals.scored_samples);
+        for r in RejectReason::ALL {
+            t.samples_rejected.with_label_values(&[model, r.as_str()]).inc_by(totals.rejected_by(r));
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let mut st = self.status.read().expect("lock").clone();
+        let t = &self.telemetry;
+        st.samples_scored = t.samples_scored.with_label_values(&[&st.model]).get();
+        st.samples_rejected = RejectReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), t.samples_rejected.with_label_values(&[&st.model, r.as_str()]).get()))
+            .collect();
+        st.queue_depth = t.queue_depth.with_label_values(&[&st.model]).get();
+        st
+    }
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        AppState::new()
+    }
+}
