@@ -52,6 +52,8 @@ enum Command {
     Score(cli::score::ScoreArgs),
     /// Draw the attribution heat map of one input.
     Explain(cli::explain::ExplainArgs),
+    /// The demo's producer: stream clean, then drifted digits into a watched directory.
+    DemoFeed(cli::demo::DemoFeedArgs),
 }
 
 fn report(r: anyhow::Result<i32>) -> ExitCode {
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             init_cli_logging();
             report(cli::score::run(&a))
         }
+        Some(Command::DemoFeed(a)) => report(cli::demo::run(&a).map(|_| 0)),
         Some(Command::Explain(a)) => {
             init_cli_logging();
             report(cli::explain::run(&a).map(|_| 0))

@@ -2,6 +2,7 @@
 //! `check`, `baseline`) live with the daemon. Each verb is a function taking its parsed arguments.
 
 pub mod compile;
+pub mod demo;
 pub mod explain;
 pub mod score;
 
