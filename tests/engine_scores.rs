@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use agent::compiler::{self, CompileOptions};
-use agent::engine::{Engine, EngineSpec, LayerSpec, Normalization};
+use agent::engine::{Engine, EngineSpec, LayerSpec, Normalization, SmoothingReference};
 use agent::onnx;
 use agent::runtime::Provider;
 use agent::scores::{Aggregation, Method};
@@ -41,6 +41,7 @@ pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
         samples: 1,
         smoothing: 0.0,
         smoothing_seed: 0,
+        smoothing_reference: SmoothingReference::Black,
         dims: None,
         rows_per_run: 8,
         providers: vec![Provider::Cpu],
@@ -157,4 +158,43 @@ fn scores_match_the_numpy_reference() {
         }
     }
     eprintln!("worst |agent − numpy| over all scores: {worst:.2e}");
+}
+
+/// Spec §1: `S = 1, σ = 0` is the plain gradient, exactly; and with the interpolation collapsed
+/// (`x_ref = x`, reference "input", so `x̃ = x + t·σ·ε`) the smoothed scores converge to the plain
+/// ones as `σ → 0`.
+#[test]
+fn smoothed_scores_converge_to_the_plain_ones() {
+    let model = repo_root().join("models/digits/encoder.onnx");
+    let layer = "/pool1/MaxPool_output_0";
+    let x = uniform(&[1, 28, 28], 77);
+    let batch = x.clone().insert_axis(Axis(0));
+    let score = |samples: usize, sigma: f32, reference: SmoothingReference| {
+        let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
+        s.samples = samples;
+        s.smoothing = sigma;
+        s.smoothing_reference = reference;
+        let mut e = Engine::new(&s).unwrap();
+        e.score_batch(batch.view().into_dyn()).unwrap().remove(0).scores
+    };
+    let plain = score(1, 0.0, SmoothingReference::Black);
+    assert_eq!(score(1, 0.0, SmoothingReference::Input), plain, "S = 1, σ = 0 must be the plain gradient");
+    let mut last = f64::MAX;
+    for sigma in [0.3f32, 0.03, 0.003, 0.0003] {
+        let smoothed = score(8, sigma, SmoothingReference::Input);
+        let gap = plain
+            .iter()
+            .zip(&smoothed)
+            .map(|(p, s)| {
+                (p.noise_score - s.noise_score).abs().max((p.variance_score - s.variance_score).abs())
+            })
+            .fold(0.0, f64::max);
+        eprintln!("σ = {sigma}: max |smoothed − plain| = {gap:.2e}");
+        assert!(gap <= last * 1.5 + 1e-6, "no convergence at σ = {sigma}: {gap} after {last}");
+        last = gap;
+    }
+    assert!(last < 2e-3, "smoothed scores at σ = 3e-4 still differ by {last}");
+    // With the black reference (the default), draws interpolate towards zero: a different score.
+    let black = score(8, 0.0003, SmoothingReference::Black);
+    assert!(black.iter().zip(&plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
 }

@@ -28,8 +28,14 @@ const STEPS: [f32; 2] = [4e-3, 1e-3];
 const REL_TOL: f32 = 2e-2;
 const COORDS_PER_SAMPLE: usize = 12;
 
-/// Worst relative error over the checked coordinates of one model.
-fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
+/// Worst relative error over the checked coordinates of one model, with `(checked, on kinks)`.
+/// `components`: check these embedding components only (all when `None`); `batches`: batch sizes.
+fn check_model(
+    entry: &ManifestEntry,
+    seed: u64,
+    components: Option<&[usize]>,
+    batches: &[usize],
+) -> (f32, usize, usize) {
     let bytes = std::fs::read(entry.path()).unwrap();
     let model = onnx::decode(&bytes).unwrap();
     let opts = CompileOptions {
@@ -41,15 +47,18 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
     };
     let graph = compiler::compile(&model, "test", &opts).unwrap_or_else(|e| panic!("{}: {e:#}", entry.name));
     let compiled = graph.to_bytes();
-    let d = graph.embedding_dim;
-    assert_eq!(d, entry.d, "{}: embedding dim", entry.name);
+    let d_all = graph.embedding_dim;
+    assert_eq!(d_all, entry.d, "{}: embedding dim", entry.name);
+    let comps: Vec<usize> = components.map(<[usize]>::to_vec).unwrap_or_else(|| (0..d_all).collect());
+    let d = comps.len();
     let mut worst = 0.0f32;
     let (mut checked, mut kinks) = (0usize, 0usize);
-    for (bi, batch) in [1usize, 3].into_iter().enumerate() {
+    for (bi, &batch) in batches.iter().enumerate() {
         let mut shape = vec![batch];
         shape.extend(&entry.input_shape);
         let x = uniform(&shape, seed * 10 + bi as u64);
-        let eye = ArrayD::from_shape_fn(IxDyn(&[d, d]), |i| if i[0] == i[1] { 1.0f32 } else { 0.0 });
+        let eye =
+            ArrayD::from_shape_fn(IxDyn(&[d, d_all]), |i| if comps[i[0]] == i[1] { 1.0f32 } else { 0.0 });
         let names: Vec<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
         let maps = run(&compiled, vec![(&entry.input, x.clone()), (compiler::COTANGENT, eye)], &names);
         for (li, layer) in entry.layers.iter().enumerate() {
@@ -98,7 +107,8 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
                         let mut detail = String::new();
                         for (si, eps) in STEPS.iter().enumerate() {
                             let row = 1 + si * per_step + ci;
-                            let (z0, zp, zm) = (z[[0, j]], z[[row, j]], z[[row + coords.len(), j]]);
+                            let zj = comps[j];
+                            let (z0, zp, zm) = (z[[0, zj]], z[[row, zj]], z[[row + coords.len(), zj]]);
                             let central = (zp - zm) / (2.0 * eps);
                             let (fwd, bwd) = ((zp - z0) / eps, (z0 - zm) / eps);
                             let zmax = z0.abs().max(zp.abs()).max(zm.abs());
@@ -139,7 +149,7 @@ fn check_model(entry: &ManifestEntry, seed: u64) -> (f32, usize, usize) {
 fn every_rule_and_model_matches_finite_differences() {
     let mut report = Vec::new();
     for (i, entry) in manifest().iter().filter(|e| e.committed).enumerate() {
-        let (worst, checked, kinks) = check_model(entry, 1000 + i as u64);
+        let (worst, checked, kinks) = check_model(entry, 1000 + i as u64, None, &[1, 3]);
         report.push(format!(
             "{:24} worst |analytic − numeric| / scale {worst:.1e} over {checked} entries ({kinks} on kinks)  ops {}",
             entry.name,
@@ -148,6 +158,47 @@ fn every_rule_and_model_matches_finite_differences() {
     }
     eprintln!("{}", report.join("\n"));
     assert!(report.len() >= 40, "expected the whole manifest, checked {}", report.len());
+}
+
+/// The real ResNet-18 layout (11 M parameters, D = 512, 224 × 224 inputs), built by the model script:
+/// it compiles, and at two stage outputs its gradients for a random subset of components match finite
+/// differences. The compile time is printed (measured figures: docs/REPRODUCTION.md).
+#[test]
+fn resnet18_compiles_and_matches_finite_differences() {
+    let python = std::env::var("AGENT_PYTHON")
+        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string());
+    let out = std::process::Command::new(&python)
+        .arg(repo_root().join("tests/models/build_models.py"))
+        .args(["--only", "resnet18", "--out"])
+        .arg(repo_root().join("tests/models"))
+        .output()
+        .expect("running tests/models/build_models.py (is .venv installed?)");
+    assert!(out.status.success(), "building resnet18: {}", String::from_utf8_lossy(&out.stderr));
+    let mut entry = manifest().into_iter().find(|e| e.name == "resnet18").unwrap();
+    let model = onnx::decode(&std::fs::read(entry.path()).unwrap()).unwrap();
+    let opts = CompileOptions {
+        embedding: entry.embedding.clone(),
+        layers: entry.layers.clone(),
+        methods: Method::ALL.to_vec(),
+        channel_agg: Some(Aggregation::Abs),
+        smoothing_samples: 1,
+    };
+    let start = std::time::Instant::now();
+    let g = compiler::compile(&model, "t", &opts).unwrap();
+    eprintln!(
+        "resnet18: compiled {} layers x 3 methods in {:.2} s",
+        entry.layers.len(),
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(g.embedding_dim, 512);
+    assert_eq!(g.outputs.len(), 4 * 3);
+    // Gradients at layer2's and layer4's outputs, 5 random components, batch 1 and 2.
+    entry.layers = vec![entry.layers[1].clone(), entry.layers[3].clone()];
+    let comps = [3usize, 77, 200, 311, 509];
+    let (worst, checked, kinks) = check_model(&entry, 4242, Some(&comps), &[1, 2]);
+    eprintln!(
+        "resnet18: worst |analytic − numeric| / scale {worst:.1e} over {checked} entries ({kinks} on kinks)"
+    );
 }
 
 /// The aggregated outputs equal the same aggregations applied to the raw Jacobian and activation.

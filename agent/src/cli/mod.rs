@@ -58,6 +58,9 @@ pub struct ModelArgs {
     /// Smoothed estimator: noise σ (default 0.5 when --samples > 1).
     #[arg(long)]
     pub smoothing: Option<f32>,
+    /// Smoothed estimator: reference input x_ref: black (zeros, default), input, or a `.npy` sample.
+    #[arg(long)]
+    pub smoothing_reference: Option<crate::engine::SmoothingReference>,
     /// Score a seeded random subset of this many embedding components.
     #[arg(long)]
     pub dims: Option<usize>,
@@ -126,6 +129,7 @@ impl ModelArgs {
                     samples: 1,
                     smoothing: 0.0,
                     smoothing_seed: 0,
+                    smoothing_reference: Default::default(),
                     dims: None,
                     rows_per_run: 32,
                     providers: vec![Provider::Cpu],
@@ -169,6 +173,9 @@ impl ModelArgs {
             spec.smoothing = self.smoothing.unwrap_or(if spec.samples > 1 { 0.5 } else { 0.0 });
         } else if let Some(s) = self.smoothing {
             spec.smoothing = s;
+        }
+        if let Some(r) = &self.smoothing_reference {
+            spec.smoothing_reference = r.clone();
         }
         spec.dims = self.dims.or(spec.dims);
         spec.rows_per_run = self.rows_per_run.unwrap_or(spec.rows_per_run);

@@ -75,6 +75,9 @@ pub struct ModelConfig {
     pub smoothing: f32,
     #[serde(default)]
     pub smoothing_seed: u64,
+    /// Reference input of the smoothed estimator: "black" (zeros, default), "input", or a `.npy` path.
+    #[serde(default)]
+    pub smoothing_reference: crate::engine::SmoothingReference,
     /// Cotangent rows per ONNX Runtime run.
     #[serde(default = "default_rows_per_run")]
     pub rows_per_run: usize,
@@ -360,6 +363,7 @@ impl Config {
             samples: m.samples,
             smoothing: m.smoothing,
             smoothing_seed: m.smoothing_seed,
+            smoothing_reference: m.smoothing_reference.clone(),
             dims: m.dims,
             rows_per_run: m.rows_per_run,
             providers: self.engine.providers.clone(),

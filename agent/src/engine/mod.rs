@@ -27,6 +27,44 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+/// `x_ref` of the smoothed estimator (spec §1): written `"black"` (zeros, the default), `"input"` (each
+/// input itself, so `x̃ = x + t·σ·ε`: only the noise is scaled by `t`), or the path of a `.npy` sample.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum SmoothingReference {
+    #[default]
+    Black,
+    Input,
+    File(PathBuf),
+}
+
+impl From<String> for SmoothingReference {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "black" | "" => SmoothingReference::Black,
+            "input" => SmoothingReference::Input,
+            _ => SmoothingReference::File(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<SmoothingReference> for String {
+    fn from(r: SmoothingReference) -> String {
+        match r {
+            SmoothingReference::Black => "black".into(),
+            SmoothingReference::Input => "input".into(),
+            SmoothingReference::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for SmoothingReference {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SmoothingReference::from(s.to_string()))
+    }
+}
+
 /// Everything the engine needs; the daemon's configuration and the command-line flags both build one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineSpec {
@@ -54,6 +92,9 @@ pub struct EngineSpec {
     pub samples: usize,
     pub smoothing: f32,
     pub smoothing_seed: u64,
+    /// Reference input `x_ref` of the smoothed estimator.
+    #[serde(default)]
+    pub smoothing_reference: SmoothingReference,
     /// Score a seeded random subset of this many embedding components (spec §6); `None` = all `D`.
     pub dims: Option<usize>,
     /// Cotangent rows per ONNX Runtime run (`K`).

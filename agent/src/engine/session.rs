@@ -26,6 +26,8 @@ pub struct Engine {
     input_shape: Vec<usize>,
     /// Embedding components scored (all `D`, or a seeded subset).
     dims: Vec<usize>,
+    /// `x_ref` of the smoothed estimator when it is a file.
+    smoothing_reference: Option<ArrayD<f32>>,
     keys: Vec<ScoreKey>,
     noise: Vec<NoiseReference>,
     model_sha256: String,
@@ -79,6 +81,13 @@ impl Engine {
         }
         tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_dims = dims.len(), "engine ready");
         let settings_hash = settings_hash(spec, &model_sha256)?;
+        let input_dims: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
+        let smoothing_reference = match &spec.smoothing_reference {
+            super::SmoothingReference::File(p) => {
+                Some(load_noise(p, &input_dims).context("smoothing reference")?)
+            }
+            _ => None,
+        };
         let mut engine = Engine {
             spec: spec.clone(),
             graph,
@@ -87,6 +96,7 @@ impl Engine {
             input_name,
             input_shape,
             dims,
+            smoothing_reference,
             keys: Vec::new(),
             noise: Vec::new(),
             model_sha256,
@@ -273,8 +283,19 @@ impl Engine {
         for x in batch.axis_iter(Axis(0)) {
             // The same draws for every sample (one seed), so a sample's score does not depend on
             // its position in a batch or a stream.
-            let p = scores::smoothing_points(x, s, self.spec.smoothing, None, self.spec.smoothing_seed)
-                .map_err(|e| anyhow!("{e}"))?;
+            let reference = match &self.spec.smoothing_reference {
+                super::SmoothingReference::Black => None,
+                super::SmoothingReference::Input => Some(x.view()),
+                super::SmoothingReference::File(_) => self.smoothing_reference.as_ref().map(|r| r.view()),
+            };
+            let p = scores::smoothing_points(
+                x.view(),
+                s,
+                self.spec.smoothing,
+                reference,
+                self.spec.smoothing_seed,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
             parts.push(p);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
@@ -298,6 +319,7 @@ pub fn normalize(mut x: ArrayD<f32>, n: &super::Normalization) -> ArrayD<f32> {
     x
 }
 
+/// One sample from a `.npy` file (noise inputs, the smoothing reference).
 fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
     let opts = plugins::decode::DecodeOptions { input_shape: shape.to_vec(), ..Default::default() };
     let a = plugins::decode::decode_file(path, &opts).map_err(|e| anyhow!("noise input: {e}"))?;
@@ -316,6 +338,12 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
             &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         ));
     }
+    let reference_file = match &spec.smoothing_reference {
+        super::SmoothingReference::File(p) => {
+            compiler::sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        other => String::from(other.clone()),
+    };
     let v = serde_json::json!({
         "model": model_sha256,
         "embedding": spec.embedding,
@@ -332,6 +360,7 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         "samples": spec.samples,
         "smoothing": spec.smoothing,
         "smoothing_seed": spec.smoothing_seed,
+        "smoothing_reference": reference_file,
         "dims": spec.dims,
         "compiler": compiler::COMPILER_VERSION,
     });
