@@ -43,6 +43,8 @@ pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
         smoothing_seed: 0,
         smoothing_reference: SmoothingReference::Black,
         dims: None,
+        estimator: Default::default(),
+        probes: 64,
         rows_per_run: 8,
         providers: vec![Provider::Cpu],
         threads: 1,
@@ -197,4 +199,50 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     // With the black reference (the default), draws interpolate towards zero: a different score.
     let black = score(8, 0.0003, SmoothingReference::Black);
     assert!(black.iter().zip(&plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
+}
+
+/// Spec §6 cost options against the exact path on the digit encoder (D = 32): the one-pass mean map
+/// is exact (up to float32 rounding); Hutchinson probes estimate the `var` map, and with many probes
+/// the noise score comes close; an estimator that does not apply to the settings is refused.
+#[test]
+fn mean_map_is_exact_and_hutchinson_estimates() {
+    use agent::engine::Estimator;
+    let model = repo_root().join("models/digits/encoder.onnx");
+    let layer = "/pool1/MaxPool_output_0";
+    let batch = uniform(&[4, 1, 28, 28], 31);
+    let run = |estimator: Estimator, embedding_agg: Aggregation, probes: usize| {
+        let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
+        s.channel_agg = Aggregation::Mean;
+        s.embedding_agg = embedding_agg;
+        s.estimator = estimator;
+        s.probes = probes;
+        let mut e = Engine::new(&s).unwrap();
+        let bench: Vec<f64> = e.keys().iter().map(|k| k.noise_benchmark).collect();
+        (e.score_batch(batch.view().into_dyn()).unwrap(), bench)
+    };
+    let (exact, exact_bench) = run(Estimator::Exact, Aggregation::Mean, 0);
+    let (one_pass, one_pass_bench) = run(Estimator::MeanMap, Aggregation::Mean, 0);
+    for (a, b) in exact.iter().zip(&one_pass) {
+        for (x, y) in a.scores.iter().zip(&b.scores) {
+            assert!((x.noise_score - y.noise_score).abs() < 1e-4, "{x:?} vs {y:?}");
+            assert_eq!(x.variance_score, y.variance_score, "VS comes from the same component rows");
+        }
+    }
+    for (x, y) in exact_bench.iter().zip(&one_pass_bench) {
+        assert!((x - y).abs() < 1e-4);
+    }
+    let (exact, _) = run(Estimator::Exact, Aggregation::Var, 0);
+    let (hutch, _) = run(Estimator::Hutchinson, Aggregation::Var, 512);
+    let mut worst = 0.0f64;
+    for (a, b) in exact.iter().zip(&hutch) {
+        for (x, y) in a.scores.iter().zip(&b.scores) {
+            worst = worst.max((x.noise_score - y.noise_score).abs());
+        }
+    }
+    eprintln!("Hutchinson (512 probes) vs exact noise score, D = 32: max abs error {worst:.4}");
+    assert!(worst < 0.03, "Hutchinson error {worst}");
+    let mut bad = spec(&model, layer, vec![Method::GradCam]);
+    bad.estimator = Estimator::MeanMap;
+    let e = Engine::new(&bad).err().expect("mean_map with gradcam and abs must be refused").to_string();
+    assert!(e.contains("mean_map") && e.contains("channel_agg"), "{e}");
 }

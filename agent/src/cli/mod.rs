@@ -67,6 +67,11 @@ pub struct ModelArgs {
     /// Cotangent rows per ONNX Runtime run.
     #[arg(long)]
     pub rows_per_run: Option<usize>,
+    /// The noise score's E map: exact, mean_map (one row), hutchinson (--probes rows).
+    #[arg(long)]
+    pub estimator: Option<crate::engine::Estimator>,
+    #[arg(long)]
+    pub probes: Option<usize>,
     /// Execution providers in order of preference (default cpu without --config).
     #[arg(long = "provider")]
     pub providers: Vec<Provider>,
@@ -131,6 +136,8 @@ impl ModelArgs {
                     smoothing_seed: 0,
                     smoothing_reference: Default::default(),
                     dims: None,
+                    estimator: Default::default(),
+                    probes: crate::engine::default_probes(),
                     rows_per_run: 32,
                     providers: vec![Provider::Cpu],
                     threads: 0,
@@ -179,6 +186,8 @@ impl ModelArgs {
         }
         spec.dims = self.dims.or(spec.dims);
         spec.rows_per_run = self.rows_per_run.unwrap_or(spec.rows_per_run);
+        spec.estimator = self.estimator.unwrap_or(spec.estimator);
+        spec.probes = self.probes.unwrap_or(spec.probes);
         if !self.providers.is_empty() {
             spec.providers = self.providers.clone();
         }

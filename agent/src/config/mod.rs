@@ -78,6 +78,12 @@ pub struct ModelConfig {
     /// Reference input of the smoothed estimator: "black" (zeros, default), "input", or a `.npy` path.
     #[serde(default)]
     pub smoothing_reference: crate::engine::SmoothingReference,
+    /// The noise score's `E` map: "exact" (default), "mean_map" or "hutchinson" (spec §6).
+    #[serde(default)]
+    pub estimator: crate::engine::Estimator,
+    /// Hutchinson probes (default 64).
+    #[serde(default = "crate::engine::default_probes")]
+    pub probes: usize,
     /// Cotangent rows per ONNX Runtime run.
     #[serde(default = "default_rows_per_run")]
     pub rows_per_run: usize,
@@ -365,6 +371,8 @@ impl Config {
             smoothing_seed: m.smoothing_seed,
             smoothing_reference: m.smoothing_reference.clone(),
             dims: m.dims,
+            estimator: m.estimator,
+            probes: m.probes,
             rows_per_run: m.rows_per_run,
             providers: self.engine.providers.clone(),
             threads: self.engine.threads,

@@ -27,6 +27,40 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+/// The noise score's `E` map (spec §6). The variance score always comes from per-component maps: all
+/// `D`, or the `dims` subset.
+///
+/// - `exact`: `E` aggregates the same per-component maps (all `D`, or the `dims` subset).
+/// - `mean_map`: `E = mean_j M_j` from ONE cotangent row `1/D`, exact for the `mean` embedding
+///   aggregation of a map that is linear in the cotangent (`vanilla`/`actgrad` with `mean` channel
+///   aggregation, no `normalize_dims`); with `dims` set, the variance score then costs `dims` rows.
+/// - `hutchinson`: `E = Var_j M_j` estimated from `probes` centred Rademacher rows, for the `var`
+///   embedding aggregation under the same linearity conditions. Measured errors: docs/REPRODUCTION.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    #[default]
+    Exact,
+    MeanMap,
+    Hutchinson,
+}
+
+impl std::str::FromStr for Estimator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(Estimator::Exact),
+            "mean_map" => Ok(Estimator::MeanMap),
+            "hutchinson" => Ok(Estimator::Hutchinson),
+            _ => Err(format!("unknown estimator {s:?} (expected exact, mean_map or hutchinson)")),
+        }
+    }
+}
+
+pub fn default_probes() -> usize {
+    64
+}
+
 /// `x_ref` of the smoothed estimator (spec §1): written `"black"` (zeros, the default), `"input"` (each
 /// input itself, so `x̃ = x + t·σ·ε`: only the noise is scaled by `t`), or the path of a `.npy` sample.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -97,6 +131,12 @@ pub struct EngineSpec {
     pub smoothing_reference: SmoothingReference,
     /// Score a seeded random subset of this many embedding components (spec §6); `None` = all `D`.
     pub dims: Option<usize>,
+    /// How the embedding-aggregated map `E` of the noise score is obtained (spec §6).
+    #[serde(default)]
+    pub estimator: Estimator,
+    /// Hutchinson probes (with `estimator = hutchinson`).
+    #[serde(default = "default_probes")]
+    pub probes: usize,
     /// Cotangent rows per ONNX Runtime run (`K`).
     pub rows_per_run: usize,
     /// Providers in order of preference, threads, runtime library.

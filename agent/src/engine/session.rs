@@ -12,10 +12,11 @@ use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use super::Estimator;
 use super::{EngineSpec, LayerScores, SampleScores, ScoreKey};
 use crate::compiler::{self, AttributionGraph, CompileOptions, MapOutput};
 use crate::runtime::{self, Provider, SessionOptions};
-use crate::scores::{self, NoiseReference, ScoreAccumulator};
+use crate::scores::{self, Aggregation, HutchinsonAccumulator, Method, NoiseReference, ScoreAccumulator};
 
 pub struct Engine {
     spec: EngineSpec,
@@ -26,6 +27,8 @@ pub struct Engine {
     input_shape: Vec<usize>,
     /// Embedding components scored (all `D`, or a seeded subset).
     dims: Vec<usize>,
+    /// The estimator's extra cotangent rows (`1/D` row, or Hutchinson probes); none for `exact`.
+    extra_rows: Array2<f32>,
     /// `x_ref` of the smoothed estimator when it is a file.
     smoothing_reference: Option<ArrayD<f32>>,
     keys: Vec<ScoreKey>,
@@ -69,6 +72,7 @@ impl Engine {
             Some(0) => bail!("dims must be at least 1"),
             _ => (0..d).collect(),
         };
+        let extra_rows = estimator_rows(spec, d)?;
         let so = SessionOptions { providers: spec.providers.clone(), threads: spec.threads, device_id: 0 };
         let (session, provider) = runtime::session(env, &graph.to_bytes(), &so)?;
         let requested = spec.providers.first().copied().unwrap_or(Provider::Cpu);
@@ -96,6 +100,7 @@ impl Engine {
             input_name,
             input_shape,
             dims,
+            extra_rows,
             smoothing_reference,
             keys: Vec::new(),
             noise: Vec::new(),
@@ -224,6 +229,10 @@ impl Engine {
     }
 
     /// Per sample, per output: the embedding-aggregated map and the variance score.
+    ///
+    /// Rows run in chunks of `rows_per_run`: first the one-hot rows of the scored components (they feed
+    /// the variance score, and `E` with the exact estimator), then the estimator's extra rows (one `1/D`
+    /// row for `mean_map`, the probes for `hutchinson`), whose maps give `E` instead.
     fn maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<scores::SampleMaps>>> {
         if batch.ndim() != self.input_shape.len() + 1 || batch.shape()[1..] != self.input_shape[..] {
             bail!("batch has shape {:?}; the model takes [B, {:?}]", batch.shape(), self.input_shape);
@@ -249,28 +258,73 @@ impl Engine {
                     .collect()
             })
             .collect();
+        let mut hutch: Vec<Vec<HutchinsonAccumulator>> = (0..b)
+            .map(|_| outputs.iter().map(|o| HutchinsonAccumulator::new(o.height, o.width, d)).collect())
+            .collect();
+        let mut mean_map: Vec<Vec<Option<Array2<f32>>>> = vec![vec![None; outputs.len()]; b];
+        let components = self.dims.len();
+        let total = components + self.extra_rows.nrows();
         let names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
-        for chunk in self.dims.clone().chunks(self.spec.rows_per_run) {
-            let mut v = Array2::<f32>::zeros((chunk.len(), d));
-            for (r, &j) in chunk.iter().enumerate() {
-                v[[r, j]] = 1.0;
+        let mut start = 0;
+        while start < total {
+            let end = (start + self.spec.rows_per_run).min(total);
+            let mut v = Array2::<f32>::zeros((end - start, d));
+            for r in start..end {
+                if r < components {
+                    v[[r - start, self.dims[r]]] = 1.0;
+                } else {
+                    v.row_mut(r - start).assign(&self.extra_rows.row(r - components));
+                }
             }
             let feeds = ort::inputs![
                 self.input_name.as_str() => TensorRef::from_array_view(points.view()).map_err(|e| anyhow!("{e}"))?,
                 compiler::COTANGENT => TensorRef::from_array_view(v.view()).map_err(|e| anyhow!("{e}"))?,
             ];
             let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
+            // Rows [0, split) of this chunk are component rows, the rest estimator rows.
+            let split = components.clamp(start, end) - start;
             for (oi, name) in names.iter().enumerate() {
                 let m = out[name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
-                for (s, a) in acc.iter_mut().enumerate() {
-                    a[oi].push(m.index_axis(Axis(0), s)).map_err(|e| anyhow!("{e}"))?;
+                for s in 0..b {
+                    let rows = m.index_axis(Axis(0), s);
+                    if split > 0 {
+                        let part = rows.slice(ndarray::s![..split, .., ..]);
+                        acc[s][oi].push(part).map_err(|e| anyhow!("{e}"))?;
+                    }
+                    if split < end - start {
+                        let part = rows.slice(ndarray::s![split.., .., ..]);
+                        match self.spec.estimator {
+                            Estimator::MeanMap => {
+                                mean_map[s][oi] = Some(part.index_axis(Axis(0), 0).to_owned())
+                            }
+                            Estimator::Hutchinson => hutch[s][oi].push(part).map_err(|e| anyhow!("{e}"))?,
+                            Estimator::Exact => {}
+                        }
+                    }
                 }
             }
+            start = end;
         }
-        acc.into_iter()
-            .map(|per| per.iter().map(|a| a.finish().map_err(|e| anyhow!("{e}"))).collect())
-            .collect()
+        let mut result = Vec::with_capacity(b);
+        for s in 0..b {
+            let mut per = Vec::with_capacity(outputs.len());
+            for oi in 0..outputs.len() {
+                let mut m = acc[s][oi].finish().map_err(|e| anyhow!("{e}"))?;
+                match self.spec.estimator {
+                    Estimator::Exact => {}
+                    Estimator::MeanMap => {
+                        m.embedding = mean_map[s][oi].take().context("internal: no mean map")?
+                    }
+                    Estimator::Hutchinson => {
+                        m.embedding = hutch[s][oi].finish().map_err(|e| anyhow!("{e}"))?
+                    }
+                }
+                per.push(m);
+            }
+            result.push(per);
+        }
+        Ok(result)
     }
 
     /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself).
@@ -302,6 +356,42 @@ impl Engine {
         let stacked = ndarray::concatenate(Axis(0), &views)?;
         Ok(stacked)
     }
+}
+
+/// The estimator's extra cotangent rows, after checking that it applies to these settings: `mean_map`
+/// and `hutchinson` need maps linear in the cotangent (`mean` channel aggregation of `vanilla` or
+/// `actgrad`) and un-normalised components, aggregated by `mean` and `var` respectively.
+fn estimator_rows(spec: &EngineSpec, d: usize) -> Result<Array2<f32>> {
+    let (name, agg) = match spec.estimator {
+        Estimator::Exact => return Ok(Array2::zeros((0, d))),
+        Estimator::MeanMap => ("mean_map", Aggregation::Mean),
+        Estimator::Hutchinson => ("hutchinson", Aggregation::Var),
+    };
+    let mut problems = Vec::new();
+    if spec.embedding_agg != agg {
+        problems.push(format!("embedding_agg = \"{}\"", agg.as_str()));
+    }
+    if spec.channel_agg != Aggregation::Mean {
+        problems.push("channel_agg = \"mean\"".to_string());
+    }
+    if spec.normalize_dims {
+        problems.push("normalize_dims = false".to_string());
+    }
+    if spec.methods.iter().any(|m| !matches!(m, Method::Vanilla | Method::ActGrad)) {
+        problems.push("methods among vanilla and actgrad".to_string());
+    }
+    if !problems.is_empty() {
+        bail!("estimator \"{name}\" needs {}", problems.join(", "));
+    }
+    Ok(match spec.estimator {
+        Estimator::MeanMap => Array2::from_elem((1, d), 1.0 / d as f32),
+        _ => {
+            if spec.probes < 2 {
+                bail!("estimator \"hutchinson\" needs probes ≥ 2");
+            }
+            scores::hutchinson_probes(d, spec.probes, spec.noise_seed)
+        }
+    })
 }
 
 /// Mean/std normalisation per channel (axis 0 of one sample); empty = identity.
@@ -362,6 +452,8 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         "smoothing_seed": spec.smoothing_seed,
         "smoothing_reference": reference_file,
         "dims": spec.dims,
+        "estimator": spec.estimator,
+        "probes": if spec.estimator == Estimator::Hutchinson { spec.probes } else { 0 },
         "compiler": compiler::COMPILER_VERSION,
     });
     Ok(compiler::sha256_hex(v.to_string().as_bytes()))
