@@ -1,0 +1,131 @@
+//! Daemon throughput and memory, measured on the real binary: `cargo build --release -p agent &&
+//! cargo run --release -p agent --example daemon_bench [-- FILES]`.
+//!
+//! For each setting it starts `target/release/agent` on a temporary directory with the demo encoder,
+//! waits until it is ready (baseline from 256 reference digits), drops FILES digit files (default 1000)
+//! into the watched directory as fast as it can, and times them until every one is in `done/`. Peak
+//! memory is the process's high-water mark (`VmHWM` in /proc). Results go to stdout as a table.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array4, Axis};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
+    let mut b = String::new();
+    s.read_to_string(&mut b).ok()?;
+    Some(b)
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(label: &str, samples: usize, methods: &str, files: usize, digits: &Array4<f32>) {
+    let d = tempfile::tempdir().unwrap();
+    let inbox = d.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = d.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[model]
+name = "digits"
+path = "{repo}/models/digits/encoder.onnx"
+embedding = "embedding"
+layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
+methods = {methods}
+samples = {samples}
+[engine]
+providers = ["cpu"]
+batch_size = 16
+queue_capacity = 64
+[baseline]
+reference_dir = "{repo}/models/digits/reference.npy"
+[window]
+samples = 200
+[server]
+listen = "127.0.0.1:{port}"
+[[sources]]
+type = "dir"
+name = "inbox"
+path = "{inbox}"
+[logging]
+level = "warn"
+"#,
+            repo = repo().display(),
+            inbox = inbox.display()
+        ),
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agent");
+    assert!(exe.is_file(), "{} missing: run `cargo build --release -p agent` first", exe.display());
+    let start = Instant::now();
+    let child = Command::new(&exe).arg("--config").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
+    let child = Killed(child);
+    while !get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200")) {
+        assert!(start.elapsed() < Duration::from_secs(600), "not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready = start.elapsed();
+    let t0 = Instant::now();
+    for i in 0..files {
+        let x = digits.index_axis(Axis(0), i % digits.shape()[0]).to_owned();
+        let tmp = inbox.join(format!("f{i:05}.tmp"));
+        ndarray_npy::write_npy(&tmp, &x).unwrap();
+        std::fs::rename(&tmp, inbox.join(format!("f{i:05}.npy"))).unwrap();
+    }
+    let done = inbox.join("done");
+    while count(&done) < files {
+        assert!(t0.elapsed() < Duration::from_secs(3600), "too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let hwm = vm_hwm_kib(child.0.id());
+    println!(
+        "| {label} | {samples} | {methods} | {:.1} | {:.0} | {:.1} | {:.0} |",
+        ready.as_secs_f64(),
+        files as f64 / secs,
+        1000.0 * secs / files as f64,
+        hwm as f64 / 1024.0
+    );
+}
+
+fn main() {
+    let files: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let digits: ndarray::ArrayD<f32> = ndarray_npy::read_npy(repo().join("models/digits/stream.npy")).unwrap();
+    let digits: Array4<f32> = digits.into_dimensionality().unwrap();
+    println!("{files} files per run, CPU, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("| setting | samples S | methods | ready (s) | samples/s | ms per sample | peak RSS (MiB) |");
+    println!("|---|---|---|---|---|---|---|");
+    run("plain gradient", 1, r#"["vanilla", "actgrad"]"#, files, &digits);
+    run("smoothed (daemon default)", 16, r#"["vanilla", "actgrad"]"#, files, &digits);
+    run("smoothed, all methods", 16, r#"["vanilla", "actgrad", "gradcam"]"#, files, &digits);
+}
