@@ -39,3 +39,23 @@ fn runs_a_two_node_graph() {
     let y = out["y"].try_extract_array::<f32>().unwrap();
     assert_eq!(y.as_slice().unwrap(), &[1.0, 1.5, 3.0, 1.0, 1.0, 2.0]);
 }
+
+/// When the chosen library does not load, the agent says what to install and exits non-zero.
+#[test]
+fn a_missing_runtime_names_the_fix() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")
+        .args(["score", "--model", "m.onnx", "--embedding", "e", "--layer", "l", "x.npy"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for part in [
+        "ONNX Runtime 1.31 was not found",
+        "scripts/install-onnxruntime.sh",
+        "ORT_DYLIB_PATH",
+        "/nonexistent/",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing in: {stderr}");
+    }
+}

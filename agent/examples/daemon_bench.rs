@@ -90,7 +90,9 @@ level = "warn"
     let start = Instant::now();
     let child = Command::new(&exe).arg("--config").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
     let child = Killed(child);
-    while !get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200")) {
+    while !get(port, "/readyz")
+        .is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+    {
         assert!(start.elapsed() < Duration::from_secs(600), "not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -120,9 +122,13 @@ level = "warn"
 
 fn main() {
     let files: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let digits: ndarray::ArrayD<f32> = ndarray_npy::read_npy(repo().join("models/digits/stream.npy")).unwrap();
+    let digits: ndarray::ArrayD<f32> =
+        ndarray_npy::read_npy(repo().join("models/digits/stream.npy")).unwrap();
     let digits: Array4<f32> = digits.into_dimensionality().unwrap();
-    println!("{files} files per run, CPU, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "{files} files per run, CPU, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     println!("| setting | samples S | methods | ready (s) | samples/s | ms per sample | peak RSS (MiB) |");
     println!("|---|---|---|---|---|---|---|");
     run("plain gradient", 1, r#"["vanilla", "actgrad"]"#, files, &digits);

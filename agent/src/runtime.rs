@@ -1,9 +1,10 @@
 //! ONNX Runtime, loaded at run time.
 //!
-//! The shared library is looked for, in order: the configured path, `ORT_DYLIB_PATH`, the
-//! project-local installs made by `scripts/install-onnxruntime.sh` (`.ort/gpu`, then `.ort/cpu`, searched
-//! from the working directory and from the executable's folder upwards), then the system loader
-//! (`libonnxruntime.so` on the library path). One environment exists per process (an `ort` rule), so
+//! The shared library is the configured path if there is one, else `ORT_DYLIB_PATH` if set — an
+//! explicit choice is the only candidate, so a broken one is an error, never silently replaced — else
+//! the first that loads of the project-local installs made by `scripts/install-onnxruntime.sh`
+//! (`.ort/gpu`, then `.ort/cpu`, searched from the working directory and from the executable's folder
+//! upwards) and the system loader (`libonnxruntime.so` on the library path). One environment exists per process (an `ort` rule), so
 //! it is created once and shared.
 
 use std::path::{Path, PathBuf};
@@ -21,10 +22,10 @@ pub const EXPECTED_VERSION: &str = "1.31";
 pub fn candidate_libraries(configured: Option<&Path>) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     if let Some(p) = configured {
-        out.push(("engine.onnxruntime_path in the configuration".to_string(), p.to_path_buf()));
+        return vec![("engine.onnxruntime_path in the configuration".to_string(), p.to_path_buf())];
     }
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        out.push(("ORT_DYLIB_PATH".to_string(), PathBuf::from(p)));
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return vec![("ORT_DYLIB_PATH".to_string(), PathBuf::from(p))];
     }
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
