@@ -25,30 +25,12 @@ fn python() -> PathBuf {
 
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
     EngineSpec {
-        model_path: model.to_path_buf(),
-        model_name: "test".into(),
-        embedding: "embedding".into(),
         layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into() }],
         methods,
-        channel_agg: Aggregation::Abs,
-        embedding_agg: Aggregation::Var,
-        normalize_dims: false,
-        binarize: None,
         n_noise: 3,
-        noise_seed: 0,
-        noise_inputs: vec![],
-        normalization: Normalization::default(),
-        samples: 1,
-        smoothing: 0.0,
-        smoothing_seed: 0,
-        smoothing_reference: SmoothingReference::Black,
-        dims: None,
-        estimator: Default::default(),
-        probes: 64,
         rows_per_run: 8,
-        providers: vec![Provider::Cpu],
         threads: 1,
-        onnxruntime_path: None,
+        ..EngineSpec::new(model, "embedding")
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::config::Config;
-use crate::engine::{EngineSpec, LayerSpec, Normalization};
+use crate::engine::{EngineSpec, LayerSpec};
 use crate::runtime::Provider;
 use crate::scores::{Aggregation, Method};
 
@@ -114,35 +114,7 @@ impl ModelArgs {
                 if self.layers.is_empty() {
                     bail!("give at least one --layer TENSOR");
                 }
-                EngineSpec {
-                    model_path: model.clone(),
-                    model_name: model
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    embedding: embedding.clone(),
-                    layers: vec![],
-                    methods: vec![Method::Vanilla],
-                    channel_agg: Aggregation::Abs,
-                    embedding_agg: Aggregation::Var,
-                    normalize_dims: false,
-                    binarize: None,
-                    n_noise: 4,
-                    noise_seed: 0,
-                    noise_inputs: vec![],
-                    normalization: Normalization::default(),
-                    samples: 1,
-                    smoothing: 0.0,
-                    smoothing_seed: 0,
-                    smoothing_reference: Default::default(),
-                    dims: None,
-                    estimator: Default::default(),
-                    probes: crate::engine::default_probes(),
-                    rows_per_run: 32,
-                    providers: vec![Provider::Cpu],
-                    threads: 0,
-                    onnxruntime_path: None,
-                }
+                EngineSpec::new(model, embedding)
             }
         };
         if !self.layers.is_empty() {

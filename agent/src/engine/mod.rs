@@ -145,6 +145,40 @@ pub struct EngineSpec {
     pub onnxruntime_path: Option<PathBuf>,
 }
 
+impl EngineSpec {
+    /// The specification with the spec's defaults for everything but the model, its embedding and
+    /// the layers (none yet): vanilla, `abs`/`var` aggregations, 4 noise inputs with seed 0, the plain
+    /// gradient (`samples = 1`), exact scores, 32 rows per run, CPU.
+    pub fn new(model_path: &std::path::Path, embedding: &str) -> EngineSpec {
+        EngineSpec {
+            model_path: model_path.to_path_buf(),
+            model_name: model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            embedding: embedding.to_string(),
+            layers: vec![],
+            methods: vec![Method::Vanilla],
+            channel_agg: Aggregation::Abs,
+            embedding_agg: Aggregation::Var,
+            normalize_dims: false,
+            binarize: None,
+            n_noise: 4,
+            noise_seed: 0,
+            noise_inputs: vec![],
+            normalization: Normalization::default(),
+            samples: 1,
+            smoothing: 0.0,
+            smoothing_seed: 0,
+            smoothing_reference: SmoothingReference::Black,
+            dims: None,
+            estimator: Estimator::Exact,
+            probes: default_probes(),
+            rows_per_run: 32,
+            providers: vec![Provider::Cpu],
+            threads: 0,
+            onnxruntime_path: None,
+        }
+    }
+}
+
 /// One sample's scores for one (layer, method) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LayerScores {
