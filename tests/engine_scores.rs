@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use agent::compiler::{self, CompileOptions};
-use agent::engine::{Engine, EngineSpec, LayerSpec, Normalization, SmoothingReference};
+use agent::engine::{Engine, EngineSpec, LayerSpec, SmoothingReference};
 use agent::onnx;
-use agent::runtime::Provider;
 use agent::scores::{Aggregation, Method};
 use common::*;
 use ndarray::{ArrayD, Axis, IxDyn};
