@@ -43,12 +43,10 @@ pub struct ScoreRow {
 
 /// Decodes an input file into a batch for the engine.
 pub fn decode(engine: &Engine, path: &std::path::Path) -> Result<ArrayD<f32>, String> {
-    let n = &engine.spec().normalization;
     let opts = plugins::decode::DecodeOptions {
         input_shape: engine.input_shape().to_vec(),
-        max_bytes: 0,
-        mean: n.mean.clone(),
-        std: n.std.clone(),
+        normalization: engine.spec().normalization.clone(),
+        ..Default::default()
     };
     plugins::decode::decode_file_as(path, &path.display().to_string(), &opts).map_err(|e| e.message)
 }
