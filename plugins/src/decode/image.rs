@@ -28,6 +28,43 @@ pub fn model_geometry(input_shape: &[usize], layout: Layout) -> Option<(usize, u
     }
 }
 
+/// Whether the image preprocessing can produce the model's input: every problem, for `agent check`.
+/// Only configured keys are checked (a model that never sees images needs none of them).
+pub fn check_geometry(
+    input_shape: &[usize],
+    norm: &super::Normalization,
+    img: &super::ImageOptions,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let images = img.resize.is_some() || img.crop.is_some() || img.channels.is_some();
+    let Some((c, h, w)) = model_geometry(input_shape, norm.layout) else {
+        if images || !norm.layout.is_nchw() {
+            out.push(format!(
+                "the model input {input_shape:?} is not a rank-3 image in the configured layout"
+            ));
+        }
+        return out;
+    };
+    if let Some(ch) = img.channels
+        && ch as usize != c
+    {
+        out.push(format!("channels = {ch}, but the model takes {c} channels"));
+    }
+    let last = img.crop.or(img.resize);
+    if let Some([lh, lw]) = last
+        && (lh as usize, lw as usize) != (h, w)
+    {
+        let key = if img.crop.is_some() { "crop" } else { "resize" };
+        out.push(format!("{key} = [{lh}, {lw}], but the model takes {h}×{w} images"));
+    }
+    for (key, v) in [("mean", &norm.mean), ("std", &norm.std)] {
+        if v.len() > 1 && v.len() != c {
+            out.push(format!("{key} has {} values for a model with {c} channels", v.len()));
+        }
+    }
+    out
+}
+
 /// Decodes a PNG or JPEG into one preprocessed sample (without the batch axis).
 pub(crate) fn read_image(name: &str, bytes: &[u8], opts: &DecodeOptions) -> Result<ArrayD<f32>, Rejection> {
     let layout = opts.normalization.layout;

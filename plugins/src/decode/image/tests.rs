@@ -157,3 +157,23 @@ fn broken_and_foreign_images() {
     assert_eq!(e.reason, RejectReason::Shape);
     assert!(e.message.contains("rank-3"), "{}", e.message);
 }
+
+#[test]
+fn geometry_is_checked_against_the_model() {
+    let n = |layout| Normalization { layout, ..Default::default() };
+    let img = |resize, crop, channels| ImageOptions { resize, crop, channels, ..Default::default() };
+    assert!(
+        check_geometry(&[3, 224, 224], &n(Layout::Nchw), &img(Some([256, 256]), Some([224, 224]), Some(3)))
+            .is_empty()
+    );
+    assert!(check_geometry(&[224, 224, 3], &n(Layout::Nhwc), &img(None, Some([224, 224]), None)).is_empty());
+    let p = check_geometry(&[1, 28, 28], &n(Layout::Nchw), &img(Some([32, 32]), None, Some(3)));
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].contains("channels = 3") && p[1].contains("resize = [32, 32]"), "{p:?}");
+    let p = check_geometry(&[784], &n(Layout::Nchw), &img(None, Some([28, 28]), None));
+    assert!(p[0].contains("rank-3"), "{p:?}");
+    assert!(check_geometry(&[784], &n(Layout::Nchw), &ImageOptions::default()).is_empty());
+    let mut three = n(Layout::Nchw);
+    three.mean = vec![0.5, 0.5];
+    assert!(check_geometry(&[3, 8, 8], &three, &ImageOptions::default())[0].contains("mean has 2 values"));
+}
