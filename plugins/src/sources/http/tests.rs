@@ -271,3 +271,106 @@ fn polls_pages_retries_and_resumes_from_the_journal() {
     let (_, totals) = HttpSource::open(&cfg).unwrap();
     assert_eq!((totals.scored_samples, totals.rejected_by(RejectReason::Shape)), (9, 1));
 }
+
+/// A snapshot feed without cursors: the last three records, with an ETag; `If-None-Match` → 304.
+fn serve_snapshot(listener: TcpListener, len: Arc<AtomicUsize>, seen: Arc<Mutex<Vec<Option<String>>>>) {
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { return };
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut if_none_match = None;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("if-none-match")
+            {
+                if_none_match = Some(v.trim().to_string());
+            }
+        }
+        seen.lock().unwrap().push(if_none_match.clone());
+        let n = len.load(Ordering::SeqCst);
+        let etag = format!("\"v{n}\"");
+        if if_none_match.as_deref() == Some(etag.as_str()) {
+            let _ = s.write_all(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
+            continue;
+        }
+        let body: String = (n.saturating_sub(3)..n)
+            .map(|i| {
+                format!(
+                    "{{\"id\": \"r{i}\", \"inputs\": [{{\"name\": \"x\", \"shape\": [1, 2, 2], \"datatype\": \"UINT8\", \"data\": [{i}, 0, 0, 0]}}]}}\n"
+                )
+            })
+            .collect();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body.as_bytes());
+    }
+}
+
+#[test]
+fn a_snapshot_feed_is_deduplicated_and_its_etag_remembered() {
+    let d = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/snapshot", listener.local_addr().unwrap());
+    let len = Arc::new(AtomicUsize::new(3));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (l2, s2) = (len.clone(), seen.clone());
+    std::thread::spawn(move || serve_snapshot(listener, l2, s2));
+    let mut cfg = HttpConfig::new(url, d.path().join("state"));
+    cfg.poll_interval_ms = 30;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let start = || {
+        let (src, _) = HttpSource::open(&cfg).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = rt.spawn(src.run(opts(), tx, Arc::new(crate::sources::LogObserver), stop_rx));
+        (rx, stop, task)
+    };
+    let take = |rx: &mut mpsc::Receiver<Delivery>, n: usize, within: Duration| {
+        let mut ids = Vec::new();
+        let deadline = Instant::now() + within;
+        while ids.len() < n && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(d) => {
+                    ids.push(d.input.clone());
+                    d.ack.finish(&Outcome::Scored { samples: 1 }).unwrap();
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        ids
+    };
+    let (mut rx, stop, task) = start();
+    assert_eq!(take(&mut rx, 3, Duration::from_secs(10)), ["http/r0", "http/r1", "http/r2"]);
+    let wait_requests = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_requests(3);
+    assert_eq!(seen.lock().unwrap()[1].as_deref(), Some("\"v3\""), "the ETag is sent back");
+    // A new record: the snapshot now holds r1, r2 (finished: skipped) and r3.
+    len.store(4, Ordering::SeqCst);
+    assert_eq!(take(&mut rx, 1, Duration::from_secs(10)), ["http/r3"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(rx.try_recv().is_err(), "a duplicate was delivered");
+    stop.send(true).unwrap();
+    rt.block_on(task).unwrap();
+    // Restarted: the remembered ETag makes the first request a 304, and nothing is delivered again.
+    let before = seen.lock().unwrap().len();
+    let (mut rx, stop, task) = start();
+    wait_requests(before + 2);
+    assert_eq!(seen.lock().unwrap()[before].as_deref(), Some("\"v4\""));
+    assert!(take(&mut rx, 1, Duration::from_millis(300)).is_empty());
+    stop.send(true).unwrap();
+    rt.block_on(task).unwrap();
+    let (_, totals) = HttpSource::open(&cfg).unwrap();
+    assert_eq!(totals.scored_samples, 4);
+}
