@@ -246,6 +246,26 @@ retry_after_secs = 2
     assert_eq!(counted(&agent, "404"), 1.0);
     assert_eq!(counted(&agent, "408"), 1.0);
     assert_eq!(counted(&agent, "200"), 1.0);
+
+    // A reload (SIGHUP) swaps the pipeline under the endpoint: meanwhile 503 + Retry-After, then 202.
+    let pid = agent.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let reloaded =
+        || support::metric(&agent.metrics(), "agent_config_reloads_total", &[("result", "success")]);
+    let body = v2_body("after-reload", x.index_axis(Axis(0), 99));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = post("/api/v1/samples", &[AUTH, JSON], body.as_bytes());
+        assert!(matches!(r.code, 202 | 503), "{r:?}");
+        if r.code == 503 {
+            assert!(r.header("retry-after").is_some(), "{r:?}");
+        }
+        if r.code == 202 && reloaded() == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 202 after the reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(agent.term().success());
 }
 

@@ -6,8 +6,8 @@
 //! between two pipelines answers 503 with `Retry-After`, and a configuration without an ingest source
 //! answers 404.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -32,14 +32,21 @@ pub struct IngestEndpoint {
     pub cfg: IngestConfig,
     /// `[model] name`, always accepted in `/v2/models/{name}/infer`.
     pub model: String,
-    pub tx: mpsc::Sender<Delivery>,
+    /// The engine's queue; taken away by [`IngestEndpoint::close`], so that a request still reading
+    /// its body does not keep a draining engine waiting.
+    tx: RwLock<Option<mpsc::Sender<Delivery>>>,
     pub opts: DecodeOptions,
     seq: AtomicU64,
 }
 
 impl IngestEndpoint {
     pub fn new(cfg: IngestConfig, model: String, tx: mpsc::Sender<Delivery>, opts: DecodeOptions) -> Self {
-        IngestEndpoint { cfg, model, tx, opts, seq: AtomicU64::new(0) }
+        IngestEndpoint { cfg, model, tx: RwLock::new(Some(tx)), opts, seq: AtomicU64::new(0) }
+    }
+
+    /// Drops the endpoint's sender: later requests are answered 503.
+    pub fn close(&self) {
+        self.tx.write().expect("ingest lock").take();
     }
 
     fn accepts(&self, name: &str) -> bool {
@@ -218,7 +225,7 @@ async fn accept(
     let (body_id, batch) = match decoded {
         Ok(v) => v,
         Err(r) => {
-            tracing::debug!(source = %cfg.name, reason = r.reason.as_str(), "ingest rejected: {}", r.message);
+            tracing::warn!(source = %cfg.name, reason = r.reason.as_str(), "rejected: {}", r.message);
             state.telemetry.rejected(&e.model, r.reason);
             return Err(Refusal::new(StatusCode::BAD_REQUEST, r.reason.as_str(), r.message));
         }
@@ -231,7 +238,12 @@ async fn accept(
         batch,
         ack: Ack::new(IngestAck),
     };
-    match e.tx.try_send(d) {
+    let tx = e.tx.read().expect("ingest lock").clone();
+    let sent = match tx {
+        Some(tx) => tx.try_send(d),
+        None => Err(mpsc::error::TrySendError::Closed(d)),
+    };
+    match sent {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             return Err(Refusal::new(

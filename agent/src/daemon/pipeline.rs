@@ -154,6 +154,7 @@ impl Pipeline {
         {
             let mut ingest = state.ingest.write().expect("ingest lock");
             if let IngestState::Open(e) = &*ingest {
+                e.close();
                 *ingest = IngestState::Starting { name: e.cfg.name.clone() };
             }
         }

@@ -446,7 +446,9 @@ impl Ctx<'_> {
         Ok(Fetched::Ended(records))
     }
 
-    /// Handles one line; the number of records it held (0 or 1), `None` when the source must stop.
+    /// Handles one line; the number of new records it held (0 or 1: a duplicate is not new, so a
+    /// snapshot feed repeating itself is polled every `poll_interval_ms`, not in a tight loop), `None`
+    /// when the source must stop.
     async fn line(
         &self,
         piece: Piece,
@@ -477,7 +479,7 @@ impl Ctx<'_> {
         let seq = match admit {
             Admit::Duplicate => {
                 tracing::debug!(source = %cfg.name, id = %record.id, "feed: already finished; skipped");
-                return Some(1);
+                return Some(0);
             }
             Admit::New(seq) => seq,
         };
