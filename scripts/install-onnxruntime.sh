@@ -34,7 +34,7 @@ install_lib cpu onnxruntime
 
 if [ "$python_tools" = 1 ]; then
   if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-  if ! .venv/bin/python -c "import onnx, numpy, onnxruntime, sklearn, scipy" 2>/dev/null; then
+  if ! .venv/bin/python -c "import onnx, numpy, onnxruntime, sklearn, scipy, tritonclient.http" 2>/dev/null; then
     echo "Installing Python tools into .venv ..."
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
   fi

@@ -66,3 +66,64 @@ fn check_names_an_unknown_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout.contains("colour") && stdout.contains("agent.toml"), "{stdout}");
 }
+
+/// The demo model with an http and an ingest source, and the given `[model.preprocessing]` lines.
+fn sources_config(d: &std::path::Path, preprocessing: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[model]
+name = "digits"
+path = "{root}/models/digits/encoder.onnx"
+embedding = "embedding"
+layers = [{{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
+
+[model.preprocessing]
+{preprocessing}
+
+[engine]
+providers = ["cpu"]
+
+[baseline]
+reference_dir = "{root}/models/digits/reference.npy"
+
+[[sources]]
+type = "http"
+name = "feed"
+url = "http://127.0.0.1:1/feed"
+state_dir = "{d}/feed"
+mode = "stream"
+
+[[sources]]
+type = "ingest"
+models = ["mnist"]
+"#,
+            root = root.display(),
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn check_accepts_http_and_ingest_sources_and_checks_image_geometry() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = sources_config(d.path(), "resize = [32, 32]\ncrop = [28, 28]\nchannels = 1");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_agent")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("OK: "), "{stdout}");
+    // Images that cannot become the model's [1, 28, 28] input: both mistakes named.
+    let cfg = sources_config(d.path(), "crop = [24, 24]\nchannels = 3");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_agent")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("model.preprocessing: channels = 3"), "{stdout}");
+    assert!(stdout.contains("model.preprocessing: crop = [24, 24]"), "{stdout}");
+}

@@ -15,6 +15,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const KEY: &[&str] = &["model", "layer", "method"];
 
+/// The `kind` values of `agent_source_errors_total` for an `http` source.
+pub const FEED_ERROR_KINDS: [&str; 6] = ["connect", "timeout", "status", "body", "protocol", "io"];
+
 pub struct Telemetry {
     registry: Registry,
     pub build_info: IntGaugeVec,
@@ -193,6 +196,18 @@ impl Telemetry {
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]);
         }
+    }
+
+    /// Zero series of an HTTP feed's error kinds, so that `increase()` sees the first error.
+    pub fn init_feed(&self, source: &str) {
+        for kind in FEED_ERROR_KINDS {
+            self.source_errors.with_label_values(&[source, kind]);
+        }
+    }
+
+    /// The zero series of accepted ingest requests.
+    pub fn init_ingest(&self, source: &str) {
+        self.ingest_requests.with_label_values(&[source, "202"]);
     }
 
     pub fn rejected(&self, model: &str, reason: RejectReason) {

@@ -15,7 +15,7 @@ use crate::engine::Engine;
 pub struct ExplainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Input file (`.npy`/`.npz`); with a batch, `--sample` picks the sample.
+    /// Input file (`.npy`, `.npz`, `.png`, `.jpg`); with a batch, `--sample` picks the sample.
     pub input: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub sample: usize,
@@ -30,7 +30,8 @@ pub struct ExplainArgs {
 pub fn run(args: &ExplainArgs) -> Result<()> {
     let spec = args.model.engine_spec()?;
     let mut engine = Engine::new(&spec)?;
-    let batch = super::score::decode(&engine, &args.input).map_err(anyhow::Error::msg)?;
+    let image = args.model.image_options()?;
+    let batch = super::score::decode(&engine, &image, &args.input).map_err(anyhow::Error::msg)?;
     if args.sample >= batch.shape()[0] {
         bail!(
             "{} holds {} sample(s); --sample {} is out of range",

@@ -94,6 +94,15 @@ impl std::str::FromStr for Provider {
 }
 
 impl ModelArgs {
+    /// PNG/JPEG preprocessing: the configuration's `[model.preprocessing]`, or the defaults (resize to
+    /// the model's input) without `--config`.
+    pub fn image_options(&self) -> Result<plugins::decode::ImageOptions> {
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?.model.preprocessing.image_options(),
+            None => plugins::decode::ImageOptions::default(),
+        })
+    }
+
     /// The engine specification these arguments describe. `score`'s defaults differ from the
     /// daemon's: one smoothing point (the plain gradient) unless asked otherwise.
     pub fn engine_spec(&self) -> Result<EngineSpec> {

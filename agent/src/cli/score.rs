@@ -42,19 +42,23 @@ pub struct ScoreRow {
 }
 
 /// Decodes an input file into a batch for the engine.
-pub fn decode(engine: &Engine, path: &std::path::Path) -> Result<ArrayD<f32>, String> {
-    let n = &engine.spec().normalization;
+pub fn decode(
+    engine: &Engine,
+    image: &plugins::decode::ImageOptions,
+    path: &std::path::Path,
+) -> Result<ArrayD<f32>, String> {
     let opts = plugins::decode::DecodeOptions {
         input_shape: engine.input_shape().to_vec(),
         max_bytes: 0,
-        mean: n.mean.clone(),
-        std: n.std.clone(),
+        normalization: engine.spec().normalization.clone(),
+        image: image.clone(),
     };
     plugins::decode::decode_file_as(path, &path.display().to_string(), &opts).map_err(|e| e.message)
 }
 
 pub fn run(args: &ScoreArgs) -> Result<i32> {
     let spec = args.model.engine_spec()?;
+    let image = args.model.image_options()?;
     let mut engine = Engine::new(&spec)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -68,7 +72,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
     let mut failures = Vec::new();
     let (mut scored, start) = (0usize, Instant::now());
     for path in &args.inputs {
-        let batch = match decode(&engine, path) {
+        let batch = match decode(&engine, &image, path) {
             Ok(b) => b,
             Err(e) => {
                 failures.push(e);

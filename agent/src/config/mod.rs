@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineSpec, LayerSpec, Normalization};
+use crate::engine::{EngineSpec, LayerSpec, Layout, Normalization};
 use crate::runtime::Provider;
 use crate::scores::{Aggregation, Method};
 
@@ -101,14 +101,31 @@ pub struct LayerConfig {
     pub tensor: String,
 }
 
-/// `[model.preprocessing]`: mean/std applied to raw `[0, 1]` inputs (noise inputs, `uint8` files).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// `[model.preprocessing]`: how raw inputs become model inputs. Mean/std apply to every raw `[0, 1]`
+/// input (noise inputs, `uint8` data, images) along the channel axis of `layout`; the image keys
+/// apply to PNG/JPEG inputs (`plugins::decode::image`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessingConfig {
     #[serde(default)]
     pub mean: Vec<f32>,
     #[serde(default)]
     pub std: Vec<f32>,
+    /// The model input's axis order: `nchw` (`[N, C, H, W]`) or `nhwc`.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Images: resize to `[height, width]` first (bilinear).
+    #[serde(default)]
+    pub resize: Option<[u32; 2]>,
+    /// Images: then keep the centre `[height, width]`.
+    #[serde(default)]
+    pub crop: Option<[u32; 2]>,
+    /// Images: convert to 1 (grey) or 3 (RGB) channels; absent = the model's channel count.
+    #[serde(default)]
+    pub channels: Option<u32>,
+    /// Images declaring more pixels are refused from their header, before decoding.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
 }
 
 /// `[engine]`.
@@ -180,13 +197,28 @@ pub struct WindowConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
+    /// Files dropped into a directory.
     Dir(plugins::sources::dir::DirConfig),
+    /// A feed polled or streamed over HTTP.
+    Http(plugins::sources::http::HttpConfig),
+    /// Samples posted to the agent's own endpoint (Open Inference Protocol).
+    Ingest(plugins::sources::ingest::IngestConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Dir(d) => &d.name,
+            SourceConfig::Http(h) => &h.name,
+            SourceConfig::Ingest(i) => &i.name,
+        }
+    }
+
+    /// The ingest source, when this is one.
+    pub fn as_ingest(&self) -> Option<&plugins::sources::ingest::IngestConfig> {
+        match self {
+            SourceConfig::Ingest(i) => Some(i),
+            _ => None,
         }
     }
 }
@@ -221,6 +253,9 @@ pub enum LogFormat {
     Json,
 }
 
+const fn default_max_image_pixels() -> u64 {
+    plugins::decode::DEFAULT_MAX_IMAGE_PIXELS
+}
 fn default_methods() -> Vec<Method> {
     vec![Method::Vanilla]
 }
@@ -273,6 +308,36 @@ impl Default for EngineConfig {
             max_batch_delay_ms: default_max_batch_delay_ms(),
             queue_capacity: default_queue_capacity(),
             onnxruntime_path: None,
+        }
+    }
+}
+
+impl Default for PreprocessingConfig {
+    fn default() -> Self {
+        PreprocessingConfig {
+            mean: Vec::new(),
+            std: Vec::new(),
+            layout: Layout::Nchw,
+            resize: None,
+            crop: None,
+            channels: None,
+            max_image_pixels: default_max_image_pixels(),
+        }
+    }
+}
+
+impl PreprocessingConfig {
+    /// The normalisation the engine (noise inputs) and the decoders share.
+    pub fn normalization(&self) -> Normalization {
+        Normalization { mean: self.mean.clone(), std: self.std.clone(), layout: self.layout }
+    }
+
+    pub fn image_options(&self) -> plugins::decode::ImageOptions {
+        plugins::decode::ImageOptions {
+            resize: self.resize,
+            crop: self.crop,
+            channels: self.channels,
+            max_pixels: self.max_image_pixels,
         }
     }
 }
@@ -362,10 +427,7 @@ impl Config {
             n_noise: self.noise.n_noise,
             noise_seed: self.noise.seed,
             noise_inputs: self.noise.inputs.clone(),
-            normalization: Normalization {
-                mean: m.preprocessing.mean.clone(),
-                std: m.preprocessing.std.clone(),
-            },
+            normalization: m.preprocessing.normalization(),
             samples: m.samples,
             smoothing: m.smoothing,
             smoothing_seed: m.smoothing_seed,

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use plugins::sources::http::FeedMode;
 
 /// A valid configuration whose files exist under `dir`.
 fn valid(dir: &Path) -> String {
@@ -57,7 +58,92 @@ fn parses_with_defaults() {
     assert_eq!(spec.samples, 16);
     match &cfg.sources[0] {
         SourceConfig::Dir(dir) => assert_eq!(dir.name, "dir"),
+        other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn http_and_ingest_sources_with_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let text = valid(d.path())
+        + &format!(
+            r#"
+[[sources]]
+type = "http"
+name = "feed"
+url = "http://127.0.0.1:8080/feed"
+state_dir = "{d}/feed-state"
+
+[[sources]]
+type = "ingest"
+models = ["mnist"]
+"#,
+            d = d.path().display()
+        );
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    let SourceConfig::Http(h) = &cfg.sources[1] else { panic!("{:?}", cfg.sources[1]) };
+    assert_eq!((h.mode, h.poll_interval_ms, h.backoff_max_ms), (FeedMode::Poll, 1000, 30_000));
+    let SourceConfig::Ingest(i) = &cfg.sources[2] else { panic!("{:?}", cfg.sources[2]) };
+    assert_eq!((i.name.as_str(), i.max_body_bytes, i.retry_after_secs), ("ingest", 8 << 20, 1));
+    assert_eq!(cfg.model.preprocessing.layout, Layout::Nchw);
+}
+
+#[test]
+fn http_ingest_and_image_problems_are_all_listed() {
+    let d = tempfile::tempdir().unwrap();
+    let text = valid(d.path()).replace(
+        "[baseline]",
+        r#"[model.preprocessing]
+resize = [0, 32]
+crop = [40, 40]
+channels = 4
+max_image_pixels = 0
+layout = "nhwc"
+
+[baseline]"#,
+    ) + r#"
+[[sources]]
+type = "http"
+name = "feed"
+url = "ftp://example.com/feed"
+state_dir = ""
+timeout_ms = 0
+backoff_initial_ms = 100
+backoff_max_ms = 10
+dedupe_ids = 0
+
+[[sources]]
+type = "ingest"
+max_body_bytes = 0
+auth_token = ""
+
+[[sources]]
+type = "ingest"
+name = "second"
+"#;
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
+    for k in [
+        "model.preprocessing.resize",
+        "model.preprocessing.crop",
+        "model.preprocessing.channels",
+        "model.preprocessing.max_image_pixels",
+        "sources[1].url",
+        "sources[1].state_dir",
+        "sources[1].timeout_ms",
+        "sources[1].backoff_max_ms",
+        "sources[1].dedupe_ids",
+        "sources[2].max_body_bytes",
+        "sources[2].auth_token",
+        "sources[3]",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+    // Unknown keys of the new sources are rejected too.
+    let text = valid(d.path()) + "\n[[sources]]\ntype = \"ingest\"\nmax_body_size = 3\n";
+    let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("max_body_size"), "{err}");
 }
 
 #[test]

@@ -92,6 +92,27 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if pre.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
         p.add("model.preprocessing.std", "every value must be > 0");
     }
+    for (key, size) in [("resize", pre.resize), ("crop", pre.crop)] {
+        if let Some([h, w]) = size
+            && (h == 0 || w == 0)
+        {
+            p.add(format!("model.preprocessing.{key}"), "[height, width] must both be at least 1");
+        }
+    }
+    if let (Some([rh, rw]), Some([ch, cw])) = (pre.resize, pre.crop)
+        && (ch > rh || cw > rw)
+    {
+        p.add("model.preprocessing.crop", format!("{ch}×{cw} does not fit in the resized {rh}×{rw} image"));
+    }
+    if let Some(c) = pre.channels
+        && c != 1
+        && c != 3
+    {
+        p.add("model.preprocessing.channels", format!("{c}; images convert to 1 (grey) or 3 (RGB)"));
+    }
+    if pre.max_image_pixels == 0 {
+        p.add("model.preprocessing.max_image_pixels", "must be at least 1");
+    }
 
     let e = &cfg.engine;
     if e.providers.is_empty() {
@@ -161,7 +182,18 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     }
 
     if cfg.sources.is_empty() {
-        p.add("sources", "no source configured; add a [[sources]] section (type = \"dir\")");
+        p.add(
+            "sources",
+            "no source configured; add a [[sources]] section (type = \"dir\", \"http\" or \"ingest\")",
+        );
+    }
+    let ingest: Vec<usize> =
+        cfg.sources.iter().enumerate().filter(|(_, s)| s.as_ingest().is_some()).map(|(i, _)| i).collect();
+    if ingest.len() > 1 {
+        p.add(
+            format!("sources[{}]", ingest[1]),
+            "a second ingest source; the endpoint is the server's, so there is at most one",
+        );
     }
     let mut names = std::collections::HashSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
@@ -174,6 +206,19 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                     p.add(format!("sources[{i}].{key}"), why);
                 }
             }
+            SourceConfig::Http(h) => {
+                for (key, why) in h.validate() {
+                    p.add(format!("sources[{i}].{key}"), why);
+                }
+            }
+            SourceConfig::Ingest(g) => {
+                for (key, why) in g.validate() {
+                    p.add(format!("sources[{i}].{key}"), why);
+                }
+            }
+        }
+        if !label_ok(s.name()) {
+            p.add(format!("sources[{i}].name"), format!("{:?} is not a usable metric label", s.name()));
         }
     }
 

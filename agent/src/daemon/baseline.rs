@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::drift::{Baseline, BaselineBuilder, BaselineMeta};
 use plugins::decode::{DecodeOptions, decode_file};
 
-/// The reference inputs: one batch file, or every `.npy`/`.npz` file of a directory (sorted).
+/// The reference inputs: one batch file, or every input file (`.npy`, `.npz`, `.png`, `.jpg`,
+/// `.jpeg`) of a directory (sorted).
 pub fn reference_files(reference: &Path) -> Result<Vec<PathBuf>> {
     if reference.is_file() {
         return Ok(vec![reference.to_path_buf()]);
@@ -19,11 +20,14 @@ pub fn reference_files(reference: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(reference)
         .with_context(|| format!("reading reference directory {}", reference.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("npy" | "npz")))
+        .filter(|p| {
+            let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            p.is_file() && plugins::decode::EXTENSIONS.contains(&ext.as_str())
+        })
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("no .npy or .npz file in reference directory {}", reference.display());
+        bail!("no .npy, .npz, .png or .jpg file in reference directory {}", reference.display());
     }
     Ok(files)
 }
@@ -33,8 +37,8 @@ pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
     DecodeOptions {
         input_shape: input_shape.to_vec(),
         max_bytes: 0,
-        mean: cfg.model.preprocessing.mean.clone(),
-        std: cfg.model.preprocessing.std.clone(),
+        normalization: cfg.model.preprocessing.normalization(),
+        image: cfg.model.preprocessing.image_options(),
     }
 }
 

@@ -29,6 +29,14 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
             return Err(out);
         }
     };
+    let pre = &cfg.model.preprocessing;
+    for why in plugins::decode::image::check_geometry(
+        engine.input_shape(),
+        &pre.normalization(),
+        &pre.image_options(),
+    ) {
+        out.push(format!("{file}: model.preprocessing: {why}"));
+    }
     let mut baseline_note = String::from("baseline will be built from baseline.reference_dir at start-up");
     if let Some(path) = cfg.baseline.path.as_ref().filter(|p| p.is_file()) {
         let hint = format!("`agent baseline --config {file} --reference DIR --out {}`", path.display());

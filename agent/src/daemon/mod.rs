@@ -2,14 +2,15 @@
 //! engine on its own thread behind a bounded queue.
 //!
 //! ```text
-//! sources (spawn_blocking) ──bounded queue──▶ engine thread: micro-batch → score → Monitor
-//!                                              → metrics → ack (ledger, done/) → counters
-//! HTTP server (axum) ◀── AppState (registry + status snapshot)
+//! dir (spawn_blocking), http (task) ──bounded queue──▶ engine thread: micro-batch → score → Monitor
+//! ingest (HTTP handlers, try_send) ──┘                  → metrics → ack (ledger/journal) → counters
+//! HTTP server (axum) ◀── AppState (registry + status snapshot + ingest endpoint)
 //! main loop: SIGTERM/SIGINT → drain, exit 0 · SIGHUP → validate, drain, restart · watchdog pings
 //! ```
 
 pub mod baseline;
 pub mod check;
+pub mod ingest;
 pub mod monitor;
 mod pipeline;
 pub mod server;

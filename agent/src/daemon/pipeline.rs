@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use ndarray::{Axis, concatenate};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::ingest::{IngestEndpoint, IngestState};
 use super::monitor::{Monitor, baseline_samples, check_baseline, load_baseline, save_baseline, unix_now};
 use super::state::AppState;
 use super::{Scorer, ScorerFactory, baseline};
@@ -15,7 +16,8 @@ use crate::config::{Config, SourceConfig};
 use crate::drift::Baseline;
 use plugins::decode::{RejectReason, Rejection};
 use plugins::sources::dir::DirSource;
-use plugins::sources::{Delivery, Observer, Outcome};
+use plugins::sources::http::HttpSource;
+use plugins::sources::{Delivery, Observer, Outcome, Totals};
 
 pub struct Pipeline {
     stop: watch::Sender<bool>,
@@ -37,6 +39,15 @@ impl Observer for MetricsObserver {
     fn error(&self, source: &str, kind: &'static str) {
         self.state.telemetry.source_errors.with_label_values(&[source, kind]).inc();
     }
+    fn feed_ok(&self, source: &str) {
+        self.state.telemetry.feed_last_success_timestamp_seconds.with_label_values(&[source]).set(unix_now());
+    }
+}
+
+/// A source opened and not yet running.
+enum Opened {
+    Dir(DirSource),
+    Http(HttpSource),
 }
 
 impl Pipeline {
@@ -85,24 +96,48 @@ impl Pipeline {
             Arc::new(MetricsObserver { state: state.clone(), model: model.clone() });
         let opts = baseline::decode_options(cfg, &input_shape);
         // Open every source before starting any, so that a failure leaves nothing running.
-        let mut opened = Vec::new();
+        let mut opened: Vec<(Opened, Totals)> = Vec::new();
         for s in &cfg.sources {
-            match s {
-                SourceConfig::Dir(d) => match DirSource::open(d) {
-                    Ok(pair) => opened.push(pair),
-                    Err(e) => {
-                        drop(tx);
-                        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
-                        return Err(anyhow!("opening source {:?} ({}): {e}", d.name, d.path.display()));
-                    }
-                },
+            let result = match s {
+                SourceConfig::Dir(d) => DirSource::open(d)
+                    .map(|(src, t)| (Opened::Dir(src), t))
+                    .map_err(|e| anyhow!("opening source {:?} ({}): {e}", d.name, d.path.display())),
+                SourceConfig::Http(h) => HttpSource::open(h)
+                    .map(|(src, t)| (Opened::Http(src), t))
+                    .map_err(|e| anyhow!("opening source {:?} ({}): {e}", h.name, h.state_dir.display())),
+                SourceConfig::Ingest(_) => continue,
+            };
+            match result {
+                Ok(pair) => opened.push(pair),
+                Err(e) => {
+                    drop(tx);
+                    let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+                    return Err(e);
+                }
             }
         }
         let mut sources = Vec::new();
         for (src, totals) in opened {
-            state.seed_counters(&model, &src.config().name, &totals);
             let (opts, tx, observer, stop_rx) = (opts.clone(), tx.clone(), observer.clone(), stop_rx.clone());
-            sources.push(tokio::task::spawn_blocking(move || src.run(opts, tx, observer, stop_rx)));
+            match src {
+                Opened::Dir(src) => {
+                    state.seed_counters(&model, &src.config().name, &totals);
+                    sources.push(tokio::task::spawn_blocking(move || src.run(opts, tx, observer, stop_rx)));
+                }
+                Opened::Http(src) => {
+                    state.seed_counters(&model, &src.config().name, &totals);
+                    state.telemetry.init_feed(&src.config().name);
+                    sources.push(tokio::spawn(src.run(opts, tx, observer, stop_rx)));
+                }
+            }
+        }
+        if let Some(i) = cfg.sources.iter().find_map(|s| s.as_ingest()) {
+            state.telemetry.init_ingest(&i.name);
+            if i.auth_token.is_none() && cfg.server.auth_token.is_none() && !loopback(&cfg.server.listen) {
+                tracing::warn!(source = %i.name, listen = %cfg.server.listen, "the ingest endpoint accepts anyone: set server.auth_token or the source's auth_token");
+            }
+            let endpoint = IngestEndpoint::new(i.clone(), model.clone(), tx.clone(), opts.clone());
+            *state.ingest.write().expect("ingest lock") = IngestState::Open(Arc::new(endpoint));
         }
         drop(tx);
         state.telemetry.ready.set(1);
@@ -115,6 +150,14 @@ impl Pipeline {
     pub async fn drain(mut self, state: &AppState) {
         state.telemetry.ready.set(0);
         state.status.write().expect("status lock").ready = false;
+        // The endpoint holds a sender of the queue: the engine ends only once it is gone.
+        {
+            let mut ingest = state.ingest.write().expect("ingest lock");
+            if let IngestState::Open(e) = &*ingest {
+                e.close();
+                *ingest = IngestState::Starting { name: e.cfg.name.clone() };
+            }
+        }
         let _ = self.stop.send(true);
         for s in self.sources.drain(..) {
             let _ = s.await;
@@ -123,6 +166,11 @@ impl Pipeline {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;
         }
     }
+}
+
+/// Whether a listen address is on the loopback interface.
+fn loopback(listen: &str) -> bool {
+    listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// Loads `baseline.path` (refusing a stale one) or builds it from `baseline.reference_dir`.

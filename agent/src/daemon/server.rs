@@ -1,4 +1,5 @@
-//! HTTP: `/metrics`, `/`, `/healthz`, `/readyz`, `/api/v1/status`.
+//! HTTP: `/metrics`, `/`, `/healthz`, `/readyz`, `/api/v1/status`, and the ingest endpoints
+//! (`super::ingest`).
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(protected)
+        .merge(super::ingest::routes())
         .with_state(state)
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use serde::Serialize;
 
+use super::ingest::IngestState;
 use super::monitor::KeyView;
 use crate::config::Config;
 use crate::telemetry::Telemetry;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub telemetry: Telemetry,
     pub status: RwLock<Status>,
     pub auth_token: RwLock<Option<String>>,
+    /// Where the ingest endpoint's requests go.
+    pub ingest: RwLock<IngestState>,
     /// Sources whose ledger totals were already added to the counters (once per process).
     seeded: Mutex<HashSet<String>>,
 }
@@ -51,6 +54,7 @@ impl AppState {
             telemetry: Telemetry::new(),
             status: RwLock::new(Status::default()),
             auth_token: RwLock::new(None),
+            ingest: RwLock::new(IngestState::Off),
             seeded: Mutex::new(HashSet::new()),
         }
     }
@@ -59,6 +63,10 @@ impl AppState {
         let onnxruntime = crate::runtime::EXPECTED_VERSION;
         self.telemetry.init_model(&cfg.model.name, onnxruntime);
         *self.auth_token.write().expect("lock") = cfg.server.auth_token.clone();
+        *self.ingest.write().expect("lock") = match cfg.sources.iter().find_map(|s| s.as_ingest()) {
+            Some(i) => IngestState::Starting { name: i.name.clone() },
+            None => IngestState::Off,
+        };
         let mut st = self.status.write().expect("lock");
         st.model = cfg.model.name.clone();
         st.sources = cfg.sources.iter().map(|s| s.name().to_string()).collect();

@@ -19,13 +19,9 @@ pub struct LayerSpec {
     pub tensor: String,
 }
 
-/// Mean/std normalisation applied after scaling to `[0, 1]`; the same for data and noise inputs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Normalization {
-    /// Per channel (length 1 applies to every channel); empty = none.
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
+/// Mean/std normalisation applied after scaling to `[0, 1]`, per channel of the model's layout; the
+/// same type and function ([`plugins::decode::normalize`]) for noise inputs and decoded data.
+pub use plugins::decode::{Layout, Normalization};
 
 /// The noise score's `E` map (spec §6). The variance score always comes from per-component maps: all
 /// `D`, or the `dims` subset.

@@ -394,18 +394,10 @@ fn estimator_rows(spec: &EngineSpec, d: usize) -> Result<Array2<f32>> {
     })
 }
 
-/// Mean/std normalisation per channel (axis 0 of one sample); empty = identity.
+/// Mean/std normalisation of one sample (no batch axis) along the channel axis of the configured
+/// layout; empty = identity. The decoders use the same function for images and `uint8` data.
 pub fn normalize(mut x: ArrayD<f32>, n: &super::Normalization) -> ArrayD<f32> {
-    if n.mean.is_empty() && n.std.is_empty() {
-        return x;
-    }
-    let channels = x.shape().first().copied().unwrap_or(1);
-    for (c, mut plane) in x.axis_iter_mut(Axis(0)).enumerate() {
-        let m = n.mean.get(if n.mean.len() == 1 { 0 } else { c }).copied().unwrap_or(0.0);
-        let s = n.std.get(if n.std.len() == 1 { 0 } else { c }).copied().unwrap_or(1.0);
-        plane.mapv_inplace(|v| (v - m) / s);
-    }
-    let _ = channels;
+    plugins::decode::normalize(&mut x, false, n);
     x
 }
 

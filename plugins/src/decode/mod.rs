@@ -1,18 +1,27 @@
-//! Decoders: bytes on disk → a batch `[B, ..input_shape]` of finite `f32`, or a [`Rejection`].
+//! Decoders: bytes → a batch `[B, ..input_shape]` of finite `f32`, or a [`Rejection`].
 //!
 //! Conversions (documented contract):
 //! - `float32`: used as is (the values are model inputs, already preprocessed).
 //! - `float64`: cast to `f32`; a value outside the `f32` range becomes infinite and is rejected.
 //! - `uint8`: raw pixels, scaled to `[0, 1]` by `/ 255`, then the configured mean/std normalisation is
 //!   applied (the same preprocessing the noise inputs get), because `uint8` data cannot be preprocessed.
+//! - PNG/JPEG ([`image`]): converted to the model's channels, resized and centre-cropped as configured,
+//!   scaled to `[0, 1]`, normalised like `uint8` data, laid out as the model's input (NCHW or NHWC).
+//! - V2 JSON tensors ([`v2`]): `FP32`/`FP64` as floats, other integer types cast, `UINT8` as pixels.
+//!
+//! Every raw `[0, 1]` input — noise inputs drawn by the engine, `uint8` arrays, images — is
+//! normalised by the one function [`normalize`], so data and noise see the same preprocessing.
 //!
 //! An input holds one sample (the model's input shape without the batch axis) or a batch (with it).
 
+pub mod image;
 mod npy;
+pub mod v2;
 
 use std::path::Path;
 
-use ndarray::{ArrayD, Axis, Dimension, IxDyn};
+use ndarray::{ArrayD, Axis};
+use serde::{Deserialize, Serialize};
 
 /// Why an input was rejected; the values are the `reason` label of `agent_samples_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +88,87 @@ impl Rejection {
     }
 }
 
+/// The axis order of one sample of a rank-3 image input: channels first (`[C, H, W]`, PyTorch) or last
+/// (`[H, W, C]`, TensorFlow). It decides which axis the per-channel mean/std applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
+impl Layout {
+    pub fn is_nchw(&self) -> bool {
+        *self == Layout::Nchw
+    }
+}
+
+/// Mean/std normalisation of raw `[0, 1]` values, per channel (a length-1 list applies to every
+/// channel; empty lists = none). `layout` is skipped when serialised as the default, so that the
+/// settings hash of existing baselines does not change.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Layout::is_nchw")]
+    pub layout: Layout,
+}
+
+impl Normalization {
+    pub fn is_identity(&self) -> bool {
+        self.mean.is_empty() && self.std.is_empty()
+    }
+}
+
+/// `(x - mean[c]) / std[c]` in place, `c` being the channel axis of a sample (the first axis for
+/// NCHW, the last for NHWC); `batched` says whether `x` carries a leading batch axis. The engine's
+/// noise inputs, `uint8` arrays and images all go through this one function.
+pub fn normalize(x: &mut ArrayD<f32>, batched: bool, n: &Normalization) {
+    if n.is_identity() || x.ndim() == 0 {
+        return;
+    }
+    let axis = match n.layout {
+        Layout::Nchw => usize::from(batched).min(x.ndim() - 1),
+        Layout::Nhwc => x.ndim() - 1,
+    };
+    for (c, mut plane) in x.axis_iter_mut(Axis(axis)).enumerate() {
+        let m = pick(&n.mean, c, 0.0);
+        let s = pick(&n.std, c, 1.0);
+        plane.mapv_inplace(|v| (v - m) / s);
+    }
+}
+
+fn pick(v: &[f32], c: usize, default: f32) -> f32 {
+    match v.len() {
+        0 => default,
+        1 => v[0],
+        _ => v.get(c).copied().unwrap_or(v[0]),
+    }
+}
+
+/// Geometry of PNG/JPEG inputs (`[model.preprocessing]`); see [`image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// Resize to `[height, width]` first; `None` with `crop` also `None` = resize to the model's input.
+    pub resize: Option<[u32; 2]>,
+    /// Then keep the centre `[height, width]`.
+    pub crop: Option<[u32; 2]>,
+    /// 1 (grey) or 3 (RGB); `None` = the model's channel count.
+    pub channels: Option<u32>,
+    /// Images declaring more pixels (width × height) are refused from their header, before decoding.
+    pub max_pixels: u64,
+}
+
+/// Default cap on decoded image size: 64 megapixels (a 256 MiB RGBA8 buffer).
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions { resize: None, crop: None, channels: None, max_pixels: DEFAULT_MAX_IMAGE_PIXELS }
+    }
+}
+
 /// What a decoder needs to know about the model's input.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DecodeOptions {
@@ -86,13 +176,15 @@ pub struct DecodeOptions {
     pub input_shape: Vec<usize>,
     /// Inputs larger than this are rejected as `too_large` before being read (0 = no limit).
     pub max_bytes: u64,
-    /// Per-channel mean/std (channel = first axis of a sample) applied to `uint8` inputs after `/255`;
-    /// a length-1 list applies to every channel; empty = none.
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
+    /// Applied to raw `[0, 1]` inputs (`uint8` data, images) after scaling.
+    pub normalization: Normalization,
+    pub image: ImageOptions,
 }
 
-/// Decodes a file by its extension (`.npy`, `.npz`).
+/// The formats [`decode_bytes`] reads, by lower-case extension.
+pub const EXTENSIONS: [&str; 5] = ["npy", "npz", "png", "jpg", "jpeg"];
+
+/// Decodes a file by its extension (`.npy`, `.npz`, `.png`, `.jpg`, `.jpeg`).
 pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<ArrayD<f32>, Rejection> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     decode_file_as(path, &name, opts)
@@ -102,11 +194,11 @@ pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<ArrayD<f32>, Rej
 pub fn decode_file_as(path: &Path, name: &str, opts: &DecodeOptions) -> Result<ArrayD<f32>, Rejection> {
     let name = name.to_string();
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    if ext != "npy" && ext != "npz" {
+    if !EXTENSIONS.contains(&ext.as_str()) {
         return Err(Rejection::new(
             RejectReason::Unsupported,
             &name,
-            format!("unsupported file type {:?} (expected .npy or .npz)", ext),
+            format!("unsupported file type {ext:?} (expected .npy, .npz, .png, .jpg or .jpeg)"),
         ));
     }
     let len = std::fs::metadata(path).map_err(|e| Rejection::new(RejectReason::Io, &name, e))?.len();
@@ -121,16 +213,24 @@ pub fn decode_file_as(path: &Path, name: &str, opts: &DecodeOptions) -> Result<A
     decode_bytes(&name, &ext, &bytes, opts)
 }
 
-/// Decodes in-memory bytes of the given format (`npy` or `npz`); `name` only labels messages.
+/// Decodes in-memory bytes of the given format (one of [`EXTENSIONS`]); `name` only labels messages.
 pub fn decode_bytes(
     name: &str,
     ext: &str,
     bytes: &[u8],
     opts: &DecodeOptions,
 ) -> Result<ArrayD<f32>, Rejection> {
+    if opts.max_bytes > 0 && bytes.len() as u64 > opts.max_bytes {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            name,
+            format!("{} bytes exceeds the limit of {} bytes", bytes.len(), opts.max_bytes),
+        ));
+    }
     let raw = match ext {
         "npy" => npy::read_npy(name, bytes)?,
         "npz" => npy::read_npz(name, bytes)?,
+        "png" | "jpg" | "jpeg" => return finish(name, image::read_image(name, bytes, opts)?, opts),
         other => {
             return Err(Rejection::new(
                 RejectReason::Unsupported,
@@ -139,7 +239,11 @@ pub fn decode_bytes(
             ));
         }
     };
-    let array = raw.into_f32(opts);
+    finish(name, raw.into_f32(opts), opts)
+}
+
+/// The checks every decoder ends with: the batch axis, the shape, finite values.
+pub(crate) fn finish(name: &str, array: ArrayD<f32>, opts: &DecodeOptions) -> Result<ArrayD<f32>, Rejection> {
     let batch = to_batch(name, array, &opts.input_shape)?;
     if let Some(pos) = batch.iter().position(|v| !v.is_finite()) {
         let v = batch.iter().nth(pos).copied().unwrap_or(f32::NAN);
@@ -186,7 +290,7 @@ pub(crate) enum RawArray {
 }
 
 impl RawArray {
-    fn into_f32(self, opts: &DecodeOptions) -> ArrayD<f32> {
+    pub(crate) fn into_f32(self, opts: &DecodeOptions) -> ArrayD<f32> {
         match self {
             RawArray::F32(a) => a,
             RawArray::F64(a) => a.mapv(|v| v as f32),
@@ -197,27 +301,10 @@ impl RawArray {
 
 fn normalize_u8(a: ArrayD<u8>, opts: &DecodeOptions) -> ArrayD<f32> {
     let mut out = a.mapv(|v| f32::from(v) / 255.0);
-    if opts.mean.is_empty() || opts.std.is_empty() {
-        return out;
-    }
-    // The channel axis is the first axis of a sample: axis 1 for a batch, axis 0 for one sample.
-    let sample_ndim = opts.input_shape.len();
-    let channel_axis = if out.ndim() == sample_ndim + 1 { 1 } else { 0 };
-    for (idx, v) in out.indexed_iter_mut() {
-        let c = idx_channel(&idx, channel_axis);
-        let m = pick(&opts.mean, c);
-        let s = pick(&opts.std, c);
-        *v = (*v - m) / s;
-    }
+    // A batch has one axis more than a sample.
+    let batched = out.ndim() == opts.input_shape.len() + 1;
+    normalize(&mut out, batched, &opts.normalization);
     out
-}
-
-fn idx_channel(idx: &IxDyn, axis: usize) -> usize {
-    idx.slice().get(axis).copied().unwrap_or(0)
-}
-
-fn pick(v: &[f32], c: usize) -> f32 {
-    if v.len() == 1 { v[0] } else { v.get(c).copied().unwrap_or(v[0]) }
 }
 
 #[cfg(test)]

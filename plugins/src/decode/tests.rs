@@ -6,7 +6,7 @@ use ndarray_npy::{NpzWriter, WriteNpyExt};
 use super::*;
 
 fn opts() -> DecodeOptions {
-    DecodeOptions { input_shape: vec![1, 4, 4], max_bytes: 0, mean: vec![], std: vec![] }
+    DecodeOptions { input_shape: vec![1, 4, 4], ..Default::default() }
 }
 
 fn write_npy<T: ndarray_npy::WritableElement>(dir: &Path, name: &str, a: &ArrayD<T>) -> PathBuf {
@@ -44,7 +44,10 @@ fn float64_is_cast_and_uint8_scaled_and_normalised() {
     let u = ArrayD::<u8>::from_elem(IxDyn(&[2, 1, 4, 4]), 255);
     let p = write_npy(d.path(), "u8.npy", &u);
     assert_eq!(decode_file(&p, &opts()).unwrap()[[1, 0, 3, 3]], 1.0);
-    let o = DecodeOptions { mean: vec![0.5], std: vec![0.25], ..opts() };
+    let o = DecodeOptions {
+        normalization: Normalization { mean: vec![0.5], std: vec![0.25], ..Default::default() },
+        ..opts()
+    };
     assert_eq!(decode_file(&p, &o).unwrap()[[1, 0, 3, 3]], 2.0);
 }
 
@@ -138,4 +141,25 @@ fn reasons_round_trip() {
     for r in RejectReason::ALL {
         assert_eq!(RejectReason::parse(r.as_str()), Some(r));
     }
+}
+
+#[test]
+fn normalisation_follows_the_layout() {
+    let n = |layout| Normalization { mean: vec![0.0, 1.0], std: vec![1.0, 2.0], layout };
+    // NCHW, one sample [2, 1, 2]: channel 1 is the second plane.
+    let mut a = ArrayD::<f32>::from_elem(IxDyn(&[2, 1, 2]), 3.0);
+    normalize(&mut a, false, &n(Layout::Nchw));
+    assert_eq!(a.iter().copied().collect::<Vec<_>>(), vec![3.0, 3.0, 1.0, 1.0]);
+    // The same values as a batch [1, 2, 1, 2].
+    let mut b = ArrayD::<f32>::from_elem(IxDyn(&[1, 2, 1, 2]), 3.0);
+    normalize(&mut b, true, &n(Layout::Nchw));
+    assert_eq!(b.iter().copied().collect::<Vec<_>>(), vec![3.0, 3.0, 1.0, 1.0]);
+    // NHWC [1, 2, 2]: channels alternate.
+    let mut c = ArrayD::<f32>::from_elem(IxDyn(&[1, 2, 2]), 3.0);
+    normalize(&mut c, false, &n(Layout::Nhwc));
+    assert_eq!(c.iter().copied().collect::<Vec<_>>(), vec![3.0, 1.0, 3.0, 1.0]);
+    // The default layout is not serialised (settings hashes of existing baselines do not change).
+    let json = serde_json::to_string(&n(Layout::Nchw)).unwrap();
+    assert_eq!(json, r#"{"mean":[0.0,1.0],"std":[1.0,2.0]}"#);
+    assert!(serde_json::to_string(&n(Layout::Nhwc)).unwrap().contains("nhwc"));
 }

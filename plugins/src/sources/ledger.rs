@@ -45,7 +45,30 @@ impl Totals {
         }
     }
 
-    fn record(&mut self, outcome: &Outcome) {
+    /// The `T` line that carries these totals (without the newline).
+    pub(crate) fn to_line(&self) -> String {
+        let mut line = format!("T\t{}\t{}", self.scored_inputs, self.scored_samples);
+        for v in self.rejected {
+            line.push_str(&format!("\t{v}"));
+        }
+        line
+    }
+
+    /// Totals from the fields after `T` (tab-separated numbers; missing ones are 0).
+    pub(crate) fn from_fields(rest: &str) -> Totals {
+        let nums: Vec<u64> = rest.split('\t').filter_map(|s| s.parse().ok()).collect();
+        let mut t = Totals {
+            scored_inputs: nums.first().copied().unwrap_or(0),
+            scored_samples: nums.get(1).copied().unwrap_or(0),
+            ..Totals::default()
+        };
+        for (i, v) in nums.iter().skip(2).take(8).enumerate() {
+            t.rejected[i] = *v;
+        }
+        t
+    }
+
+    pub(crate) fn record(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Scored { samples } => {
                 self.scored_inputs += 1;
@@ -76,21 +99,12 @@ impl Ledger {
             None => "",
         };
         for line in complete.lines() {
+            if let Some(rest) = line.strip_prefix("T\t") {
+                totals.add(&Totals::from_fields(rest));
+                continue;
+            }
             let f: Vec<&str> = line.splitn(4, '\t').collect();
             match f.as_slice() {
-                ["T", rest @ ..] => {
-                    let nums: Vec<u64> =
-                        rest.iter().flat_map(|s| s.split('\t')).filter_map(|s| s.parse().ok()).collect();
-                    let mut t = Totals {
-                        scored_inputs: nums.first().copied().unwrap_or(0),
-                        scored_samples: nums.get(1).copied().unwrap_or(0),
-                        ..Totals::default()
-                    };
-                    for (i, v) in nums.iter().skip(2).take(8).enumerate() {
-                        t.rejected[i] = *v;
-                    }
-                    totals.add(&t);
-                }
                 ["S", claim, samples] => {
                     let o = Outcome::Scored { samples: samples.parse().unwrap_or(1) };
                     totals.record(&o);
@@ -113,11 +127,7 @@ impl Ledger {
         let tmp = path.with_extension("compact.tmp");
         {
             let mut f = File::create(&tmp)?;
-            let mut line = format!("T\t{}\t{}", totals.scored_inputs, totals.scored_samples);
-            for v in totals.rejected {
-                line.push_str(&format!("\t{v}"));
-            }
-            writeln!(f, "{line}")?;
+            writeln!(f, "{}", totals.to_line())?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, path)?;

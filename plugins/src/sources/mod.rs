@@ -7,6 +7,8 @@
 //! source's own durable record keeps it from being counted twice (see [`dir`] for the ledger).
 
 pub mod dir;
+pub mod http;
+pub mod ingest;
 mod ledger;
 
 use ndarray::ArrayD;
@@ -63,6 +65,8 @@ pub trait Observer: Send + Sync {
     fn rejected(&self, source: &str, rejection: &Rejection);
     /// A source-level failure (`kind`: `watch`, `io`, …), counted in `agent_source_errors_total`.
     fn error(&self, source: &str, kind: &'static str);
+    /// A feed answered (`agent_feed_last_success_timestamp_seconds`).
+    fn feed_ok(&self, _source: &str) {}
 }
 
 /// An observer that only logs, for tools and tests.

@@ -190,3 +190,26 @@ fn validate_names_a_missing_directory() {
     let keys: Vec<String> = cfg.validate().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec!["path", "poll_interval_ms"]);
 }
+
+#[test]
+fn png_and_jpeg_files_are_inputs_too() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = DirConfig::new(d.path().join("inbox"));
+    std::fs::create_dir_all(&cfg.path).unwrap();
+    let (mut r, _) = start(&cfg);
+    for (name, format) in [("a.png", image::ImageFormat::Png), ("b.jpg", image::ImageFormat::Jpeg)] {
+        let tmp = cfg.path.join(format!("{name}.tmp"));
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 4, image::Luma([255])))
+            .save_with_format(&tmp, format)
+            .unwrap();
+        std::fs::rename(&tmp, cfg.path.join(name)).unwrap();
+        let got = recv(&mut r);
+        assert_eq!(got.input, name);
+        // Resized from 4×4 to the model's 2×2, grey, scaled to [0, 1].
+        assert_eq!(got.batch.shape(), &[1, 1, 2, 2]);
+        assert!(got.batch.iter().all(|v| (*v - 1.0).abs() < 0.02), "{:?}", got.batch);
+        got.ack.finish(&Outcome::Scored { samples: 1 }).unwrap();
+    }
+    stop(r);
+    assert_eq!(names(&cfg.done_dir()), ["a.png", "b.jpg"]);
+}

@@ -1,0 +1,273 @@
+//! Helpers for the tests that run the real `agent` binary on the demo model over loopback HTTP:
+//! start and stop it, raw HTTP/1.1 requests, bounded waits, reading a scrape. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array4, Axis};
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+
+pub const MODEL: &str = "digits";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The agent binary, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Starts `agent --config cfg` on a free loopback port, its log appended to `log`.
+    pub fn start(cfg: &Path, log: &Path) -> Daemon {
+        let port = free_port();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(cfg)
+            .env("AGENT__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("starting the agent");
+        Daemon { child, port, log: log.to_path_buf() }
+    }
+
+    /// Waits for `/readyz` (the baseline may be built first).
+    pub fn wait_ready(&self) {
+        wait_until("/readyz", Duration::from_secs(300), &self.log, || {
+            get(self.port, "/readyz").filter(|r| r.code == 200)
+        });
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.port, "/metrics").map(|r| r.body).unwrap_or_default()
+    }
+
+    /// A metric's value in a fresh scrape.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric(&self.metrics(), name, labels)
+    }
+
+    pub fn scored(&self) -> f64 {
+        self.metric("agent_samples_scored_total", &[("model", MODEL)]).unwrap_or(-1.0)
+    }
+
+    /// Waits until `agent_samples_scored_total` reaches `n`.
+    pub fn wait_scored(&self, n: f64, timeout: Duration) {
+        wait_until(&format!("{n} samples scored"), timeout, &self.log, || {
+            Some(()).filter(|_| self.scored() >= n)
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status within 60 s.
+    pub fn term(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// `error.reason` of a JSON error answer.
+    pub fn reason(&self) -> String {
+        self.json()["error"]["reason"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); `None` when nothing listens.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    // The server may answer (413, 401) before reading the body and close: a failed write is fine.
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Option<Response> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect::<Vec<_>>();
+    let chunked =
+        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Some(Response { code, headers, body })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+pub fn get(port: u16, path: &str) -> Option<Response> {
+    request(port, "GET", path, &[], b"")
+}
+
+/// Polls `f` every 50 ms until it gives a value; panics with the agent's log after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("timed out after {timeout:?} waiting for {what}; agent log (tail):\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of one series: `name` with every `(label, value)` pair given.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name || !labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+            return None;
+        }
+        value.parse().ok()
+    })
+}
+
+/// The demo model's held-out digits, `[256, 1, 28, 28]` in [0, 1].
+pub fn digits() -> Array4<f32> {
+    let f = std::fs::File::open(repo_root().join("models/digits/stream.npy")).unwrap();
+    Array4::<f32>::read_npy(f).unwrap()
+}
+
+/// A configuration for the demo model on the CPU (cheap scores: `samples` smoothing points, two
+/// layers), with the baseline built from 16 reference digits into `dir`, and the given sources.
+pub fn config(dir: &Path, samples: usize, engine: &str, sources: &str) -> PathBuf {
+    let f = std::fs::File::open(repo_root().join("models/digits/reference.npy")).unwrap();
+    let reference = Array4::<f32>::read_npy(f).unwrap();
+    let reference = reference.slice_axis(Axis(0), (0..16).into()).to_owned();
+    reference.write_npy(std::fs::File::create(dir.join("reference.npy")).unwrap()).unwrap();
+    let text = format!(
+        r#"
+[model]
+name = "{MODEL}"
+path = "{model}"
+embedding = "embedding"
+layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
+methods = ["vanilla"]
+samples = {samples}
+
+[engine]
+providers = ["cpu"]
+{engine}
+
+[baseline]
+path = "{d}/baseline.json"
+reference_dir = "{d}/reference.npy"
+
+[window]
+samples = 64
+
+{sources}
+
+[logging]
+level = "info,agent::daemon::pipeline=debug"
+format = "json"
+"#,
+        model = repo_root().join("models/digits/encoder.onnx").display(),
+        d = dir.display(),
+    );
+    let p = dir.join("agent.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A V2 inference request body for one digit: FP32, shape `[1, 1, 28, 28]`, flat data.
+pub fn v2_body(id: &str, x: ndarray::ArrayView3<f32>) -> String {
+    let data: Vec<String> = x.iter().map(|v| format!("{v}")).collect();
+    format!(
+        r#"{{"id":"{id}","inputs":[{{"name":"input","shape":[1,1,28,28],"datatype":"FP32","data":[{}]}}]}}"#,
+        data.join(",")
+    )
+}
