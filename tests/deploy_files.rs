@@ -1,7 +1,7 @@
 //! The deployment files (Prometheus rules and their unit tests, PrometheusRule, Grafana dashboard,
 //! systemd unit) pass `deploy/check.sh`, which installs `promtool` when it is missing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
@@ -16,4 +16,132 @@ fn deploy_check_script_passes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "deploy/check.sh failed ({}):\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains("deploy/check.sh: all checks passed"), "unexpected output:\n{stdout}");
+}
+
+/// The demo encoder's two layers, standing in for a shipped configuration's placeholder tensors.
+const DEMO_TENSORS: [&str; 2] = ["/pool1/MaxPool_output_0", "/pool2/MaxPool_output_0"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The block scalar `key: |` of a YAML file, dedented (enough YAML for a ConfigMap's data).
+fn yaml_block(yaml: &str, key: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+    assert!(lines.next().is_some(), "no `{key}: |` block");
+    let mut out = Vec::new();
+    let mut indent = None;
+    for l in lines {
+        if l.trim().is_empty() {
+            out.push(String::new());
+            continue;
+        }
+        let n = l.len() - l.trim_start().len();
+        let block = *indent.get_or_insert(n);
+        if n < block {
+            break;
+        }
+        out.push(l[block..].to_string());
+    }
+    out.join("\n") + "\n"
+}
+
+/// Runs `agent check` on a configuration shipped in the repository, adapted to this machine: every
+/// absolute path of a `path`/`*_dir` key moves under a temporary root, where the model (the demo
+/// encoder) and the `dir` sources' inboxes are provided; `tensor` placeholders become the demo
+/// encoder's layers; the baseline is to be built from the demo reference data
+/// (`AGENT__BASELINE__REFERENCE_DIR`), and the token comes from `AGENT__SERVER__AUTH_TOKEN` as in
+/// the sidecar. Everything else, every key name and value included, is checked as shipped.
+fn check_shipped_config(what: &str, text: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let tmp = d.path();
+    let mut section = String::new();
+    let mut tensors = 0;
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            section = t.split('#').next().unwrap().trim().to_string();
+        }
+        let Some((key, value)) = t.split_once('=').filter(|_| !t.starts_with('#')) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let quoted = value.strip_prefix('"').and_then(|v| v.split_once('"')).map(|(v, _)| v);
+        let indent = &line[..line.len() - t.len()];
+        match quoted {
+            Some(v) if key == "tensor" => {
+                assert!(tensors < DEMO_TENSORS.len(), "{what}: more layers than the demo encoder has");
+                out.push_str(&format!("{indent}tensor = \"{}\"  # was {v}\n", DEMO_TENSORS[tensors]));
+                tensors += 1;
+            }
+            Some(v) if (key == "path" || key.ends_with("_dir")) && v.starts_with('/') => {
+                let local = tmp.join(v.trim_start_matches('/'));
+                match (section.as_str(), key) {
+                    ("[model]", "path") => {
+                        std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+                        std::fs::copy(root().join("models/digits/encoder.onnx"), &local).unwrap();
+                    }
+                    ("[[sources]]", "path") => std::fs::create_dir_all(&local).unwrap(),
+                    _ => {}
+                }
+                out.push_str(&format!("{indent}{key} = \"{}\"\n", local.display()));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let cfg = tmp.join("agent.toml");
+    std::fs::write(&cfg, &out).unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("AGENT__BASELINE__REFERENCE_DIR", root().join("models/digits/reference.npy"))
+        .env("AGENT__SERVER__AUTH_TOKEN", "check-token")
+        .output()
+        .expect("run agent check");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        result.status.success() && stdout.starts_with("OK:"),
+        "{what}: `agent check` failed ({}):\n{stdout}\n{stderr}\nconfiguration as checked:\n{out}",
+        result.status
+    );
+    eprintln!("{what}: {}", stdout.trim());
+}
+
+#[test]
+fn the_sidecar_configmap_passes_agent_check() {
+    let yaml = std::fs::read_to_string(root().join("deploy/kubernetes/sidecar.yaml")).unwrap();
+    check_shipped_config("deploy/kubernetes/sidecar.yaml prod.toml", &yaml_block(&yaml, "prod.toml"));
+}
+
+#[test]
+fn config_prod_toml_passes_agent_check() {
+    let text = std::fs::read_to_string(root().join("config/prod.toml")).unwrap();
+    check_shipped_config("config/prod.toml", &text);
+}
+
+#[test]
+fn config_demo_toml_passes_agent_check_as_is() {
+    // A baseline left in demo-run/ by an earlier demo with other settings would (rightly) be refused;
+    // the shipped file is what is checked, so its baseline goes to a fresh path.
+    let fresh = tempfile::tempdir().unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["check", "--config", "config/demo.toml"])
+        .env("AGENT__BASELINE__PATH", fresh.path().join("baseline.json"))
+        .current_dir(root())
+        .output()
+        .expect("run agent check");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success() && stdout.starts_with("OK:"),
+        "config/demo.toml: {}\n{stdout}\n{}",
+        result.status,
+        String::from_utf8_lossy(&result.stderr)
+    );
 }

@@ -228,6 +228,22 @@ fn publish_static(state: &AppState, cfg: &Config, scorer: &dyn Scorer, base: Opt
     let (provider, requested) = (scorer.provider().as_str(), scorer.requested_provider().as_str());
     t.execution_provider_info.reset();
     t.execution_provider_info.with_label_values(&[model, provider, requested]).set(1);
+    // A reload starts a new window and may change the model, layers or methods: no per-key gauge of
+    // the previous pipeline survives it (counters and histograms do).
+    for g in [
+        &t.noise_score,
+        &t.variance_score,
+        &t.noise_benchmark,
+        &t.baseline_noise_score,
+        &t.baseline_variance_score,
+        &t.noise_score_drift,
+        &t.variance_score_drift,
+        &t.drift_ks_statistic,
+        &t.drift_ks_pvalue,
+        &t.baseline_created_timestamp_seconds,
+    ] {
+        g.reset();
+    }
     if provider != requested {
         tracing::warn!(
             provider,
@@ -423,11 +439,20 @@ fn publish_window(state: &AppState, model: &str, monitor: &mut Monitor) {
         set(&t.variance_score, k.variance_score);
         set(&t.noise_score_drift, k.noise_score_drift);
         set(&t.variance_score_drift, k.variance_score_drift);
+        // Without a test result (empty window: after a reload, or when a time-bounded window
+        // expires) the series go away, like the other window gauges, instead of keeping an old
+        // p-value that would hold a distribution-drift alert firing.
         for (score, ks) in [("noise", k.ks_noise), ("variance", k.ks_variance)] {
-            if let Some((stat, p)) = ks {
-                let l4 = [model, k.layer.as_str(), k.method.as_str(), score];
-                t.drift_ks_statistic.with_label_values(&l4).set(stat);
-                t.drift_ks_pvalue.with_label_values(&l4).set(p);
+            let l4 = [model, k.layer.as_str(), k.method.as_str(), score];
+            match ks {
+                Some((stat, p)) => {
+                    t.drift_ks_statistic.with_label_values(&l4).set(stat);
+                    t.drift_ks_pvalue.with_label_values(&l4).set(p);
+                }
+                None => {
+                    let _ = t.drift_ks_statistic.remove_label_values(&l4);
+                    let _ = t.drift_ks_pvalue.remove_label_values(&l4);
+                }
             }
         }
     }

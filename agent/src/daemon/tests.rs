@@ -173,6 +173,40 @@ fn files_are_scored_counted_and_acknowledged() {
 }
 
 #[test]
+fn a_restarted_pipeline_keeps_no_gauge_of_the_old_window() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let state = Arc::new(AppState::new());
+    let p = rt.block_on(Pipeline::start(&cfg, state.clone(), flaky_factory())).unwrap();
+    for i in 0..4 {
+        npy(&d.path().join(format!("inbox/s{i}.npy")), &SHAPE, 0.25);
+    }
+    wait("4 samples", || state.telemetry.samples_scored.with_label_values(&["digits"]).get() == 4);
+    let before = state.telemetry.encode();
+    // A reload drains the pipeline and starts another on the same state, with an empty window.
+    rt.block_on(p.drain(&state));
+    let p = rt.block_on(Pipeline::start(&cfg, state.clone(), flaky_factory())).unwrap();
+    wait("the empty window published", || {
+        state.telemetry.encode().contains("agent_window_samples{model=\"digits\"} 0")
+    });
+    let after = state.telemetry.encode();
+    // Assert only once nothing runs any more (a running source would keep the runtime alive).
+    rt.block_on(p.drain(&state));
+    let window = [
+        "agent_noise_score{",
+        "agent_noise_score_drift{",
+        "agent_drift_ks_pvalue{",
+        "agent_drift_ks_statistic{",
+    ];
+    for metric in window {
+        assert!(before.contains(metric), "{metric} missing before the restart:\n{before}");
+        assert!(!after.contains(metric), "{metric} survived the restart:\n{after}");
+    }
+    assert!(after.contains("agent_baseline_noise_score{"), "{after}");
+}
+
+#[test]
 fn a_stale_baseline_is_refused_with_the_rebuild_command() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path());
