@@ -50,7 +50,7 @@ y = nd.zoom(x, 8, order=1).clip(0, 1).astype(np.float32)
 np.save('$MODELS/resnet_digit.npy', np.repeat(y[None, None], 3, axis=1))"
 target/release/agent explain --model $MODELS/resnet18.onnx --embedding embedding \
     --layer layer1=/layer1/layer1.1/relu_1/Relu_output_0 --layer layer2=/layer2/layer2.1/relu_1/Relu_output_0 \
-    --layer layer3=/layer3/layer3.1/relu_1/Relu_output_0 --method vanilla --method actgrad --dims 16 --scale 1 \
+    --layer layer3=/layer3/layer3.1/relu_1/Relu_output_0 --method vanilla --dims 16 --scale 1 \
     --out "$OUT/resnet18_explain_dims16.png" $MODELS/resnet_digit.npy >/dev/null
 
 # Plots need matplotlib. A project-local .venv gets it installed; a .venv shared with another

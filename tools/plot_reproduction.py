@@ -312,9 +312,13 @@ def estimators(data, md, summary):
 def timing(data, md):
     rows = read_csv(os.path.join(data, "timing.csv"))
     md.append("## Timing\n")
-    hdr = ["model", "configuration", "what", "n", "batch", "seconds", "ms per sample"]
+    md.append("Wall time on a shared 2-core machine (see the load average above) and CPU time (user + "
+              "system, every thread of the process; 2 ONNX Runtime threads).\n")
+    hdr = ["model", "configuration", "what", "n", "batch", "wall s", "wall ms per sample", "CPU s",
+           "CPU ms per sample"]
     md.append(table(hdr, [[r["model"], r["config"], r["what"], r["n"], r["batch"], fmt(fnum(r["seconds"]), 3),
-                           fmt(fnum(r["per_sample_ms"]), 1)] for r in rows]))
+                           fmt(fnum(r["per_sample_ms"]), 1), fmt(fnum(r["cpu_seconds"]), 2),
+                           fmt(fnum(r["cpu_per_sample_ms"]), 1)] for r in rows]))
 
 
 def explain(data, md):

@@ -309,6 +309,7 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
         estimators.push((format!("smoothed_s16_seed{seed}"), 16, 0.5, seed, false));
     }
     estimators.push(("smoothed_s16_fresh".to_string(), 16, 0.5, 1000, true));
+    estimators.push((format!("smoothed_s{}_fresh", args.smooth_s), args.smooth_s, 0.5, 1000, true));
     let mut csv = String::from("estimator,layer,method,sample,ns_clean");
     for l in LAMBDAS {
         write!(csv, ",rel_{l:.1}")?;
@@ -993,6 +994,37 @@ fn digit_estimators(args: &Args, reference: &ArrayD<f32>, table: &mut EstimatorT
 // Timing
 // ---------------------------------------------------------------------------------------------
 
+/// Wall-clock and CPU time (user + system, all threads of this process) since `start`. CPU time
+/// is less sensitive to other processes on a shared machine than wall time.
+struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { wall: Instant::now(), cpu: cpu_seconds() }
+    }
+    fn wall(&self) -> f64 {
+        self.wall.elapsed().as_secs_f64()
+    }
+    fn cpu(&self) -> f64 {
+        cpu_seconds() - self.cpu
+    }
+}
+
+/// utime + stime of this process from `/proc/self/stat` (Linux; clock ticks of 1/100 s, the kernel's
+/// USER_HZ); NaN elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return f64::NAN };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (f.get(11).and_then(|v| v.parse::<f64>().ok()), f.get(12).and_then(|v| v.parse::<f64>().ok())) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 struct Timing {
     model: String,
     config: String,
@@ -1000,31 +1032,53 @@ struct Timing {
     n: usize,
     batch: usize,
     seconds: f64,
+    cpu_seconds: f64,
 }
 
 impl Timing {
+    fn new(model: &str, config: &str, what: &str, n: usize, batch: usize, wall: f64, cpu: f64) -> Timing {
+        Timing {
+            model: model.into(),
+            config: config.into(),
+            what: what.into(),
+            n,
+            batch,
+            seconds: wall,
+            cpu_seconds: cpu,
+        }
+    }
+    fn of(model: &str, config: &str, what: &str, n: usize, batch: usize, clock: &Clock) -> Timing {
+        Timing::new(model, config, what, n, batch, clock.wall(), clock.cpu())
+    }
     fn per_sample_ms(&self) -> f64 {
         1000.0 * self.seconds / self.n.max(1) as f64
     }
+    fn cpu_per_sample_ms(&self) -> f64 {
+        1000.0 * self.cpu_seconds / self.n.max(1) as f64
+    }
     fn json(&self) -> Value {
         json!({"model": self.model, "config": self.config, "what": self.what, "n": self.n, "batch": self.batch,
-               "seconds": self.seconds, "per_sample_ms": self.per_sample_ms()})
+               "seconds": self.seconds, "per_sample_ms": self.per_sample_ms(),
+               "cpu_seconds": self.cpu_seconds, "cpu_per_sample_ms": self.cpu_per_sample_ms()})
     }
 }
 
 fn write_timing(path: &Path, t: &[Timing]) -> Result<()> {
-    let mut s = String::from("model,config,what,n,batch,seconds,per_sample_ms\n");
+    let mut s =
+        String::from("model,config,what,n,batch,seconds,per_sample_ms,cpu_seconds,cpu_per_sample_ms\n");
     for x in t {
         writeln!(
             s,
-            "{},{},{},{},{},{:.4},{:.3}",
+            "{},{},{},{},{},{:.4},{:.3},{:.2},{:.3}",
             x.model,
             x.config,
             x.what,
             x.n,
             x.batch,
             x.seconds,
-            x.per_sample_ms()
+            x.per_sample_ms(),
+            x.cpu_seconds,
+            x.cpu_per_sample_ms()
         )?;
     }
     std::fs::write(path, s)?;
@@ -1037,32 +1091,17 @@ fn digit_timing(args: &Args, reference: &ArrayD<f32>, out: &mut Vec<Timing>) -> 
         let mut sp = spec(Path::new(ENCODER), &DIGIT_LAYERS, &Method::ALL, args.threads);
         sp.samples = samples;
         sp.smoothing = if samples > 1 { 0.5 } else { 0.0 };
-        let t = Instant::now();
+        let t = Clock::start();
         let mut e = Engine::new(&sp)?;
-        let setup = t.elapsed().as_secs_f64();
+        let setup = Timing::of("digits", "", "Engine::new (compile + session + noise maps)", 1, 1, &t);
         let data = digit_subset(reference, n);
         // One warm-up batch, not timed.
         score_all(&mut e, data.slice_axis(Axis(0), ndarray::Slice::from(0..batch)), batch)?;
-        let t = Instant::now();
+        let t = Clock::start();
         score_all(&mut e, data.view(), batch)?;
-        let secs = t.elapsed().as_secs_f64();
         let config = format!("exact D=32 S={samples}; {layers}");
-        out.push(Timing {
-            model: "digits".into(),
-            config: config.clone(),
-            what: "score_batch".into(),
-            n,
-            batch,
-            seconds: secs,
-        });
-        out.push(Timing {
-            model: "digits".into(),
-            config,
-            what: "Engine::new (compile + session + noise maps)".into(),
-            n: 1,
-            batch: 1,
-            seconds: setup,
-        });
+        out.push(Timing::of("digits", &config, "score_batch", n, batch, &t));
+        out.push(Timing { config, ..setup });
     }
     Ok(())
 }
@@ -1093,91 +1132,61 @@ fn resnet18(
         channel_agg: Some(Aggregation::Abs),
         smoothing_samples: 1,
     };
-    let mut compile_s = Vec::new();
+    let (mut compile_s, mut compile_cpu) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        let t = Instant::now();
+        let t = Clock::start();
         let g = compiler::compile_bytes(&bytes, &opts)?;
-        compile_s.push(t.elapsed().as_secs_f64());
+        compile_s.push(t.wall());
+        compile_cpu.push(t.cpu());
         drop(g);
     }
-    let compile_min = compile_s.iter().copied().fold(f64::INFINITY, f64::min);
-    timing.push(Timing {
-        model: "resnet18".into(),
-        config: "4 layers x 3 methods".into(),
-        what: "compile (decode + attribution graph; best of 3)".into(),
-        n: 1,
-        batch: 1,
-        seconds: compile_min,
-    });
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    timing.push(Timing::new(
+        "resnet18",
+        "4 layers x 3 methods",
+        "compile (decode + attribution graph; best of 3)",
+        1,
+        1,
+        best(&compile_s),
+        best(&compile_cpu),
+    ));
 
     // Exact maps through the default scoring graph (abs channel aggregation), every method.
     let sp = spec(path, &RESNET_LAYERS, &Method::ALL, threads);
     let mut sp_dims = sp.clone();
     sp_dims.dims = Some(64);
-    let t = Instant::now();
+    let t = Clock::start();
     let mut e64 = Engine::new(&sp_dims)?;
-    timing.push(Timing {
-        model: "resnet18".into(),
-        config: "dims=64; 4 layers x 3 methods; n_noise=4".into(),
-        what: "Engine::new (compile + session + noise maps)".into(),
-        n: 1,
-        batch: 1,
-        seconds: t.elapsed().as_secs_f64(),
-    });
+    let what = "Engine::new (compile + session + noise maps)";
+    timing.push(Timing::of("resnet18", "dims=64; 4 layers x 3 methods; n_noise=4", what, 1, 1, &t));
     let keys = keys_of(&e64);
     eprintln!("  resnet18: exact maps of {} noise + {n} inputs (abs graph) …", noise.shape()[0]);
-    let t = Instant::now();
+    let t = Clock::start();
     let xn = exact_maps(&mut e64, noise.view(), 32, 1)?;
     let xs = exact_maps(&mut e64, inputs.view(), 32, 1)?;
-    let exact_secs = t.elapsed().as_secs_f64();
-    timing.push(Timing {
-        model: "resnet18".into(),
-        config: "exact D=512 via run_rows (32 rows per run); 4 layers x 3 methods".into(),
-        what: "identity-row maps".into(),
-        n: noise.shape()[0] + n,
-        batch: 1,
-        seconds: exact_secs,
-    });
+    let config = "exact D=512 via run_rows (32 rows per run); 4 layers x 3 methods";
+    timing.push(Timing::of("resnet18", config, "identity-row maps", noise.shape()[0] + n, 1, &t));
     // dims = 64 through the engine: timing, and agreement with the emulation on the same subset.
-    let t = Instant::now();
+    let t = Clock::start();
     let dims64 = choose_dims(512, 64, sp.noise_seed);
     let check64 = engine_agreement(&mut e64, inputs.view(), &xn, &xs, Some(&dims64), 1)?;
-    let t64 = t.elapsed().as_secs_f64();
-    timing.push(Timing {
-        model: "resnet18".into(),
-        config: "dims=64; 4 layers x 3 methods".into(),
-        what: "score_batch (+ a negligible check)".into(),
-        n,
-        batch: 1,
-        seconds: t64,
-    });
+    let what = "score_batch (+ a negligible check)";
+    timing.push(Timing::of("resnet18", "dims=64; 4 layers x 3 methods", what, n, 1, &t));
     drop(e64);
 
     // Exact scoring through the engine for one sample (n_noise = 2 keeps its start-up short; noise
     // inputs are prefix-stable, so the emulation uses the first 2 of the 4).
     let mut sp2 = sp.clone();
     sp2.n_noise = 2;
-    let t = Instant::now();
+    let t = Clock::start();
     let mut ex = Engine::new(&sp2)?;
-    timing.push(Timing {
-        model: "resnet18".into(),
-        config: "exact D=512; 4 layers x 3 methods; n_noise=2".into(),
-        what: "Engine::new (compile + session + noise maps)".into(),
-        n: 1,
-        batch: 1,
-        seconds: t.elapsed().as_secs_f64(),
-    });
-    let t = Instant::now();
+    let what = "Engine::new (compile + session + noise maps)";
+    timing.push(Timing::of("resnet18", "exact D=512; 4 layers x 3 methods; n_noise=2", what, 1, 1, &t));
+    let t = Clock::start();
     let one = inputs.slice_axis(Axis(0), ndarray::Slice::from(0..1));
     let check_exact = engine_agreement(&mut ex, one, &xn[..2], &xs[..1], None, 1)?;
-    timing.push(Timing {
-        model: "resnet18".into(),
-        config: "exact D=512; 4 layers x 3 methods".into(),
-        what: "score_batch (+ a negligible check)".into(),
-        n: 1,
-        batch: 1,
-        seconds: t.elapsed().as_secs_f64(),
-    });
+    let what = "score_batch (+ a negligible check)";
+    timing.push(Timing::of("resnet18", "exact D=512; 4 layers x 3 methods", what, 1, 1, &t));
     drop(ex);
 
     // Curves (exact) from the maps, plain and binarised variance score.
