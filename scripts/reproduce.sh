@@ -21,6 +21,7 @@ fi
 cargo build --release -p agent --bin agent --example reproduce
 mkdir -p "$OUT"
 target/release/examples/reproduce --out "$OUT" --resnet $MODELS/resnet18.onnx
+gzip -9 -n -f "$OUT/drift_samples.csv" # per-sample drift data, about 110 KB compressed
 
 # Figure 2 analogue: `agent explain` on three reference digits (the first 0, 4 and 7), three
 # aggregation pairs (channel/embedding), every method, both digit layers.

@@ -4,7 +4,7 @@
 
     python tools/plot_reproduction.py [--data docs/reproduction]
 
-Reads drift.json, drift_samples.csv, curves.csv, estimators.csv, timing.csv, summary.json and the
+Reads drift.json, drift_samples.csv (or .csv.gz), curves.csv, estimators.csv, timing.csv, summary.json and the
 `agent explain` heat maps in explain/; writes PNG figures and tables.md (every table of the report,
 regenerated from the data) into the same folder. Also recomputes the drift Spearman coefficients
 with scipy.stats.spearmanr from the per-sample data as an independent check of the Rust values
@@ -16,6 +16,7 @@ imports this file.
 
 import argparse
 import csv
+import gzip
 import json
 import math
 import os
@@ -33,6 +34,10 @@ DPI = 90
 
 
 def read_csv(path):
+    """A CSV file, or its gzip-compressed form PATH.gz when only that exists."""
+    if not os.path.exists(path) and os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt", newline="") as f:
+            return list(csv.DictReader(f))
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
