@@ -227,3 +227,25 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
     let e = Engine::new(&bad).err().expect("mean_map with gradcam and abs must be refused").to_string();
     assert!(e.contains("mean_map") && e.contains("channel_agg"), "{e}");
 }
+
+/// Smoothing draws are seeded per sample from its content: a sample's smoothed score is the same
+/// whatever its position in a batch or its neighbours, and two different samples get different draws.
+#[test]
+fn smoothed_scores_do_not_depend_on_batch_position() {
+    let model = repo_root().join("models/digits/encoder.onnx");
+    let mut s = spec(&model, "/pool1/MaxPool_output_0", vec![Method::Vanilla]);
+    s.samples = 4;
+    s.smoothing = 0.5;
+    let mut e = Engine::new(&s).unwrap();
+    let (x, y, z) = (uniform(&[1, 28, 28], 1), uniform(&[1, 28, 28], 2), uniform(&[1, 28, 28], 3));
+    let alone = e.score_batch(x.clone().insert_axis(Axis(0)).view().into_dyn()).unwrap().remove(0);
+    let batch = ndarray::stack(Axis(0), &[y.view(), z.view(), x.view()]).unwrap();
+    let in_batch = e.score_batch(batch.view().into_dyn()).unwrap();
+    for (a, b) in alone.scores.iter().zip(&in_batch[2].scores) {
+        assert!(
+            (a.noise_score - b.noise_score).abs() < 1e-9
+                && (a.variance_score - b.variance_score).abs() < 1e-9
+        );
+    }
+    assert_ne!(in_batch[0].scores[0].noise_score, in_batch[1].scores[0].noise_score);
+}

@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use agent::compiler::{self, CompileOptions};
-use agent::engine::{Engine, EngineSpec, LayerSpec, Normalization, SampleScores};
-use agent::runtime::Provider;
+use agent::engine::{Engine, EngineSpec, LayerSpec, SampleScores};
 use agent::scores::{
     self, Aggregation, Method, NoiseReference, ScoreAccumulator, choose_dims, embedding_aggregate,
     hutchinson_probes, hutchinson_variance,
@@ -153,27 +152,10 @@ fn digit_subset(reference: &ArrayD<f32>, n: usize) -> ArrayD<f32> {
 
 fn spec(model: &Path, layers: &[(&str, &str)], methods: &[Method], threads: usize) -> EngineSpec {
     EngineSpec {
-        model_path: model.to_path_buf(),
-        model_name: model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-        embedding: "embedding".into(),
         layers: layers.iter().map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into() }).collect(),
         methods: methods.to_vec(),
-        channel_agg: Aggregation::Abs,
-        embedding_agg: Aggregation::Var,
-        normalize_dims: false,
-        binarize: None,
-        n_noise: 4,
-        noise_seed: 0,
-        noise_inputs: vec![],
-        normalization: Normalization::default(),
-        samples: 1,
-        smoothing: 0.0,
-        smoothing_seed: 0,
-        dims: None,
-        rows_per_run: 32,
-        providers: vec![Provider::Cpu],
         threads,
-        onnxruntime_path: None,
+        ..EngineSpec::new(model, "embedding")
     }
 }
 
