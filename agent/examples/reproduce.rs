@@ -401,7 +401,7 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
     std::fs::write(args.out.join("drift_samples.csv"), csv)?;
     let v = json!({
         "model": ENCODER, "weights": "trained", "n_samples": n,
-        "drift": "x_λ = clip(x + λ ε, 0, 1), ε ~ N(0, I) drawn per (λ, sample, pixel) from ChaCha8(4400 + λ index); the same drifted inputs for every estimator. Smoothing draws: the engine uses one seed for every sample (the same draws for x and x_λ); `_fresh` uses one engine per sample, seed 1000 + sample index",
+        "drift": "x_λ = clip(x + λ ε, 0, 1), ε ~ N(0, I) drawn per (λ, sample, pixel) from ChaCha8(4400 + λ index); the same drifted inputs for every estimator. Smoothing draws: the engine seeds each sample's draws from its smoothing seed and the sample's values (so x and x_λ get different draws); `_fresh` uses one engine per sample, seed 1000 + sample index",
         "spearman_computed_in": "Rust (tie-averaged ranks; cross-checked with scipy.stats.spearmanr in tools/plot_reproduction.py)",
         "results": results,
         "seconds_per_estimator": seconds,
