@@ -1,4 +1,11 @@
 //! Estimator (a) of spec §6 for large `D`: score a seeded random subset of `K` of the `D` components.
+//!
+//! Measured on the real models against the exact scores (docs/REPRODUCTION.md, "Estimator errors"):
+//! the variance score's mean relative error is 3–8 % at `K = 16` of `D = 32` (digit encoder) and
+//! 3–10 % at `K = 64`, 2–5 % at `K = 128` of `D = 512` (ResNet-18 layout), with no visible bias on the
+//! digits. The noise score from a subset is biased low (min–max normalisation of an estimated map is
+//! not linear): −3 to −17 % for vanilla/actgrad at `K = 8–16` on the digits, −0.1 to −11 % at
+//! `K = 64` on ResNet-18 — usable for a window mean compared with a baseline built the same way.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
