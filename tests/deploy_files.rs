@@ -117,7 +117,12 @@ fn check_shipped_config(what: &str, text: &str) {
 #[test]
 fn the_sidecar_configmap_passes_agent_check() {
     let yaml = std::fs::read_to_string(root().join("deploy/kubernetes/sidecar.yaml")).unwrap();
-    check_shipped_config("deploy/kubernetes/sidecar.yaml prod.toml", &yaml_block(&yaml, "prod.toml"));
+    let toml = yaml_block(&yaml, "prod.toml");
+    // The sidecar receives mirrored inputs both ways: a shared emptyDir and posted requests.
+    for source in ["type = \"dir\"", "type = \"ingest\""] {
+        assert!(toml.lines().any(|l| l.trim() == source), "the sidecar's prod.toml has no `{source}` source");
+    }
+    check_shipped_config("deploy/kubernetes/sidecar.yaml prod.toml", &toml);
 }
 
 #[test]
