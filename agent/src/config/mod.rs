@@ -68,11 +68,13 @@ pub struct ModelConfig {
     /// Score a seeded random subset of this many embedding components; absent = all.
     #[serde(default)]
     pub dims: Option<usize>,
-    /// Smoothed estimator: noisy copies per sample and their standard deviation.
+    /// Smoothed estimator: noisy copies per sample and their standard deviation. Absent `smoothing`
+    /// is 0.5 with `samples > 1` and 0 with `samples = 1`, so `samples = 1` alone is the plain
+    /// gradient (spec §1: `S = 1, σ = 0`), not one random point.
     #[serde(default = "default_samples")]
     pub samples: usize,
-    #[serde(default = "default_smoothing")]
-    pub smoothing: f32,
+    #[serde(default)]
+    pub smoothing: Option<f32>,
     #[serde(default)]
     pub smoothing_seed: u64,
     /// Reference input of the smoothed estimator: "black" (zeros, default), "input", or a `.npy` path.
@@ -268,8 +270,9 @@ const fn default_embedding_agg() -> Aggregation {
 const fn default_samples() -> usize {
     16
 }
-const fn default_smoothing() -> f32 {
-    0.5
+/// σ when `smoothing` is not set.
+pub fn default_smoothing(samples: usize) -> f32 {
+    if samples > 1 { 0.5 } else { 0.0 }
 }
 const fn default_rows_per_run() -> usize {
     32
@@ -429,7 +432,7 @@ impl Config {
             noise_inputs: self.noise.inputs.clone(),
             normalization: m.preprocessing.normalization(),
             samples: m.samples,
-            smoothing: m.smoothing,
+            smoothing: m.smoothing.unwrap_or_else(|| default_smoothing(m.samples)),
             smoothing_seed: m.smoothing_seed,
             smoothing_reference: m.smoothing_reference.clone(),
             dims: m.dims,

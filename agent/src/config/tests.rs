@@ -45,7 +45,11 @@ fn parses_with_defaults() {
     let cfg = Config::load_with_env(&p, HashMap::new()).unwrap();
     assert_eq!(cfg.validate(), vec![]);
     assert_eq!(cfg.model.samples, 16);
-    assert_eq!(cfg.model.smoothing, 0.5);
+    assert_eq!(cfg.to_engine_spec().smoothing, 0.5);
+    // `samples = 1` alone is the plain gradient, not one random point with σ = 0.5.
+    let one =
+        Config::load_with_env(&p, HashMap::from([("AGENT__MODEL__SAMPLES".into(), "1".into())])).unwrap();
+    assert_eq!((one.to_engine_spec().samples, one.to_engine_spec().smoothing), (1, 0.0));
     assert_eq!(cfg.model.channel_agg, Aggregation::Abs);
     assert_eq!(cfg.model.embedding_agg, Aggregation::Var);
     assert_eq!(cfg.engine.providers, vec![Provider::Cuda, Provider::Cpu]);

@@ -71,7 +71,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if m.samples == 0 {
         p.add("model.samples", "must be at least 1");
     }
-    if !(m.smoothing >= 0.0 && m.smoothing.is_finite()) {
+    if m.smoothing.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
         p.add("model.smoothing", "must be a finite number ≥ 0");
     }
     if m.dims == Some(0) {
