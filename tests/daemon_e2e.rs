@@ -3,84 +3,16 @@
 //! Uses the demo model `models/digits/encoder.onnx` (inputs `[N, 1, 28, 28]`, output `embedding`)
 //! and ONNX Runtime (`ORT_DYLIB_PATH` or the project-local install). Every wait is bounded.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ndarray::{Array4, ArrayD, IxDyn};
 use ndarray_npy::WriteNpyExt;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-
-const MODEL: &str = "digits";
-
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start(cfg: &Path, log: &Path, port: u16) -> Daemon {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .arg("--config")
-        .arg(cfg)
-        .env("AGENT__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting the agent");
-    Daemon { child }
-}
-
-/// `GET path` over HTTP/1.0 on loopback: `(status, body)`, or `None` when nothing listens yet.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>, log: &Path) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("timed out after {timeout:?} waiting for {what}; agent log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The value of one series: `name` with every `(label, value)` pair given.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n != name || !labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
-            return None;
-        }
-        value.parse().ok()
-    })
-}
+use support::*;
 
 fn sum_metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -183,17 +115,12 @@ level = "info"
     )
     .unwrap();
     let log = d.path().join("agent.log");
-    let port = free_port();
-    let mut daemon = start(&cfg, &log, port);
-    wait_until(
-        "/healthz",
-        Duration::from_secs(60),
-        || get(port, "/healthz").filter(|(c, _)| *c == 200),
-        &log,
-    );
-    wait_until("/readyz", Duration::from_secs(600), || get(port, "/readyz").filter(|(c, _)| *c == 200), &log);
+    let daemon = Daemon::start(&cfg, &log);
+    let port = daemon.port;
+    wait_until("/healthz", Duration::from_secs(60), &log, || get(port, "/healthz").filter(|r| r.code == 200));
+    daemon.wait_ready();
     assert!(d.path().join("baseline.json").is_file());
-    let scrape = || get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    let scrape = || daemon.metrics();
     let scored = |n: f64| {
         move || {
             Some(())
@@ -205,7 +132,7 @@ level = "info"
     for (i, x) in (100..132).map(picture).enumerate() {
         put(&inbox, &format!("clean{i:03}.npy"), &x.into_dyn());
     }
-    wait_until("32 clean samples", Duration::from_secs(300), scored(32.0), &log);
+    wait_until("32 clean samples", Duration::from_secs(300), &log, scored(32.0));
     let text = scrape();
     // After block2 the encoder is linear, so its vanilla gradient does not depend on the input and
     // its vanilla NS is 0 (ΔNS undefined, no series); actgrad is the method that sees that layer.
@@ -227,7 +154,7 @@ level = "info"
     for (i, x) in (100..132).map(picture).enumerate() {
         put(&inbox, &format!("drift{i:03}.npy"), &drifted(&x, 0.9, &mut rng).into_dyn());
     }
-    wait_until("32 drifted samples", Duration::from_secs(300), scored(64.0), &log);
+    wait_until("32 drifted samples", Duration::from_secs(300), &log, scored(64.0));
     let text = scrape();
     let moved = pairs.iter().zip(&clean_drift).any(|((layer, method), before)| {
         let after =
@@ -249,12 +176,9 @@ level = "info"
     put(&inbox, "nan.npy", &nan);
     std::fs::write(inbox.join("notes.txt"), "not an input").unwrap();
     let rejected = d.path().join("inbox/rejected");
-    wait_until(
-        "5 rejections",
-        Duration::from_secs(60),
-        || Some(()).filter(|_| files(&rejected).len() == 10),
-        &log,
-    );
+    wait_until("5 rejections", Duration::from_secs(60), &log, || {
+        Some(()).filter(|_| files(&rejected).len() == 10)
+    });
     let text = scrape();
     for (reason, n) in [("decode", 2.0), ("shape", 1.0), ("non_finite", 1.0), ("unsupported", 1.0)] {
         assert_eq!(metric(&text, "agent_samples_rejected_total", &[("reason", reason)]), Some(n), "{reason}");
@@ -263,11 +187,13 @@ level = "info"
         let why = std::fs::read_to_string(rejected.join(format!("{f}.reason.txt"))).unwrap();
         assert!(why.contains(f), "{why}");
     }
-    assert_eq!(get(port, "/healthz").map(|(c, _)| c), Some(200));
-    let (code, status) = get(port, "/api/v1/status").unwrap();
+    assert_eq!(get(port, "/healthz").map(|r| r.code), Some(200));
+    let r = get(port, "/api/v1/status").unwrap();
+    let (code, status) = (r.code, r.body);
     assert_eq!(code, 200);
     assert!(status.contains("\"model\":\"digits\""), "{status}");
-    let (code, page) = get(port, "/").unwrap();
+    let r = get(port, "/").unwrap();
+    let (code, page) = (r.code, r.body);
     assert!(code == 200 && page.contains("block2"));
 
     // kill -9 in the middle of a burst, restart, and every file is finished exactly once.
@@ -275,59 +201,37 @@ level = "info"
         put(&inbox, &format!("burst{i:03}.npy"), &picture(i).into_dyn());
     }
     let done = d.path().join("inbox/done");
-    wait_until(
-        "part of the burst",
-        Duration::from_secs(300),
-        || Some(()).filter(|_| files(&done).len() >= 64 + 20),
-        &log,
-    );
-    daemon.child.kill().unwrap();
-    daemon.child.wait().unwrap();
+    wait_until("part of the burst", Duration::from_secs(300), &log, || {
+        Some(()).filter(|_| files(&done).len() >= 64 + 20)
+    });
+    let mut daemon = daemon;
+    daemon.kill9();
     drop(daemon);
     // The kill must land in the middle of the burst, or the restart proves nothing.
     let (left, finished) =
         (files(&inbox).len() + files(&d.path().join("inbox/.agent/processing")).len(), files(&done).len());
     eprintln!("killed with {finished} files done and {left} waiting or in flight");
     assert!(left > 0, "the burst was over before the kill");
-    let port = free_port();
-    let mut daemon = start(&cfg, &log, port);
+    let mut daemon = Daemon::start(&cfg, &log);
+    let port = daemon.port;
     let processing = d.path().join("inbox/.agent/processing");
-    wait_until(
-        "the burst to finish after the restart",
-        Duration::from_secs(600),
-        || {
-            Some(()).filter(|_| {
-                files(&inbox).is_empty() && files(&processing).is_empty() && files(&done).len() == 264
-            })
-        },
-        &log,
-    );
+    wait_until("the burst to finish after the restart", Duration::from_secs(600), &log, || {
+        Some(()).filter(|_| {
+            files(&inbox).is_empty() && files(&processing).is_empty() && files(&done).len() == 264
+        })
+    });
     let done_names = files(&done);
     for i in 0..200 {
         assert!(done_names.contains(&format!("burst{i:03}.npy")), "burst{i:03}.npy not in done/");
     }
     assert!(done_names.iter().all(|n| n.ends_with(".npy")), "a file was finished twice: {done_names:?}");
-    let text = wait_until(
-        "the counters",
-        Duration::from_secs(60),
-        || {
-            let t = get(port, "/metrics")?.1;
-            Some(t).filter(|t| metric(t, "agent_samples_scored_total", &[("model", MODEL)]) == Some(264.0))
-        },
-        &log,
-    );
+    let text = wait_until("the counters", Duration::from_secs(60), &log, || {
+        let t = get(port, "/metrics")?.body;
+        Some(t).filter(|t| metric(t, "agent_samples_scored_total", &[("model", MODEL)]) == Some(264.0))
+    });
     assert_eq!(sum_metric(&text, "agent_samples_rejected_total"), 5.0);
 
     // SIGTERM drains and exits 0.
-    let pid = daemon.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = daemon.term();
     assert!(status.success(), "exit status {status}");
 }
