@@ -30,6 +30,21 @@ pub(crate) fn synthetic_maps(d: usize, h: usize, w: usize, seed: u64) -> Array3<
     maps
 }
 
+/// The `var`-aggregated `E` maps of four synthetic "noise inputs" (seeds 1000–1003), the noise side of
+/// the estimator measurements.
+pub(crate) fn synthetic_noise_maps(d: usize, h: usize, w: usize) -> Vec<Array2<f32>> {
+    (0..4)
+        .map(|i| {
+            super::embedding_aggregate(
+                synthetic_maps(d, h, w, 1000 + i).view(),
+                super::Aggregation::Var,
+                false,
+            )
+            .expect("synthetic maps aggregate")
+        })
+        .collect()
+}
+
 /// What the graph returns for cotangent rows `probes` (`[K, D]`): `m_k = Σ_j u_{k,j} M_j`.
 pub(crate) fn probe_maps(probes: &Array2<f32>, maps: &Array3<f32>) -> Array3<f32> {
     let (d, h, w) = maps.dim();
