@@ -7,14 +7,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Daemon, MODEL, config, digits, wait_until};
+use support::{Daemon, MODEL, config, digits, feed_start, read_request_line, serve_feed, wait_until};
 
 const NORMAL: u8 = 0;
 const FAIL: u8 = 1;
@@ -67,37 +67,16 @@ impl Feed {
     }
 
     fn serve(self: &Arc<Feed>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/feed", listener.local_addr().unwrap());
         let feed = self.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                let feed = feed.clone();
-                std::thread::spawn(move || {
-                    let _ = feed.answer(s);
-                });
-            }
-        });
-        url
+        serve_feed(move |s| {
+            let _ = feed.answer(s);
+        })
     }
 
     fn answer(&self, mut s: TcpStream) -> std::io::Result<()> {
-        let mut r = BufReader::new(s.try_clone()?);
-        let mut first = String::new();
-        r.read_line(&mut first)?;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h)? == 0 || h == "\r\n" {
-                break;
-            }
-        }
+        let first = read_request_line(&s)?;
         self.requests.fetch_add(1, Ordering::SeqCst);
-        let from = first
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.split("after=").nth(1))
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(0, |c| c + 1);
+        let from = feed_start(&first);
         let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n";
         match self.mode.load(Ordering::SeqCst) {
             FAIL => s.write_all(

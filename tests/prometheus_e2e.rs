@@ -38,9 +38,11 @@
 //!
 //! Every wait is bounded; both processes are killed when the test ends, also on failure.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -52,6 +54,7 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::Value;
+use support::{free_port, metric as sample};
 
 const MODEL: &str = "digits";
 const TOKEN: &str = "e2e-scrape-token";
@@ -153,10 +156,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 // --- HTTP ------------------------------------------------------------------------------------------
 
 /// One HTTP/1.0 request on loopback: `(status, body)`, or `None` when nothing answers.
@@ -219,18 +218,6 @@ impl Agent {
     }
 }
 
-/// The value of the series `name{labels…}` in a text exposition (labels given as `k="v"` pairs).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n != name || !labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
-            return None;
-        }
-        value.parse().ok()
-    })
-}
-
 /// The value of `name{labels}`, labels exactly as the exposition writes them.
 fn sample_of(text: &str, name: &str, labels: &str) -> Option<f64> {
     samples(text, name).into_iter().find(|(l, _)| l == labels).map(|(_, v)| v)
@@ -285,31 +272,15 @@ impl Feed {
 
     /// Serves on `127.0.0.1:0` from a thread (one more per connection); the feed's URL.
     fn serve(self: &Arc<Feed>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/feed", listener.local_addr().unwrap());
         let feed = self.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let feed = feed.clone();
-                std::thread::spawn(move || {
-                    let _ = feed.answer(conn);
-                });
-            }
-        });
-        url
+        support::serve_feed(move |conn| {
+            let _ = feed.answer(conn);
+        })
     }
 
     fn answer(&self, mut conn: TcpStream) -> std::io::Result<()> {
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut r = BufReader::new(conn.try_clone()?);
-        let mut first = String::new();
-        r.read_line(&mut first)?;
-        loop {
-            let mut header = String::new();
-            if r.read_line(&mut header)? == 0 || header == "\r\n" {
-                break;
-            }
-        }
+        let first = support::read_request_line(&conn)?;
         self.requests.fetch_add(1, Ordering::SeqCst);
         match self.mode.load(Ordering::SeqCst) {
             FEED_FAIL => conn.write_all(
@@ -323,12 +294,7 @@ impl Feed {
                 Ok(())
             }
             _ => {
-                let from = first
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.split_once("after="))
-                    .and_then(|(_, v)| v.parse::<usize>().ok())
-                    .map_or(0, |c| c + 1);
+                let from = support::feed_start(&first);
                 let mut body = String::new();
                 for i in from..self.available.load(Ordering::SeqCst) {
                     body.push_str(&self.lines[i]);

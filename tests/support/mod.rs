@@ -271,3 +271,42 @@ pub fn v2_body(id: &str, x: ndarray::ArrayView3<f32>) -> String {
         data.join(",")
     )
 }
+
+/// Serves HTTP on `127.0.0.1:0` from a thread, one more thread per connection, each connection handed
+/// to `answer`; returns the URL `http://ADDR/feed` (the feed servers of the http-source tests).
+pub fn serve_feed(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/feed", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || answer(conn));
+        }
+    });
+    url
+}
+
+/// Reads a request's first line and skips its headers (the feed servers answer GETs without bodies).
+pub fn read_request_line(conn: &TcpStream) -> std::io::Result<String> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(conn.try_clone()?);
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    loop {
+        let mut header = String::new();
+        if r.read_line(&mut header)? == 0 || header == "\r\n" {
+            return Ok(first);
+        }
+    }
+}
+
+/// The first record a feed request asks for: `after=N` in the request line → `N + 1`, else 0.
+pub fn feed_start(request_line: &str) -> usize {
+    request_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.split_once("after="))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .map_or(0, |c| c + 1)
+}
