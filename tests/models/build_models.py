@@ -512,6 +512,31 @@ def _(g, h):
 
 
 
+@rule("neg", "Neg", "Neg", d=3, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Neg", [h])
+
+
+@rule("sum_broadcast", "Sum",
+      "Sum of three inputs: h, Tanh(h) and a [1,8,1] constant that broadcasts", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    t = g.op("Tanh", [h])
+    return g.op("Sum", [h, t, g.const("sum_bias", g.small([1, 8, 1]))])
+
+
+@rule("reduce_mean", "ReduceMean",
+      "ReduceMean over axes [2] (attribute form, opset 17), keepdims 1", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("ReduceMean", [h], axes=[2], keepdims=1)
+
+
+@rule("reduce_sum", "ReduceSum",
+      "ReduceSum over axes [-1, 1] (input form), keepdims 0", d=3, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("ReduceSum", [h, g.const("rs_axes", [-1, 1], np.int64)], keepdims=0)
+
+
 # ======================================================================================
 # Whole models
 # ======================================================================================

@@ -14,19 +14,19 @@ use super::builder::GraphBuilder;
 use super::probe::ProbedShape;
 use crate::onnx::{self, proto::*};
 
-pub struct Ctx<'a> {
+pub struct Backward<'a> {
     pub b: GraphBuilder,
     pub shapes: &'a HashMap<String, ProbedShape>,
     pub consts: HashMap<String, TensorProto>,
     /// `[1]` int64 holding `K` (rows of the cotangent input).
     pub kdim: String,
     pub opset: i64,
-    /// Forward nodes that must expose an extra output (MaxPool indices): (node index, output name).
-    pub extra_outputs: Vec<(usize, String)>,
-    pub node_index: usize,
+    /// Values of small tensors the probe saw that do not depend on the batch (shape arithmetic such
+    /// as `Shape → Gather → Concat`); rules read them like constants.
+    pub probed_values: &'a HashMap<String, Vec<f64>>,
 }
 
-impl Ctx<'_> {
+impl Backward<'_> {
     /// Shape of a tensor: from the probe, or an initializer's dims.
     pub fn shape(&self, t: &str) -> Result<ProbedShape> {
         if let Some(s) = self.shapes.get(t) {
@@ -97,10 +97,13 @@ impl Ctx<'_> {
     }
 
     pub fn const_ints(&self, node: &NodeProto, t: &str, what: &str) -> Result<Vec<i64>> {
+        if let Some(v) = self.probed_values.get(t) {
+            return Ok(v.iter().map(|&x| x as i64).collect());
+        }
         match self.consts.get(t) {
             Some(c) => onnx::tensor_to_i64(c),
             None => bail!(
-                "node {} (op {}): its {what} ({t:?}) must be a constant for the compiler",
+                "node {} (op {}): its {what} ({t:?}) must be a constant (or computed from shapes only) for the compiler",
                 node.display_name(),
                 node.op_type
             ),
@@ -108,10 +111,13 @@ impl Ctx<'_> {
     }
 
     pub fn const_floats(&self, node: &NodeProto, t: &str, what: &str) -> Result<Vec<f32>> {
+        if let Some(v) = self.probed_values.get(t) {
+            return Ok(v.iter().map(|&x| x as f32).collect());
+        }
         match self.consts.get(t) {
             Some(c) => onnx::tensor_to_f32(c),
             None => bail!(
-                "node {} (op {}): its {what} ({t:?}) must be a constant for the compiler",
+                "node {} (op {}): its {what} ({t:?}) must be a constant (or computed from shapes only) for the compiler",
                 node.display_name(),
                 node.op_type
             ),

@@ -4,88 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{Result, bail};
 
+use super::registry::{self, OpRule};
 use crate::onnx::proto::*;
-
-/// Ops whose outputs carry no gradient (integer/boolean results, shape arithmetic, piecewise-constant
-/// functions): an active input does not make their outputs active.
-const NON_DIFFERENTIABLE: &[&str] = &[
-    "Shape",
-    "Size",
-    "Equal",
-    "Greater",
-    "GreaterOrEqual",
-    "Less",
-    "LessOrEqual",
-    "Not",
-    "And",
-    "Or",
-    "Xor",
-    "ArgMax",
-    "ArgMin",
-    "NonZero",
-    "ConstantOfShape",
-    "Range",
-    "IsNaN",
-    "IsInf",
-    "Sign",
-    "Floor",
-    "Ceil",
-    "Round",
-    "EyeLike",
-    "RandomNormalLike",
-    "RandomUniformLike",
-];
-
-/// For each op with a reverse-mode rule, the input slots through which a gradient flows.
-/// `None`: every input slot (Concat).
-pub fn differentiable_slots(op: &str) -> Option<Option<&'static [usize]>> {
-    let slots: Option<&'static [usize]> = match op {
-        "Conv" | "ConvTranspose" | "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Softplus" | "Clip"
-        | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "BatchNormalization" | "Gemm" | "Flatten"
-        | "Reshape" | "Squeeze" | "Unsqueeze" | "Transpose" | "Dropout" | "Identity" | "Pad" | "Resize"
-        | "ReduceMean" | "ReduceSum" | "Neg" => Some(&[0]),
-        "MatMul" | "Add" | "Sub" | "Mul" | "Div" => Some(&[0, 1]),
-        "Concat" | "Sum" => None,
-        _ => return None,
-    };
-    Some(slots)
-}
-
-/// The op types with a rule, for messages and docs.
-pub const SUPPORTED_OPS: &[&str] = &[
-    "Conv",
-    "ConvTranspose",
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "Tanh",
-    "Softplus",
-    "Clip",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "BatchNormalization",
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Sum",
-    "Neg",
-    "Concat",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Unsqueeze",
-    "Transpose",
-    "Dropout",
-    "Identity",
-    "Pad",
-    "Resize",
-    "ReduceMean",
-    "ReduceSum",
-];
 
 /// The part of the graph the gradient flows through.
 pub struct PathAnalysis {
@@ -93,14 +13,6 @@ pub struct PathAnalysis {
     pub path_nodes: Vec<usize>,
     /// Tensors that depend on a layer and reach the embedding (their gradient is needed).
     pub needed: HashSet<String>,
-}
-
-fn slot_is_differentiable(op: &str, slot: usize) -> bool {
-    match differentiable_slots(op) {
-        Some(None) => true,
-        Some(Some(slots)) => slots.contains(&slot),
-        None => false,
-    }
 }
 
 /// Finds the nodes between `layers` and `embedding`, refusing anything the compiler cannot differentiate.
@@ -141,15 +53,16 @@ pub fn analyse(graph: &GraphProto, layers: &[String], embedding: &str) -> Result
         for x in &n.input {
             bits |= active.get(x).copied().unwrap_or(0);
         }
-        if bits == 0 || NON_DIFFERENTIABLE.contains(&n.op_type.as_str()) {
+        if bits == 0 || registry::stops_gradient(n) {
             continue;
         }
-        // Only the data output carries the gradient for ops with auxiliary outputs.
-        let outs: &[String] = match n.op_type.as_str() {
-            "MaxPool" | "Dropout" | "BatchNormalization" => &n.output[..1],
-            _ => &n.output,
+        // Auxiliary outputs (pool indices, saved statistics) carry no gradient; an op without a rule
+        // keeps all its outputs active so the backward pass can name it.
+        let outs = match registry::lookup(&n.op_type) {
+            Some(r) => r.grad_outputs.of(n.output.len()),
+            None => (0..n.output.len()).collect(),
         };
-        for o in outs {
+        for o in outs.into_iter().map(|i| &n.output[i]).filter(|o| !o.is_empty()) {
             *active.entry(o.clone()).or_default() |= bits;
         }
     }
@@ -193,17 +106,18 @@ pub fn analyse(graph: &GraphProto, layers: &[String], embedding: &str) -> Result
                 layer_names(bits)
             );
         }
-        if differentiable_slots(&n.op_type).is_none() {
+        let Some(rule) = registry::lookup(&n.op_type) else {
             bail!(
                 "node {} (op {}) lies between layer {} and the embedding and has no gradient rule; supported ops: {}",
                 n.display_name(),
                 n.op_type,
                 layer_names(bits),
-                SUPPORTED_OPS.join(", ")
+                registry::supported_ops().join(", ")
             );
-        }
+        };
+        check_arity(n, rule)?;
         for (slot, x) in &active_inputs {
-            if !slot_is_differentiable(&n.op_type, *slot) {
+            if !rule.grad_inputs.contains(*slot) {
                 bail!(
                     "node {} (op {}) takes {x:?} (which depends on layer {}) as input {slot}, through which the compiler cannot differentiate",
                     n.display_name(),
@@ -217,6 +131,32 @@ pub fn analyse(graph: &GraphProto, layers: &[String], embedding: &str) -> Result
     }
     path_nodes.reverse();
     Ok(PathAnalysis { path_nodes, needed })
+}
+
+/// A node must have the inputs its rule indexes and the outputs it writes to.
+fn check_arity(n: &NodeProto, rule: &OpRule) -> Result<()> {
+    if n.input.len() < rule.min_inputs || n.input.first().is_none_or(String::is_empty) || n.output.is_empty()
+    {
+        bail!(
+            "node {} (op {}) has {} inputs and {} outputs; a well-formed {} has at least {} inputs and one output",
+            n.display_name(),
+            n.op_type,
+            n.input.len(),
+            n.output.len(),
+            n.op_type,
+            rule.min_inputs
+        );
+    }
+    Ok(())
+}
+
+/// The op types on the path from `layers` to `embedding` (sorted, unique).
+pub fn path_ops(graph: &GraphProto, layers: &[String], embedding: &str) -> Result<Vec<String>> {
+    let a = analyse(graph, layers, embedding)?;
+    let mut ops: Vec<String> = a.path_nodes.iter().map(|&i| graph.node[i].op_type.clone()).collect();
+    ops.sort();
+    ops.dedup();
+    Ok(ops)
 }
 
 fn check_topological(graph: &GraphProto) -> Result<()> {

@@ -10,8 +10,8 @@ mod builder;
 mod ctx;
 mod graph;
 mod probe;
+mod registry;
 mod rules;
-mod spatial;
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,8 +19,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use graph::SUPPORTED_OPS;
+pub use graph::path_ops;
 pub use probe::InputSpec;
+pub use registry::{markdown_table as rule_table, supported_ops};
 
 use crate::onnx::{self, proto::*};
 use crate::scores::{Aggregation, Method};
@@ -95,6 +96,49 @@ pub fn compile_bytes(bytes: &[u8], opts: &CompileOptions) -> Result<AttributionG
 }
 
 pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -> Result<AttributionGraph> {
+    check_options(opts)?;
+    let (mut model, opset) = raised_opset(model)?;
+    let analysis =
+        graph::analyse(model.graph.as_ref().context("model has no graph")?, &opts.layers, &opts.embedding)?;
+    expose_aux_outputs(&mut model, &analysis);
+    let graph = model.graph.clone().context("model has no graph")?;
+    let consts = ctx::constants(&graph);
+    let probe = probe::probe(&model, &probe_targets(&graph, &analysis, &consts, opts))?;
+    let inputs = probe::model_inputs(&graph)?;
+    let d = check_shapes(&probe.shapes, opts)?;
+
+    let mut b = builder::GraphBuilder::new("attr/");
+    let kshape = b.shape(COTANGENT);
+    let kdim = b.slice1(&kshape, 0, 1);
+    let mut cx =
+        ctx::Backward { b, shapes: &probe.shapes, consts, kdim, opset, probed_values: &probe.values };
+    let mut grads = backward(&mut cx, &graph, &analysis, &opts.embedding, d)?;
+    let (outputs, graph_outputs) = attribution_outputs(&mut cx, &mut grads, opts, d)?;
+
+    let builder = cx.b;
+    let g = model.graph.as_mut().context("model has no graph")?;
+    g.node.extend(builder.nodes);
+    g.initializer.extend(builder.initializers);
+    g.input.push(onnx::value_info(COTANGENT, data_type::FLOAT, &[Err("K"), Ok(d)]));
+    g.output = graph_outputs;
+    g.value_info.retain(|v| !v.name.starts_with("attr/"));
+
+    onnx::set_metadata(&mut model, "agent.compiler_version", COMPILER_VERSION);
+    onnx::set_metadata(&mut model, "agent.source_sha256", source_sha256);
+    onnx::set_metadata(&mut model, "agent.options", serde_json::to_string(opts)?);
+    onnx::set_metadata(&mut model, "agent.outputs", serde_json::to_string(&outputs)?);
+    Ok(AttributionGraph {
+        model,
+        inputs,
+        embedding: opts.embedding.clone(),
+        embedding_dim: d as usize,
+        outputs,
+        options: opts.clone(),
+        source_sha256: source_sha256.to_string(),
+    })
+}
+
+fn check_options(opts: &CompileOptions) -> Result<()> {
     if opts.layers.is_empty() {
         bail!("no layer given: name at least one intermediate tensor (--layer)");
     }
@@ -104,6 +148,12 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     if opts.layers.len() > 64 {
         bail!("at most 64 layers per graph");
     }
+    Ok(())
+}
+
+/// The model with its default-domain opset raised to at least [`MIN_OPSET`], and that opset.
+/// Opsets 13–16 → 17: no operator on a gradient path changes meaning in between.
+fn raised_opset(model: &ModelProto) -> Result<(ModelProto, i64)> {
     let mut model = model.clone();
     let opset = onnx::default_opset(&model).unwrap_or(1);
     if opset < 13 {
@@ -111,43 +161,60 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
             "the model uses opset {opset}; the compiler needs opset 13 or later (convert it with onnx.version_converter)"
         );
     }
-    // Opsets 13–16 → 17: no operator on a gradient path changes meaning in between.
     let opset = opset.max(MIN_OPSET);
     for o in model.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
         o.version = opset;
     }
     model.ir_version = model.ir_version.max(8);
-    let graph = model.graph.clone().context("model has no graph")?;
+    Ok((model, opset))
+}
 
-    let analysis = graph::analyse(&graph, &opts.layers, &opts.embedding)?;
-    let consts = ctx::constants(&graph);
+/// Names the optional outputs the path's rules need (registry `aux_outputs`, e.g. MaxPool's
+/// indices) where the model left them out, so the forward pass produces them once.
+fn expose_aux_outputs(model: &mut ModelProto, analysis: &graph::PathAnalysis) {
+    let Some(g) = model.graph.as_mut() else { return };
+    for &i in &analysis.path_nodes {
+        let n = &mut g.node[i];
+        let Some(rule) = registry::lookup(&n.op_type) else { continue };
+        for &slot in rule.aux_outputs {
+            if n.output.len() <= slot {
+                n.output.resize(slot + 1, String::new());
+            }
+            if n.output[slot].is_empty() {
+                n.output[slot] = format!("attr/aux/{i}/{slot}");
+            }
+        }
+    }
+}
+
+/// The tensors whose shapes the rules read: every gradient-carrying tensor, and each path node's
+/// `reads` inputs and gradient-carrying outputs (constants excluded: their dims are known).
+fn probe_targets(
+    graph: &GraphProto,
+    analysis: &graph::PathAnalysis,
+    consts: &HashMap<String, TensorProto>,
+    opts: &CompileOptions,
+) -> Vec<String> {
     let mut to_probe: Vec<String> = analysis.needed.iter().cloned().collect();
     for &i in &analysis.path_nodes {
         let n = &graph.node[i];
-        let data_inputs: Vec<&String> = match n.op_type.as_str() {
-            "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Concat" | "Gemm" | "Conv"
-            | "ConvTranspose" => n
-                .input
-                .iter()
-                .take(if n.op_type == "Concat" || n.op_type == "Sum" { usize::MAX } else { 2 })
-                .collect(),
-            _ => n.input.iter().take(1).collect(),
-        };
-        to_probe.extend(data_inputs.into_iter().cloned());
-        to_probe.push(n.output[0].clone());
+        let Some(rule) = registry::lookup(&n.op_type) else { continue };
+        to_probe.extend(rule.reads.of(n.input.len()).into_iter().map(|s| n.input[s].clone()));
+        to_probe.extend(rule.grad_outputs.of(n.output.len()).into_iter().map(|s| n.output[s].clone()));
     }
     to_probe.extend(opts.layers.iter().cloned());
     let mut seen = HashSet::new();
     to_probe.retain(|t| !t.is_empty() && !consts.contains_key(t) && seen.insert(t.clone()));
     to_probe.sort();
-    let shapes = probe::probe(&model, &to_probe)?;
-    let inputs = probe::model_inputs(&graph)?;
+    to_probe
+}
 
+/// The embedding's width `D`, after checking the embedding and layer shapes.
+fn check_shapes(shapes: &HashMap<String, probe::ProbedShape>, opts: &CompileOptions) -> Result<i64> {
     let emb = &shapes[&opts.embedding];
     if !emb.batched || emb.rest.len() != 1 {
         bail!("embedding {:?} must be rank 2 [batch, D]; it has shape {}", opts.embedding, describe(emb));
     }
-    let d = emb.rest[0];
     for l in &opts.layers {
         let s = &shapes[l];
         if !s.batched || s.rest.is_empty() || s.rest.len() > 3 {
@@ -157,15 +224,20 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
             );
         }
     }
+    Ok(emb.rest[0])
+}
 
-    let mut b = builder::GraphBuilder::new("attr/");
-    let kshape = b.shape(COTANGENT);
-    let kdim = b.slice1(&kshape, 0, 1);
-    let mut cx =
-        ctx::Ctx { b, shapes: &shapes, consts, kdim, opset, extra_outputs: Vec::new(), node_index: 0 };
-
+/// Seeds the embedding's cotangent and walks the path backwards; returns every tensor's cotangent
+/// parts (layers among them).
+fn backward(
+    cx: &mut ctx::Backward,
+    graph: &GraphProto,
+    analysis: &graph::PathAnalysis,
+    embedding: &str,
+    d: i64,
+) -> Result<HashMap<String, Vec<String>>> {
     // Seed: every (b, k) row gets cotangent row k, i.e. dZ = V repeated over the batch.
-    let emb_shape = cx.b.shape(&opts.embedding);
+    let emb_shape = cx.b.shape(embedding);
     let bdim = cx.b.slice1(&emb_shape, 0, 1);
     let v = cx.b.unsqueeze(COTANGENT, &[0]);
     let dconst = cx.b.const_i64(&[d]);
@@ -174,15 +246,23 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     let seed = cx.b.op("Expand", &[&v, &target], vec![]);
     let seed = cx.b.reshape_const(&seed, &[-1, d]);
 
-    let mut grads: HashMap<String, Vec<String>> = HashMap::from([(opts.embedding.clone(), vec![seed])]);
+    let mut grads: HashMap<String, Vec<String>> = HashMap::from([(embedding.to_string(), vec![seed])]);
     for &i in analysis.path_nodes.iter().rev() {
         let node = &graph.node[i];
-        let Some(dy) = take_grad(&mut cx, &mut grads, &node.output[0]) else { continue };
+        let rule = registry::lookup(&node.op_type).context("internal: path node without a rule")?;
+        let by_output: Vec<Option<String>> = (0..node.output.len())
+            .map(|s| {
+                if rule.grad_outputs.contains(s) { take_grad(cx, &mut grads, &node.output[s]) } else { None }
+            })
+            .collect();
+        if by_output.iter().all(Option::is_none) {
+            continue;
+        }
         let wanted: Vec<bool> = node.input.iter().map(|x| analysis.needed.contains(x)).collect();
-        cx.node_index = i;
-        let node_grads = rules::vjp(&mut cx, node, &dy, &wanted).with_context(|| {
-            format!("building the gradient of node {} ({})", node.display_name(), node.op_type)
-        })?;
+        let node_grads =
+            (rule.vjp)(cx, node, &rules::Cotangents { by_output }, &wanted).with_context(|| {
+                format!("building the gradient of node {} ({})", node.display_name(), node.op_type)
+            })?;
         for (slot, g) in node_grads {
             let x = &node.input[slot];
             // A layer that is also an intermediate keeps its total gradient; the sum is taken once,
@@ -190,16 +270,25 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
             grads.entry(x.clone()).or_default().push(g);
         }
     }
+    Ok(grads)
+}
 
+/// Per layer and method, the map output and its declaration; the embedding's declaration first.
+fn attribution_outputs(
+    cx: &mut ctx::Backward,
+    grads: &mut HashMap<String, Vec<String>>,
+    opts: &CompileOptions,
+    d: i64,
+) -> Result<(Vec<MapOutput>, Vec<ValueInfoProto>)> {
     let mut outputs = Vec::new();
     let mut graph_outputs = vec![onnx::value_info(&opts.embedding, data_type::FLOAT, &[Err("N"), Ok(d)])];
     for (li, layer) in opts.layers.iter().enumerate() {
-        let g = take_grad(&mut cx, &mut grads, layer).context("internal: layer without gradient")?;
-        let rest = shapes[layer].rest.clone();
+        let g = take_grad(cx, grads, layer).context("internal: layer without gradient")?;
+        let rest = cx.shapes[layer].rest.clone();
         for &method in &opts.methods {
             let name = format!("attr/{li}/{}", method.as_str());
             let (map, dims) =
-                attribution_map(&mut cx, &g, layer, &rest, method, opts.channel_agg, opts.smoothing_samples);
+                attribution_map(cx, &g, layer, &rest, method, opts.channel_agg, opts.smoothing_samples);
             let node_out = cx.b.op("Identity", &[&map], vec![]);
             rename_output(&mut cx.b, &node_out, &name);
             let mut vi: Vec<Result<i64, &str>> =
@@ -218,33 +307,7 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
             });
         }
     }
-
-    let ctx::Ctx { b, extra_outputs, .. } = cx;
-    let g = model.graph.as_mut().unwrap();
-    for (i, name) in extra_outputs {
-        let n = &mut g.node[i];
-        n.output.resize(2, String::new());
-        n.output[1] = name;
-    }
-    g.node.extend(b.nodes);
-    g.initializer.extend(b.initializers);
-    g.input.push(onnx::value_info(COTANGENT, data_type::FLOAT, &[Err("K"), Ok(d)]));
-    g.output = graph_outputs;
-    g.value_info.retain(|v| !v.name.starts_with("attr/"));
-
-    onnx::set_metadata(&mut model, "agent.compiler_version", COMPILER_VERSION);
-    onnx::set_metadata(&mut model, "agent.source_sha256", source_sha256);
-    onnx::set_metadata(&mut model, "agent.options", serde_json::to_string(opts)?);
-    onnx::set_metadata(&mut model, "agent.outputs", serde_json::to_string(&outputs)?);
-    Ok(AttributionGraph {
-        model,
-        inputs,
-        embedding: opts.embedding.clone(),
-        embedding_dim: d as usize,
-        outputs,
-        options: opts.clone(),
-        source_sha256: source_sha256.to_string(),
-    })
+    Ok((outputs, graph_outputs))
 }
 
 fn describe(s: &probe::ProbedShape) -> String {
@@ -265,7 +328,7 @@ fn spatial_hw(rest: &[i64]) -> (usize, usize) {
 
 /// The summed cotangent of `t` (a `Sum` node when several consumers contributed).
 /// Called only once every consumer has contributed (reverse topological order).
-fn take_grad(cx: &mut ctx::Ctx, grads: &mut HashMap<String, Vec<String>>, t: &str) -> Option<String> {
+fn take_grad(cx: &mut ctx::Backward, grads: &mut HashMap<String, Vec<String>>, t: &str) -> Option<String> {
     let parts = grads.get_mut(t)?;
     if parts.len() > 1 {
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -285,7 +348,7 @@ fn rename_output(b: &mut builder::GraphBuilder, from: &str, to: &str) {
 }
 
 /// `[B·S, K, dims…]` → `[B, K, dims…]`, the mean over each sample's `S` smoothing points.
-fn average_points(cx: &mut ctx::Ctx, x: &str, dims: &[i64], samples: usize) -> String {
+fn average_points(cx: &mut ctx::Backward, x: &str, dims: &[i64], samples: usize) -> String {
     if samples <= 1 {
         return x.to_string();
     }
@@ -301,7 +364,7 @@ fn average_points(cx: &mut ctx::Ctx, x: &str, dims: &[i64], samples: usize) -> S
 /// Turns the flat gradient `[B·K, C, …]` of a layer into the method's map, channel-aggregated, as
 /// `[B, K, H, W]` (or `[B, K, C, H, W]` raw). Returns the map and its dims after `[B, K]`.
 fn attribution_map(
-    cx: &mut ctx::Ctx,
+    cx: &mut ctx::Backward,
     g: &str,
     layer: &str,
     rest: &[i64],

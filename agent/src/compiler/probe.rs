@@ -88,17 +88,39 @@ fn probe_inputs(
     Ok(out)
 }
 
-/// Runs the model at batch 2 and 3 with `tensors` as extra float outputs and returns their shapes.
-pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<HashMap<String, ProbedShape>> {
+/// What the probe learned: shapes of the requested tensors and the values of the small ones that do
+/// not depend on the batch (shape arithmetic a rule may need as a constant).
+pub struct Probe {
+    pub shapes: HashMap<String, ProbedShape>,
+    pub values: HashMap<String, Vec<f64>>,
+}
+
+/// Tensors up to this many elements have their values kept when they do not depend on the batch.
+const MAX_VALUE_ELEMENTS: usize = 64;
+
+/// Runs the model at batch 2 and 3 with `tensors` exposed (each through a `Cast` to double, so
+/// integer and boolean tensors are read the same way) and returns their shapes and small values.
+pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
     let mut m = model.clone();
-    let g = m.graph.as_mut().unwrap();
+    let g = m.graph.as_mut().context("model has no graph")?;
     let inputs = model_inputs(g)?;
-    g.output = tensors
+    let exposed: Vec<String> = (0..tensors.len()).map(|i| format!("attr/probe/{i}")).collect();
+    for (t, out) in tensors.iter().zip(&exposed) {
+        g.node.push(NodeProto {
+            name: format!("{out}/Cast"),
+            op_type: "Cast".into(),
+            input: vec![t.clone()],
+            output: vec![out.clone()],
+            attribute: vec![onnx::attr::int("to", data_type::DOUBLE as i64)],
+            ..Default::default()
+        });
+    }
+    g.output = exposed
         .iter()
         .map(|t| ValueInfoProto {
             name: t.clone(),
             r#type: Some(TypeProto {
-                tensor_type: Some(TensorTypeProto { elem_type: data_type::FLOAT, shape: None }),
+                tensor_type: Some(TensorTypeProto { elem_type: data_type::DOUBLE, shape: None }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -113,27 +135,33 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<HashMap<String, P
         let outputs = session
             .run(feeds)
             .map_err(|e| anyhow!("the shape probe (batch {batch}) failed in ONNX Runtime: {e}"))?;
-        let mut shapes = HashMap::new();
-        for t in tensors {
-            let v = &outputs[t.as_str()];
-            let (shape, _) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
-            shapes.insert(t.clone(), shape.iter().copied().collect::<Vec<i64>>());
+        let mut seen = HashMap::new();
+        for (t, out) in tensors.iter().zip(&exposed) {
+            let v = &outputs[out.as_str()];
+            let (shape, data) = v.try_extract_tensor::<f64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
+            let small = (data.len() <= MAX_VALUE_ELEMENTS).then(|| data.to_vec());
+            seen.insert(t.clone(), (shape.iter().copied().collect::<Vec<i64>>(), small));
         }
-        runs.push(shapes);
+        runs.push(seen);
     }
-    let mut out = HashMap::new();
+    let mut out = Probe { shapes: HashMap::new(), values: HashMap::new() };
     for t in tensors {
-        let (a, b) = (&runs[0][t], &runs[1][t]);
+        let ((a, va), (b, vb)) = (&runs[0][t], &runs[1][t]);
         let shape = if a.len() == b.len() && !a.is_empty() && a[0] == 2 && b[0] == 3 && a[1..] == b[1..] {
             ProbedShape { batched: true, rest: a[1..].to_vec() }
         } else if a == b {
+            if let (Some(va), Some(vb)) = (va, vb)
+                && va == vb
+            {
+                out.values.insert(t.clone(), va.clone());
+            }
             ProbedShape { batched: false, rest: a.clone() }
         } else {
             bail!(
                 "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on axis 0 and fixed other sizes"
             );
         };
-        out.insert(t.clone(), shape);
+        out.shapes.insert(t.clone(), shape);
     }
     Ok(out)
 }

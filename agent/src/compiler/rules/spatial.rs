@@ -7,8 +7,49 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::ctx::Ctx;
+use super::one;
+use crate::compiler::ctx::Backward;
+use crate::compiler::registry::{OpRule, Slots};
 use crate::onnx::{self, attr, proto::*};
+
+pub const RULES: &[OpRule] = &[
+    OpRule {
+        reads: Slots::Only(&[0, 1]),
+        min_inputs: 2,
+        ..OpRule::unary(
+            "Conv",
+            "`ConvTranspose(dY, W)` with the same group, strides, pads, dilations; output size pinned by pads and `output_padding`",
+            |cx, n, dy, _| Ok(one(conv(cx, n, dy.y()?)?)),
+        )
+    },
+    OpRule {
+        reads: Slots::Only(&[0, 1]),
+        min_inputs: 2,
+        ..OpRule::unary("ConvTranspose", "`Conv(dY, W)` with the same attributes", |cx, n, dy, _| {
+            Ok(one(conv_transpose(cx, n, dy.y()?)?))
+        })
+    },
+    OpRule {
+        aux_outputs: &[1],
+        ..OpRule::unary(
+            "MaxPool",
+            "`ScatterElements(0, Indices, dY, reduction = add)` over the forward's `Indices` output",
+            |cx, n, dy, _| Ok(one(max_pool(cx, n, dy.y()?)?)),
+        )
+    },
+    OpRule::unary("AveragePool", "grouped `ConvTranspose(dY / count, ones)`", |cx, n, dy, _| {
+        Ok(one(average_pool(cx, n, dy.y()?)?))
+    }),
+    OpRule::unary("GlobalAveragePool", "`dY / (H·W)` broadcast over the window", |cx, n, dy, _| {
+        Ok(one(global_average_pool(cx, n, dy.y()?)?))
+    }),
+    OpRule::unary("Pad", "constant mode: `Slice` of `dY`", |cx, n, dy, _| Ok(one(pad(cx, n, dy.y()?)?))),
+    OpRule::unary(
+        "Resize",
+        "nearest, linear: `Rhᵀ · dY · Rw` with the resize matrices read off ONNX Runtime",
+        |cx, n, dy, _| Ok(one(resize(cx, n, dy.y()?)?)),
+    ),
+];
 
 /// Stride, dilation, kernel and explicit begin/end pads of a windowed op, per spatial axis.
 struct Window {
@@ -77,7 +118,7 @@ fn transposed_attrs(w: &Window, x_spatial: &[i64], y_spatial: &[i64]) -> Vec<Att
     ]
 }
 
-fn spatial_shapes(ctx: &Ctx, node: &NodeProto) -> Result<(Vec<i64>, Vec<i64>)> {
+fn spatial_shapes(ctx: &Backward, node: &NodeProto) -> Result<(Vec<i64>, Vec<i64>)> {
     let x = ctx.rest(node, &node.input[0])?;
     let y = ctx.rest(node, &node.output[0])?;
     if x.len() < 2 || y.len() != x.len() {
@@ -90,7 +131,7 @@ fn spatial_shapes(ctx: &Ctx, node: &NodeProto) -> Result<(Vec<i64>, Vec<i64>)> {
     Ok((x, y))
 }
 
-fn kernel_of(ctx: &Ctx, node: &NodeProto, n: usize) -> Result<Vec<i64>> {
+fn kernel_of(ctx: &Backward, node: &NodeProto, n: usize) -> Result<Vec<i64>> {
     if let Some(k) = node.attr_ints("kernel_shape") {
         return Ok(k.to_vec());
     }
@@ -102,7 +143,7 @@ fn kernel_of(ctx: &Ctx, node: &NodeProto, n: usize) -> Result<Vec<i64>> {
 }
 
 /// `dX = ConvTranspose(dY, W)` with the forward's group, strides, pads and dilations.
-pub fn conv(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn conv(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     let (x, y) = spatial_shapes(ctx, node)?;
     let kernel = kernel_of(ctx, node, x.len() - 1)?;
     let w = window(node, kernel, &x[1..])?;
@@ -112,7 +153,7 @@ pub fn conv(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
 }
 
 /// `dX = Conv(dY, W)` with the same attributes.
-pub fn conv_transpose(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn conv_transpose(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     if node.attr("output_shape").is_some() || node.attr_string("auto_pad").is_some_and(|a| a != "NOTSET") {
         bail!(
             "node {} (ConvTranspose) sets output_shape or auto_pad; the compiler needs explicit pads",
@@ -146,19 +187,13 @@ pub fn conv_transpose(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Strin
 
 /// Routes each output's cotangent to the input element its `Indices` point at, adding where
 /// overlapping windows chose the same element.
-pub fn max_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn max_pool(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     if node.attr_int("storage_order").unwrap_or(0) != 0 {
         bail!("node {} (MaxPool) uses storage_order = 1; not supported", node.display_name());
     }
     let (x, y) = spatial_shapes(ctx, node)?;
-    let indices = match node.output.get(1).filter(|s| !s.is_empty()) {
-        Some(i) => i.clone(),
-        None => {
-            let name = ctx.b.fresh("maxpool_indices");
-            ctx.extra_outputs.push((ctx.node_index, name.clone()));
-            name
-        }
-    };
+    // The compiler names the Indices output (registry `aux_outputs`) when the model left it out.
+    let indices = node.output[1].clone();
     let (x_size, y_size): (i64, i64) = (x.iter().product(), y.iter().product());
     // Indices count over the whole tensor (batch included); reduce them to within-sample offsets.
     let per = ctx.b.const_i64(&[x_size]);
@@ -190,7 +225,7 @@ pub fn max_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
 }
 
 /// Grouped transposed convolution with a ones kernel, after dividing by each window's divisor.
-pub fn average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn average_pool(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     let (x, y) = spatial_shapes(ctx, node)?;
     let kernel =
         node.attr_ints("kernel_shape").ok_or_else(|| anyhow!("AveragePool without kernel_shape"))?.to_vec();
@@ -232,7 +267,7 @@ pub fn average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String>
     Ok(ctx.b.op("ConvTranspose", &[&scaled, &ones], attrs))
 }
 
-pub fn global_average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn global_average_pool(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     let (x, _) = spatial_shapes(ctx, node)?;
     let spatial = &x[1..];
     let n: i64 = spatial.iter().product();
@@ -241,7 +276,7 @@ pub fn global_average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<
 }
 
 /// Constant padding: the cotangent of the input is the un-padded window of the output's.
-pub fn pad(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn pad(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     let mode = node.attr_string("mode").unwrap_or_else(|| "constant".into());
     if mode != "constant" {
         bail!("node {} (Pad) uses mode {mode:?}; only constant padding has a rule", node.display_name());
@@ -283,7 +318,7 @@ pub fn pad(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
 /// The matrices are read off ONNX Runtime itself by resizing one-hot rows and columns with the
 /// node's own attributes, then checked against a random input, so every coordinate-transformation
 /// and rounding mode is reproduced exactly as the runtime implements it.
-pub fn resize(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
+pub fn resize(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     let (x, y) = spatial_shapes(ctx, node)?;
     if x.len() != 3 || x[0] != y[0] {
         bail!(
@@ -318,7 +353,7 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Runs a one-node Resize model with the node's attributes on `batch` inputs of `[batch, 1, H, W]`.
 fn run_resize(
-    ctx: &Ctx,
+    ctx: &Backward,
     node: &NodeProto,
     hw: (i64, i64),
     out_hw: (i64, i64),
@@ -383,7 +418,7 @@ fn run_resize(
 
 /// `Rh` (`[Ho, H]`) and `Rw` (`[Wo, W]`), row-major.
 fn resize_matrices(
-    ctx: &Ctx,
+    ctx: &Backward,
     node: &NodeProto,
     (h, w): (i64, i64),
     (ho, wo): (i64, i64),
