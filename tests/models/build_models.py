@@ -540,17 +540,18 @@ def _(g, h):
 
 
 @rule("hard_sigmoid", "HardSigmoid",
-      "HardSigmoid alpha 0.5 beta 0.6 (linear for h in (-1.2, 0.8), flat outside)", d=4,
+      "HardSigmoid alpha 1.2 beta 0.6 (linear for h in (-0.5, 0.33), flat on both sides)", d=4,
       input_shape=(3, 8, 8))
 def _(g, h):
-    return g.op("HardSigmoid", [h], alpha=0.5, beta=0.6)
+    return g.op("HardSigmoid", [h], alpha=1.2, beta=0.6)
 
 
 @rule("hard_swish", "HardSwish",
-      "HardSwish(3h): h scaled so all three pieces (0, x/3+1/2 slope, 1) are exercised", d=5,
+      "HardSwish(6h - 2): h mapped so all three pieces (0, slope x/3+1/2, 1) are exercised", d=5,
       input_shape=(3, 8, 8))
 def _(g, h):
-    return g.op("HardSwish", [g.op("Mul", [h, g.const("three", np.float32(3.0))])])
+    a = g.op("Mul", [h, g.const("six", np.float32(6.0))])
+    return g.op("HardSwish", [g.op("Sub", [a, g.const("two", np.float32(2.0))])])
 
 
 @rule("erf", "Erf", "Erf (exact GELU's core, as opset-17 exporters emit it)", d=4,
@@ -637,6 +638,16 @@ def _(g, h):
     return g.op("Min", [h, g.op("GlobalAveragePool", [h])])
 
 
+@rule("max_ties", "Max/ReduceMax",
+      "Ties everywhere: Max(h, h) + ReduceMax(Concat(h, h) on axis 1, axes [1]): each tied input "
+      "gets half the gradient, so the sums are exactly 1 (whole gradient twice would give 2)",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    m = g.op("Max", [h, h])
+    r = g.op("ReduceMax", [g.op("Concat", [h, h], axis=1)], axes=[1], keepdims=1)
+    return g.op("Add", [m, r])
+
+
 @rule("where_const_cond", "Where",
       "Where(C, h, Sigmoid(h)) with a constant boolean C [8,8] (broadcast over N and channels)",
       d=4, input_shape=(3, 8, 8))
@@ -654,12 +665,12 @@ def _(g, h):
 
 
 @rule("cast_float", "Cast",
-      "Cast h to double and back to float, plus Cast(0.3h -> int64 -> float): the integer cast "
+      "Cast h to double and back to float, plus Cast(1.5h -> int64 -> float): the integer cast "
       "carries no gradient", d=4, input_shape=(3, 8, 8))
 def _(g, h):
     dbl = g.op("Cast", [h], to=TensorProto.DOUBLE)
     back = g.op("Cast", [dbl], to=TensorProto.FLOAT)
-    small = g.op("Mul", [h, g.const("c03", np.float32(0.3))])
+    small = g.op("Mul", [h, g.const("c15", np.float32(1.5))])
     i = g.op("Cast", [small], to=TensorProto.INT64)
     return g.op("Add", [back, g.op("Cast", [i], to=TensorProto.FLOAT)])
 
