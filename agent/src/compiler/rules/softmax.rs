@@ -55,6 +55,8 @@ fn softmax(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) ->
     Ok(one(ctx.flat(&d, &rest)))
 }
 
+/// Every element equal to the maximum gets an equal share of `dY` (as `torch.amax` does), so a tie
+/// between copies of one value still adds up to the whole cotangent.
 fn reduce_max(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
     let x = node.input[0].as_str();
     let x_rest = ctx.rest(node, x)?;
