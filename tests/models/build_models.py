@@ -577,6 +577,27 @@ def _(g, h):
     return g.op("Mish", [g.op("Mul", [h, g.const("two", np.float32(2.0))])])
 
 
+@rule("prelu", "PRelu", "PRelu with a per-channel slope [4,1,1] in (0.05, 0.3)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("PRelu", [h, g.const("prelu.slope", g.rng.uniform(0.05, 0.3, [4, 1, 1]))])
+
+
+@rule("elu_selu_celu", "Elu/Selu/Celu",
+      "Elu alpha 0.8 + Selu (defaults) + Celu alpha 1.5, each on h", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Elu", [h], alpha=0.8)
+    b = g.op("Selu", [h])
+    c = g.op("Celu", [h], alpha=1.5)
+    return g.op("Sum", [a, b, c])
+
+
+@rule("softsign_thresholded", "Softsign/ThresholdedRelu",
+      "Softsign(h) + ThresholdedRelu(h) with alpha 0.2", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Add", [g.op("Softsign", [h]), g.op("ThresholdedRelu", [h], alpha=0.2)])
+
+
 @rule("silu_exporter", "Sigmoid/Mul",
       "SiLU as torch.onnx.export writes it: Mul(Sigmoid(h), h) (sigmoid first), then a second SiLU",
       d=4, input_shape=(3, 8, 8))
@@ -703,6 +724,12 @@ def _(g, h):
       opset=18)
 def _(g, h):
     return g.op("ReduceMax", [h, g.const("axes", [1, 3], np.int64)], keepdims=0)
+
+
+@rule("reduce_min", "ReduceMin", "ReduceMin over axes [-2] (attribute form, opset 17), keepdims 0",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("ReduceMin", [h], axes=[-2], keepdims=0)
 
 
 @rule("layer_norm_last", "LayerNormalization",

@@ -19,6 +19,16 @@ pub const RULES: &[OpRule] = &[
         gelu,
     ),
     OpRule::unary("Mish", "`dY · (t + X·(1 − t²)·σ(X))`, `t = tanh(softplus(X))`", mish),
+    OpRule {
+        // The slope is a weight: a layer that reaches it is refused by the path analysis.
+        min_inputs: 2,
+        ..OpRule::unary("PRelu", "`dY · (X > 0 ? 1 : slope)`", prelu)
+    },
+    OpRule::unary("Elu", "`dY · (X > 0 ? 1 : Y + α)`", elu),
+    OpRule::unary("Selu", "`dY · (X > 0 ? γ : Y + γ·α)`", elu),
+    OpRule::unary("Celu", "`dY · (X > 0 ? 1 : exp(X/α))`", celu),
+    OpRule::unary("Softsign", "`dY / (1 + |X|)²`", softsign),
+    OpRule::unary("ThresholdedRelu", "`dY · (X > α)`", thresholded_relu),
 ];
 
 fn unop(ctx: &mut Backward, op: &str, x: &str) -> String {
@@ -138,5 +148,58 @@ fn mish(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Re
     let xs = ctx.b.mul(x, &sech2);
     let xss = ctx.b.mul(&xs, &s);
     let l = binop(ctx, "Add", &t, &xss);
+    Ok(one(local(ctx, node, dy.y()?, &l)?))
+}
+
+fn positive(ctx: &mut Backward, x: &str) -> String {
+    let zero = ctx.b.scalar_f32(0.0);
+    binop(ctx, "Greater", x, &zero)
+}
+
+fn prelu(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
+    let pos = positive(ctx, &node.input[0]);
+    let o = ctx.b.scalar_f32(1.0);
+    // The slope broadcasts to X's shape (unidirectionally), so the local derivative has Y's shape.
+    let l = ctx.b.op("Where", &[&pos, &o, &node.input[1]], vec![]);
+    Ok(one(local(ctx, node, dy.y()?, &l)?))
+}
+
+/// Elu and Selu: below zero `Y = γ·α·(eˣ − 1)`, so the slope `γ·α·eˣ` is `Y + γ·α` (γ = 1 for Elu).
+fn elu(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
+    let (alpha, gamma) = if node.op_type == "Selu" {
+        (node.attr_float("alpha").unwrap_or(1.673_263_2), node.attr_float("gamma").unwrap_or(1.050_701))
+    } else {
+        (node.attr_float("alpha").unwrap_or(1.0), 1.0)
+    };
+    let pos = positive(ctx, &node.input[0]);
+    let below = plus(ctx, &node.output[0], gamma * alpha);
+    let g = ctx.b.scalar_f32(gamma);
+    let l = ctx.b.op("Where", &[&pos, &g, &below], vec![]);
+    Ok(one(local(ctx, node, dy.y()?, &l)?))
+}
+
+fn celu(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
+    let alpha = node.attr_float("alpha").unwrap_or(1.0);
+    let x = node.input[0].as_str();
+    let xa = ctx.b.scale(x, 1.0 / alpha);
+    let e = unop(ctx, "Exp", &xa);
+    let pos = positive(ctx, x);
+    let o = ctx.b.scalar_f32(1.0);
+    let l = ctx.b.op("Where", &[&pos, &o, &e], vec![]);
+    Ok(one(local(ctx, node, dy.y()?, &l)?))
+}
+
+fn softsign(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
+    let a = unop(ctx, "Abs", &node.input[0]);
+    let d = plus(ctx, &a, 1.0);
+    let d2 = ctx.b.mul(&d, &d);
+    let l = unop(ctx, "Reciprocal", &d2);
+    Ok(one(local(ctx, node, dy.y()?, &l)?))
+}
+
+fn thresholded_relu(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
+    let alpha = ctx.b.scalar_f32(node.attr_float("alpha").unwrap_or(1.0));
+    let above = binop(ctx, "Greater", &node.input[0], &alpha);
+    let l = ctx.b.op("Cast", &[&above], vec![attr::int("to", data_type::FLOAT as i64)]);
     Ok(one(local(ctx, node, dy.y()?, &l)?))
 }

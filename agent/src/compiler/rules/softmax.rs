@@ -1,5 +1,5 @@
 //! Operators that couple the elements along an axis: Softmax, LogSoftmax (attention, classifier
-//! heads) and ReduceMax (max-pooling over tokens or channels).
+//! heads), ReduceMax and ReduceMin (max-pooling over tokens or channels).
 
 use anyhow::{Result, bail};
 
@@ -14,6 +14,11 @@ pub const RULES: &[OpRule] = &[
     OpRule::unary(
         "ReduceMax",
         "`dY` to the elements equal to the maximum, shared equally among ties",
+        reduce_max,
+    ),
+    OpRule::unary(
+        "ReduceMin",
+        "`dY` to the elements equal to the minimum, shared equally among ties",
         reduce_max,
     ),
 ];
@@ -55,8 +60,8 @@ fn softmax(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) ->
     Ok(one(ctx.flat(&d, &rest)))
 }
 
-/// Every element equal to the maximum gets an equal share of `dY` (as `torch.amax` does), so a tie
-/// between copies of one value still adds up to the whole cotangent.
+/// ReduceMax and ReduceMin: every element equal to the result gets an equal share of `dY` (as
+/// `torch.amax` does), so a tie between copies of one value still adds up to the whole cotangent.
 fn reduce_max(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
     let x = node.input[0].as_str();
     let x_rest = ctx.rest(node, x)?;
@@ -75,8 +80,9 @@ fn reduce_max(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool])
             return Ok(one(dy.y()?.to_string()));
         }
         bail!(
-            "node {} (ReduceMax) reduces over every axis, the batch axis among them; not supported",
-            node.display_name()
+            "node {} ({}) reduces over every axis, the batch axis among them; not supported",
+            node.display_name(),
+            node.op_type
         );
     } else {
         axes.iter().map(|&a| axis_of(node, a, rank)).collect::<Result<_>>()?
