@@ -257,6 +257,15 @@ fn max_min(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, wanted: &[bool
 fn where_(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, wanted: &[bool]) -> Result<InputGrads> {
     let dy = dy.y()?;
     let out_rest = ctx.rest(node, &node.output[0])?;
+    let c = ctx.shape(&node.input[0])?;
+    if c.batched && c.rest.len() != out_rest.len() {
+        bail!(
+            "node {} (Where): the condition carries the batch but has rank {} against the output's {}; the compiler needs them equal",
+            node.display_name(),
+            c.rest.len() + 1,
+            out_rest.len() + 1
+        );
+    }
     let cond = ctx.fwd(&node.input[0])?;
     let zero = ctx.b.scalar_f32(0.0);
     let g = ctx.split(dy, &out_rest);
