@@ -143,9 +143,9 @@ fn scores_match_the_numpy_reference() {
     eprintln!("worst |agent − numpy| over all scores: {worst:.2e}");
 }
 
-/// Spec §1: `S = 1, σ = 0` is the plain gradient, exactly; and with the interpolation collapsed
-/// (`x_ref = x`, reference "input", so `x̃ = x + t·σ·ε`) the smoothed scores converge to the plain
-/// ones as `σ → 0`.
+/// docs/spec/scores.md#smoothed-attributions: `S = 1, σ = 0` is the plain gradient, exactly; and with the
+/// interpolation collapsed (`x_ref = x`, reference "input", so `x̃ = x + t·σ·ε`) the smoothed scores converge
+/// to the plain ones as `σ → 0`.
 #[test]
 fn smoothed_scores_converge_to_the_plain_ones() {
     let model = repo_root().join("models/digits/encoder.onnx");
@@ -182,8 +182,8 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     assert!(black.iter().zip(&plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
 }
 
-/// Spec §6 cost options against the exact path on the digit encoder (D = 32): the one-pass mean map
-/// is exact (up to float32 rounding); Hutchinson probes estimate the `var` map, and with many probes
+/// docs/spec/scores.md#cost cost options against the exact path on the digit encoder (D = 32): the one-pass
+/// mean map is exact (up to float32 rounding); Hutchinson probes estimate the `var` map, and with many probes
 /// the noise score comes close; an estimator that does not apply to the settings is refused.
 #[test]
 fn mean_map_is_exact_and_hutchinson_estimates() {

@@ -1,5 +1,6 @@
 //! Reproduces the paper's experiments (§4.1, §4.3, §4.4, figure 2) and the spec's estimator errors
-//! (§6) with the agent's own code: [`Engine`] (attribution graph in ONNX Runtime), its
+//! (`docs/spec/scores.md#cost`) with the agent's own code: [`Engine`] (attribution graph in ONNX Runtime),
+//! its
 //! `score_batch`, `run_rows` and the accumulators of `agent::scores`. Writes plain CSV/JSON; the
 //! figures come from `tools/plot_reproduction.py`, and `scripts/reproduce.sh` runs both.
 //!
@@ -102,7 +103,7 @@ fn main() -> Result<()> {
     summary.insert("digit_curves".into(), digit_curves(&args, &reference, &mut curves)?);
     eprintln!("[reproduce] alexnet_small (random weights) …");
     summary.insert("alexnet_small".into(), alexnet_curves(&args, &reference, &mut curves)?);
-    eprintln!("[reproduce] digit estimator errors (§6) …");
+    eprintln!("[reproduce] digit estimator errors (docs/spec/scores.md#cost) …");
     let mut est = EstimatorTable::default();
     summary.insert("digit_estimators".into(), digit_estimators(&args, &reference, &mut est)?);
     eprintln!("[reproduce] digit timing …");
@@ -569,7 +570,7 @@ fn alexnet_curves(args: &Args, reference: &ArrayD<f32>, table: &mut CurveTable) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// §6 estimators: exact per-component maps through run_rows, estimators on top
+// Large-D estimators (docs/spec/scores.md#cost): exact per-component maps through run_rows, estimators on top
 // ---------------------------------------------------------------------------------------------
 
 /// Per input, per graph output: the `[D, H, W]` maps of every component (identity cotangent rows),

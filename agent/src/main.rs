@@ -1,5 +1,5 @@
 //! The `agent` command line: a thin dispatcher into the library's modules
-//! (contract: `shared/spec/agent.md`, "Command line").
+//! (contract: `docs/spec/agent.md#command-line`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -26,7 +26,8 @@ pub struct CompileArgs {
     /// Channel aggregation in the graph (mean, abs, var), or `none` for raw `[B, K, C, H, W]` maps.
     #[arg(long, default_value = "abs")]
     pub channel_agg: String,
-    /// Smoothing points per sample averaged inside the graph (spec §1); default 1.
+    /// Smoothing points per sample averaged inside the graph (docs/spec/scores.md#smoothed-attributions);
+    /// default 1.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
     /// Where to write the attribution graph.

@@ -1,6 +1,6 @@
 //! `agent demo-feed`: the demo's producer. Streams real digits into the watched directory — clean
-//! ones first, then drifted ones `clip(x + λε, 0, 1)` with λ rising (spec §7) — and, when the agent's
-//! address is given, prints its drift gauges after each step, so drift can be watched rising.
+//! ones first, then drifted ones `clip(x + λε, 0, 1)` with λ rising (docs/spec/scores.md#drift) — and, when
+//! the agent's address is given, prints its drift gauges after each step, so drift can be watched rising.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,6 +1,7 @@
 //! `agent explain`: the embedding-aggregated attribution map of one input, per layer, upscaled onto
-//! the input (nearest neighbour, spec §4) and drawn as a heat map over it — the paper's figure 2 for
-//! the user's own model. Rows are methods; the first column is the input, then one panel per layer.
+//! the input (nearest neighbour, docs/spec/scores.md#embedding-aggregation) and drawn as a heat map over it —
+//! the paper's figure 2 for the user's own model. Rows are methods; the first column is the input, then one
+//! panel per layer.
 
 use std::path::PathBuf;
 

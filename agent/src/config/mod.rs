@@ -70,7 +70,7 @@ pub struct ModelConfig {
     pub dims: Option<usize>,
     /// Smoothed estimator: noisy copies per sample and their standard deviation. Absent `smoothing`
     /// is 0.5 with `samples > 1` and 0 with `samples = 1`, so `samples = 1` alone is the plain
-    /// gradient (spec §1: `S = 1, σ = 0`), not one random point.
+    /// gradient (docs/spec/scores.md#smoothed-attributions: `S = 1, σ = 0`), not one random point.
     #[serde(default = "default_samples")]
     pub samples: usize,
     #[serde(default)]
@@ -80,7 +80,7 @@ pub struct ModelConfig {
     /// Reference input of the smoothed estimator: "black" (zeros, default), "input", or a `.npy` path.
     #[serde(default)]
     pub smoothing_reference: crate::engine::SmoothingReference,
-    /// The noise score's `E` map: "exact" (default), "mean_map" or "hutchinson" (spec §6).
+    /// The noise score's `E` map: "exact" (default), "mean_map" or "hutchinson" (docs/spec/scores.md#cost).
     #[serde(default)]
     pub estimator: crate::engine::Estimator,
     /// Hutchinson probes (default 64).

@@ -1,5 +1,5 @@
 //! Drift bookkeeping on the engine thread: one window of recent per-sample scores per (layer, method,
-//! score) against the reference baseline (spec §7), all statistics from `agent::drift`.
+//! score) against the reference baseline (docs/spec/scores.md#drift), all statistics from `agent::drift`.
 
 use std::path::Path;
 use std::time::Instant;

@@ -1,4 +1,5 @@
-//! The reference baseline (spec §7): what "normal" scores look like, stored beside the model hash.
+//! The reference baseline (docs/spec/scores.md#drift): what "normal" scores look like, stored beside the
+//! model hash.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,6 +1,6 @@
-//! Pure statistics for rolling drift monitoring (spec §7): the reference baseline, the rolling window,
-//! relative drift and the Kolmogorov–Smirnov test. No I/O: the daemon reads and writes baseline files
-//! and feeds windows; everything here is deterministic and tested with literals.
+//! Pure statistics for rolling drift monitoring (docs/spec/scores.md#drift): the reference baseline, the
+//! rolling window, relative drift and the Kolmogorov–Smirnov test. No I/O: the daemon reads and writes
+//! baseline files and feeds windows; everything here is deterministic and tested with literals.
 
 pub mod baseline;
 pub mod ks;

@@ -23,8 +23,8 @@ pub struct LayerSpec {
 /// same type and function ([`plugins::decode::normalize`]) for noise inputs and decoded data.
 pub use plugins::decode::{Layout, Normalization};
 
-/// The noise score's `E` map (spec §6). The variance score always comes from per-component maps: all
-/// `D`, or the `dims` subset.
+/// The noise score's `E` map (docs/spec/scores.md#cost). The variance score always comes from
+/// per-component maps: all `D`, or the `dims` subset.
 ///
 /// - `exact`: `E` aggregates the same per-component maps (all `D`, or the `dims` subset).
 /// - `mean_map`: `E = mean_j M_j` from ONE cotangent row `1/D`, exact for the `mean` embedding
@@ -57,8 +57,9 @@ pub fn default_probes() -> usize {
     64
 }
 
-/// `x_ref` of the smoothed estimator (spec §1): written `"black"` (zeros, the default), `"input"` (each
-/// input itself, so `x̃ = x + t·σ·ε`: only the noise is scaled by `t`), or the path of a `.npy` sample.
+/// `x_ref` of the smoothed estimator (docs/spec/scores.md#smoothed-attributions): written `"black"` (zeros,
+/// the default), `"input"` (each input itself, so `x̃ = x + t·σ·ε`: only the noise is scaled by `t`), or the
+/// path of a `.npy` sample.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum SmoothingReference {
@@ -118,16 +119,18 @@ pub struct EngineSpec {
     pub noise_inputs: Vec<PathBuf>,
     /// Normalisation of raw `[0,1]` values (applied to noise inputs; decoders apply it to images).
     pub normalization: Normalization,
-    /// Smoothed estimator (spec §1): `samples = 1, smoothing = 0` is the plain gradient.
+    /// Smoothed estimator (docs/spec/scores.md#smoothed-attributions): `samples = 1, smoothing = 0` is the
+    /// plain gradient.
     pub samples: usize,
     pub smoothing: f32,
     pub smoothing_seed: u64,
     /// Reference input `x_ref` of the smoothed estimator.
     #[serde(default)]
     pub smoothing_reference: SmoothingReference,
-    /// Score a seeded random subset of this many embedding components (spec §6); `None` = all `D`.
+    /// Score a seeded random subset of this many embedding components (docs/spec/scores.md#cost); `None` =
+    /// all `D`.
     pub dims: Option<usize>,
-    /// How the embedding-aggregated map `E` of the noise score is obtained (spec §6).
+    /// How the embedding-aggregated map `E` of the noise score is obtained (docs/spec/scores.md#cost).
     #[serde(default)]
     pub estimator: Estimator,
     /// Hutchinson probes (with `estimator = hutchinson`).

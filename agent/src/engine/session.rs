@@ -420,8 +420,8 @@ fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
     Ok(a.index_axis(Axis(0), 0).to_owned().into_dimensionality::<IxDyn>()?)
 }
 
-/// Hash of the model and of every setting that changes a score (spec §7): a baseline made under a
-/// different hash is refused.
+/// Hash of the model and of every setting that changes a score (docs/spec/scores.md#drift): a baseline made
+/// under a different hash is refused.
 fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
     let mut noise_files = Vec::new();
     for p in &spec.noise_inputs {

@@ -1,4 +1,4 @@
-//! The paper's scores, pure and I/O-free (spec: `shared/spec/scores.md`).
+//! The paper's scores, pure and I/O-free (their definitions: `docs/spec/scores.md`).
 //!
 //! Layout of a per-sample, per-layer attribution: `[D, H, W]`, one channel-aggregated map per embedding
 //! component (exactly what the attribution graph outputs for one sample, `K` rows at a time).
@@ -8,7 +8,8 @@
 //! - [`embedding`], [`variance`], [`stream`]: `φ_E`, the variance score, and streaming accumulators that
 //!   take the graph's `[K, H, W]` chunks and give bit-identical results to the whole-array functions.
 //! - [`noise`]: the noise score and its benchmark.
-//! - [`subset`], [`hutchinson`]: the two large-`D` estimators of spec §6, with measured errors.
+//! - [`subset`], [`hutchinson`]: the two large-`D` estimators of docs/spec/scores.md#cost, with measured
+//! errors.
 //! - [`draws`]: the smoothed estimator's points and the noise inputs, from seeded generators.
 
 pub mod channel;
@@ -54,7 +55,7 @@ pub enum ScoreError {
     InvalidParameter(String),
 }
 
-/// Attribution method (spec §1).
+/// Attribution method (docs/spec/scores.md#attribution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
@@ -91,7 +92,8 @@ impl std::str::FromStr for Method {
     }
 }
 
-/// An aggregation over channels (`φ_C`, spec §2) or over embedding components (`φ_E`, spec §4).
+/// An aggregation over channels (`φ_C`, docs/spec/scores.md#channel-aggregation) or over embedding components
+/// (`φ_E`, docs/spec/scores.md#embedding-aggregation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {
