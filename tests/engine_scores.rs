@@ -23,14 +23,15 @@ fn python() -> PathBuf {
 }
 
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
-    EngineSpec {
+    let mut spec = EngineSpec {
         layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into() }],
-        methods,
-        n_noise: 3,
-        rows_per_run: 8,
-        threads: 1,
         ..EngineSpec::new(model, "embedding")
-    }
+    };
+    spec.score.methods = Some(methods);
+    spec.score.rows_per_run = Some(8);
+    spec.noise.n_noise = Some(3);
+    spec.runtime.threads = Some(1);
+    spec
 }
 
 /// Raw Jacobian `[D, C, H, W]` and activation `[C, H, W]` of one sample at the layer.
@@ -90,12 +91,12 @@ fn scores_match_the_numpy_reference() {
     let mut worst = 0.0f64;
     for (chan, emb, norm, bin) in combos {
         let mut s = spec(&entry.path(), LAYER, Method::ALL.to_vec());
-        s.channel_agg = chan;
-        s.embedding_agg = emb;
-        s.normalize_dims = norm;
-        s.binarize = bin;
-        s.noise_inputs = noise_files.clone();
-        s.rows_per_run = 7; // not a divisor of D = 32: exercises a short last chunk
+        s.score.channel_agg = Some(chan);
+        s.score.embedding_agg = Some(emb);
+        s.score.normalize_dims = norm;
+        s.score.binarize = bin;
+        s.noise.inputs = noise_files.clone();
+        s.score.rows_per_run = Some(7); // not a divisor of D = 32: exercises a short last chunk
         let mut engine = Engine::new(&s).unwrap();
         let scores = engine.score_batch(batch.view().into_dyn()).unwrap();
         for (ki, key) in engine.keys().iter().enumerate() {
@@ -154,9 +155,9 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     let batch = x.clone().insert_axis(Axis(0));
     let score = |samples: usize, sigma: f32, reference: SmoothingReference| {
         let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
-        s.samples = samples;
-        s.smoothing = sigma;
-        s.smoothing_reference = reference;
+        s.score.samples = Some(samples);
+        s.score.smoothing = Some(sigma);
+        s.score.smoothing_reference = Some(reference);
         let mut e = Engine::new(&s).unwrap();
         e.score_batch(batch.view().into_dyn()).unwrap().remove(0).scores
     };
@@ -193,10 +194,10 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
     let batch = uniform(&[4, 1, 28, 28], 31);
     let run = |estimator: Estimator, embedding_agg: Aggregation, probes: usize| {
         let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
-        s.channel_agg = Aggregation::Mean;
-        s.embedding_agg = embedding_agg;
-        s.estimator = estimator;
-        s.probes = probes;
+        s.score.channel_agg = Some(Aggregation::Mean);
+        s.score.embedding_agg = Some(embedding_agg);
+        s.score.estimator = Some(estimator);
+        s.score.probes = Some(probes);
         let mut e = Engine::new(&s).unwrap();
         let bench: Vec<f64> = e.keys().iter().map(|k| k.noise_benchmark).collect();
         (e.score_batch(batch.view().into_dyn()).unwrap(), bench)
@@ -223,7 +224,7 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
     eprintln!("Hutchinson (512 probes) vs exact noise score, D = 32: max abs error {worst:.4}");
     assert!(worst < 0.03, "Hutchinson error {worst}");
     let mut bad = spec(&model, layer, vec![Method::GradCam]);
-    bad.estimator = Estimator::MeanMap;
+    bad.score.estimator = Some(Estimator::MeanMap);
     let e = Engine::new(&bad).err().expect("mean_map with gradcam and abs must be refused").to_string();
     assert!(e.contains("mean_map") && e.contains("channel_agg"), "{e}");
 }
@@ -234,8 +235,8 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
 fn smoothed_scores_do_not_depend_on_batch_position() {
     let model = repo_root().join("models/digits/encoder.onnx");
     let mut s = spec(&model, "/pool1/MaxPool_output_0", vec![Method::Vanilla]);
-    s.samples = 4;
-    s.smoothing = 0.5;
+    s.score.samples = Some(4);
+    s.score.smoothing = Some(0.5);
     let mut e = Engine::new(&s).unwrap();
     let (x, y, z) = (uniform(&[1, 28, 28], 1), uniform(&[1, 28, 28], 2), uniform(&[1, 28, 28], 3));
     let alone = e.score_batch(x.clone().insert_axis(Axis(0)).view().into_dyn()).unwrap().remove(0);

@@ -152,12 +152,13 @@ fn digit_subset(reference: &ArrayD<f32>, n: usize) -> ArrayD<f32> {
 }
 
 fn spec(model: &Path, layers: &[(&str, &str)], methods: &[Method], threads: usize) -> EngineSpec {
-    EngineSpec {
+    let mut spec = EngineSpec {
         layers: layers.iter().map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into() }).collect(),
-        methods: methods.to_vec(),
-        threads,
         ..EngineSpec::new(model, "embedding")
-    }
+    };
+    spec.score.methods = Some(methods.to_vec());
+    spec.runtime.threads = Some(threads);
+    spec
 }
 
 /// Scores every sample of `data` in batches of `batch`.
@@ -303,9 +304,9 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
     for (label, s, sigma, seed, fresh) in &estimators {
         let mut sp =
             spec(Path::new(ENCODER), &DIGIT_LAYERS, &[Method::Vanilla, Method::ActGrad], args.threads);
-        sp.samples = *s;
-        sp.smoothing = *sigma;
-        sp.smoothing_seed = *seed;
+        sp.score.samples = Some(*s);
+        sp.score.smoothing = Some(*sigma);
+        sp.score.smoothing_seed = Some(*seed);
         let t = Instant::now();
         // clean[i], drifted[λ][i]; benchmarks per key (averaged over engines when fresh).
         let (keys, clean, drifted_scores, benchmarks) = if *fresh {
@@ -426,7 +427,7 @@ fn drift_scores_fresh(
     let mut drifted: Vec<Vec<SampleScores>> = vec![Vec::new(); drifted_sets.len()];
     for i in 0..n {
         let mut spi = sp.clone();
-        spi.smoothing_seed = sp.smoothing_seed + i as u64;
+        spi.score.smoothing_seed = Some(sp.score.smoothing_seed() + i as u64);
         let mut e = Engine::new(&spi)?;
         let mut views = vec![x.index_axis(Axis(0), i)];
         views.extend(drifted_sets.iter().map(|d| d.index_axis(Axis(0), i)));
@@ -513,7 +514,7 @@ fn engine_curves(
     let mut e = Engine::new(sp)?;
     let plain = score_all(&mut e, data.view(), 32)?;
     let mut spb = sp.clone();
-    spb.binarize = Some(0.5);
+    spb.score.binarize = Some(0.5);
     let mut eb = Engine::new(&spb)?;
     let bin = score_all(&mut eb, data, 32)?;
     let layer_index = |name: &str| sp.layers.iter().position(|l| l.name == name).unwrap_or(0);
@@ -941,14 +942,14 @@ fn digit_estimators(args: &Args, reference: &ArrayD<f32>, table: &mut EstimatorT
     let xs = exact_maps(&mut e, samples.view(), 32, 16)?;
     let exact_check = engine_agreement(&mut e, samples.view(), &xn, &xs, None, 16)?;
     let mut spk = sp.clone();
-    spk.dims = Some(8);
+    spk.score.dims = Some(8);
     let mut ek = Engine::new(&spk)?;
-    let dims8 = choose_dims(32, 8, sp.noise_seed);
+    let dims8 = choose_dims(32, 8, sp.noise.seed());
     let subset_check = engine_agreement(&mut ek, samples.view(), &xn, &xs, Some(&dims8), 16)?;
     subset_errors("digits", &keys, &xn, &xs, &[4, 8, 16, 24], 20, table)?;
     // Hutchinson and the mean map: vanilla with mean channel aggregation.
     let mut spm = spec(Path::new(ENCODER), &DIGIT_LAYERS, &[Method::Vanilla], args.threads);
-    spm.channel_agg = Aggregation::Mean;
+    spm.score.channel_agg = Some(Aggregation::Mean);
     let mut em = Engine::new(&spm)?;
     let mkeys = keys_of(&em);
     let mn = exact_maps(&mut em, noise.view(), 32, 4)?;
@@ -1072,8 +1073,8 @@ fn digit_timing(args: &Args, reference: &ArrayD<f32>, out: &mut Vec<Timing>) -> 
     let layers = "conv2_in+block2_out; vanilla+actgrad+gradcam";
     for (samples, n, batch) in [(1usize, 256usize, 16usize), (1, 32, 1), (16, 64, 4), (50, 32, 4)] {
         let mut sp = spec(Path::new(ENCODER), &DIGIT_LAYERS, &Method::ALL, args.threads);
-        sp.samples = samples;
-        sp.smoothing = if samples > 1 { 0.5 } else { 0.0 };
+        sp.score.samples = Some(samples);
+        sp.score.smoothing = Some(if samples > 1 { 0.5 } else { 0.0 });
         let t = Clock::start();
         let mut e = Engine::new(&sp)?;
         let setup = Timing::of("digits", "", "Engine::new (compile + session + noise maps)", 1, 1, &t);
@@ -1137,7 +1138,7 @@ fn resnet18(
     // Exact maps through the default scoring graph (abs channel aggregation), every method.
     let sp = spec(path, &RESNET_LAYERS, &Method::ALL, threads);
     let mut sp_dims = sp.clone();
-    sp_dims.dims = Some(64);
+    sp_dims.score.dims = Some(64);
     let t = Clock::start();
     let mut e64 = Engine::new(&sp_dims)?;
     let what = "Engine::new (compile + session + noise maps)";
@@ -1151,7 +1152,7 @@ fn resnet18(
     timing.push(Timing::of("resnet18", config, "identity-row maps", noise.shape()[0] + n, 1, &t));
     // dims = 64 through the engine: timing, and agreement with the emulation on the same subset.
     let t = Clock::start();
-    let dims64 = choose_dims(512, 64, sp.noise_seed);
+    let dims64 = choose_dims(512, 64, sp.noise.seed());
     let check64 = engine_agreement(&mut e64, inputs.view(), &xn, &xs, Some(&dims64), 1)?;
     let what = "score_batch (+ a negligible check)";
     timing.push(Timing::of("resnet18", "dims=64; 4 layers x 3 methods", what, n, 1, &t));
@@ -1160,7 +1161,7 @@ fn resnet18(
     // Exact scoring through the engine for one sample (n_noise = 2 keeps its start-up short; noise
     // inputs are prefix-stable, so the emulation uses the first 2 of the 4).
     let mut sp2 = sp.clone();
-    sp2.n_noise = 2;
+    sp2.noise.n_noise = Some(2);
     let t = Clock::start();
     let mut ex = Engine::new(&sp2)?;
     let what = "Engine::new (compile + session + noise maps)";
@@ -1208,8 +1209,8 @@ fn resnet18(
 
     // Hutchinson and the mean map: vanilla, mean channel aggregation.
     let mut spm = spec(path, &RESNET_LAYERS, &[Method::Vanilla], threads);
-    spm.channel_agg = Aggregation::Mean;
-    spm.dims = Some(2);
+    spm.score.channel_agg = Some(Aggregation::Mean);
+    spm.score.dims = Some(2);
     let mut em = Engine::new(&spm)?;
     let mkeys = keys_of(&em);
     eprintln!("  resnet18: exact maps (mean graph) and Hutchinson probes …");

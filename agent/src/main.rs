@@ -102,3 +102,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's flags are well formed (unique names, …): clap checks this only when a
+    /// subcommand is parsed, so a clash in a flattened settings type would otherwise show up at run time.
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -77,7 +77,11 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     println!("wrote {} ({} × {} px)", args.out.display(), png.width(), png.height());
     println!("columns: input, {}", layers.join(", "));
     println!("rows: {}", methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "));
-    println!("aggregation: channel {}, embedding {}", spec.channel_agg.as_str(), spec.embedding_agg.as_str());
+    println!(
+        "aggregation: channel {}, embedding {}",
+        spec.score.channel_agg().as_str(),
+        spec.score.embedding_agg().as_str()
+    );
     Ok(())
 }
 

@@ -18,7 +18,7 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
     if out.iter().any(|p| p.contains(": model.") || p.contains(": engine.")) {
         return Err(out);
     }
-    if let Err(e) = crate::runtime::environment(cfg.engine.onnxruntime_path.as_deref()) {
+    if let Err(e) = crate::runtime::environment(cfg.engine.runtime.onnxruntime_path.as_deref()) {
         out.push(format!("{file}: engine.onnxruntime_path: {e:#}"));
         return Err(out);
     }

@@ -12,10 +12,11 @@ use crate::scores::Method;
 /// Version of the JSON layout; a file with another version is refused rather than misread.
 pub const BASELINE_FORMAT: u32 = 1;
 
-/// Default bound on the stored reference scores per (layer, method, score): enough for quantiles to
-/// about ±1 % and a KS reference side whose own sampling error (≈ 1.36/√4096 ≈ 0.02 in `D` at 5 %) is
-/// small next to the window's, while keeping the file at a few hundred kB per pair.
-pub const DEFAULT_RESERVOIR_SIZE: usize = 4096;
+/// Default bound on the stored reference scores per (layer, method, score) (`[baseline]
+/// reservoir_samples`): enough for quantiles to about ±1 % (one standard error at the median, 0.5/√2048) and a KS reference side whose own
+/// sampling error (≈ 1.36/√2048 ≈ 0.03 in `D` at 5 %) is small next to that of a window of a few
+/// hundred samples, while keeping the file at about a hundred kB per pair.
+pub const DEFAULT_RESERVOIR_SIZE: usize = 2048;
 
 /// One score's reference distribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,15 +8,31 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Provider;
-use crate::scores::{Aggregation, Method};
+use crate::scores::Method;
 
-/// A layer to monitor: a short label for metrics and the ONNX tensor it names.
+/// A layer to monitor: a short label for metrics and the ONNX tensor it names. The configuration's
+/// `[[model.layers]]` entries are this type, and `--layer` flags parse into it ([`std::str::FromStr`]),
+/// so a per-layer setting is added here once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LayerSpec {
     /// Label used in metrics and output (`layer="conv2"`); bounded, chosen by the user.
     pub name: String,
     /// The intermediate tensor in the ONNX graph.
     pub tensor: String,
+}
+
+/// `--layer TENSOR` or `--layer label=TENSOR`.
+impl std::str::FromStr for LayerSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.split_once('=') {
+            Some((name, tensor)) if !name.is_empty() => {
+                LayerSpec { name: name.into(), tensor: tensor.into() }
+            }
+            _ => LayerSpec { name: s.into(), tensor: s.into() },
+        })
+    }
 }
 
 /// Mean/std normalisation applied after scaling to `[0, 1]`, per channel of the model's layout; the
@@ -51,10 +67,6 @@ impl std::str::FromStr for Estimator {
             _ => Err(format!("unknown estimator {s:?} (expected exact, mean_map or hutchinson)")),
         }
     }
-}
-
-pub fn default_probes() -> usize {
-    64
 }
 
 /// `x_ref` of the smoothed estimator (docs/spec/scores.md#smoothed-attributions): written `"black"` (zeros,
@@ -106,74 +118,30 @@ pub struct EngineSpec {
     pub embedding: String,
     /// Layers in network order (the score curve's order).
     pub layers: Vec<LayerSpec>,
-    pub methods: Vec<Method>,
-    pub channel_agg: Aggregation,
-    pub embedding_agg: Aggregation,
-    pub normalize_dims: bool,
-    /// Variance-score binarisation threshold (paper Fig. 5), off when `None`.
-    pub binarize: Option<f32>,
-    /// Noise inputs drawn at start-up (`U[0,1]` in the raw input domain) ...
-    pub n_noise: usize,
-    pub noise_seed: u64,
-    /// ... or given explicitly as `.npy` files (then `n_noise`/`noise_seed` are not used).
-    pub noise_inputs: Vec<PathBuf>,
+    /// How each sample is scored.
+    pub score: ScoreSettings,
+    /// The noise inputs.
+    pub noise: NoiseSettings,
     /// Normalisation of raw `[0,1]` values (applied to noise inputs; decoders apply it to images).
     pub normalization: Normalization,
-    /// Smoothed estimator (docs/spec/scores.md#smoothed-attributions): `samples = 1, smoothing = 0` is the
-    /// plain gradient.
-    pub samples: usize,
-    pub smoothing: f32,
-    pub smoothing_seed: u64,
-    /// Reference input `x_ref` of the smoothed estimator.
-    #[serde(default)]
-    pub smoothing_reference: SmoothingReference,
-    /// Score a seeded random subset of this many embedding components (docs/spec/scores.md#cost); `None` =
-    /// all `D`.
-    pub dims: Option<usize>,
-    /// How the embedding-aggregated map `E` of the noise score is obtained (docs/spec/scores.md#cost).
-    #[serde(default)]
-    pub estimator: Estimator,
-    /// Hutchinson probes (with `estimator = hutchinson`).
-    #[serde(default = "default_probes")]
-    pub probes: usize,
-    /// Cotangent rows per ONNX Runtime run (`K`).
-    pub rows_per_run: usize,
     /// Providers in order of preference, threads, runtime library.
-    pub providers: Vec<Provider>,
-    pub threads: usize,
-    pub onnxruntime_path: Option<PathBuf>,
+    pub runtime: RuntimeSettings,
 }
 
 impl EngineSpec {
-    /// The specification with the spec's defaults for everything but the model, its embedding and
-    /// the layers (none yet): vanilla, `abs`/`var` aggregations, 4 noise inputs with seed 0, the plain
-    /// gradient (`samples = 1`), exact scores, 32 rows per run, CPU.
+    /// The specification with the defaults of [`ScoreSettings`] and [`NoiseSettings`] for
+    /// everything but the model, its embedding and the layers (none yet), except that it runs the
+    /// plain gradient (`samples = 1`) on the CPU: what a one-off scoring without a configuration wants.
     pub fn new(model_path: &std::path::Path, embedding: &str) -> EngineSpec {
         EngineSpec {
             model_path: model_path.to_path_buf(),
             model_name: model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             embedding: embedding.to_string(),
             layers: vec![],
-            methods: vec![Method::Vanilla],
-            channel_agg: Aggregation::Abs,
-            embedding_agg: Aggregation::Var,
-            normalize_dims: false,
-            binarize: None,
-            n_noise: 4,
-            noise_seed: 0,
-            noise_inputs: vec![],
+            score: ScoreSettings { samples: Some(1), ..ScoreSettings::default() },
+            noise: NoiseSettings::default(),
             normalization: Normalization::default(),
-            samples: 1,
-            smoothing: 0.0,
-            smoothing_seed: 0,
-            smoothing_reference: SmoothingReference::Black,
-            dims: None,
-            estimator: Estimator::Exact,
-            probes: default_probes(),
-            rows_per_run: 32,
-            providers: vec![Provider::Cpu],
-            threads: 0,
-            onnxruntime_path: None,
+            runtime: RuntimeSettings { providers: Some(vec![Provider::Cpu]), ..RuntimeSettings::default() },
         }
     }
 }
@@ -200,4 +168,6 @@ pub struct ScoreKey {
 }
 
 mod session;
+mod settings;
 pub use session::{Engine, normalize};
+pub use settings::{NoiseSettings, RuntimeSettings, ScoreSettings};
