@@ -20,14 +20,14 @@ pub struct CompileArgs {
     /// Intermediate tensor(s) to attribute to; repeat for several.
     #[arg(long = "layer", required = true)]
     pub layers: Vec<String>,
-    /// Attribution method(s); default vanilla.
-    #[arg(long = "method")]
+    /// Attribution method(s), repeatable: vanilla, actgrad, gradcam [default: vanilla].
+    #[arg(long = "method", value_name = "METHOD")]
     pub methods: Vec<Method>,
     /// Channel aggregation in the graph (mean, abs, var), or `none` for raw `[B, K, C, H, W]` maps.
     #[arg(long, default_value = "abs")]
     pub channel_agg: String,
-    /// Smoothing points per sample averaged inside the graph (docs/spec/scores.md#smoothed-attributions);
-    /// default 1.
+    /// Smoothing points per sample averaged inside the graph: the model's batch then holds this many
+    /// consecutive points per sample (docs/spec/scores.md#smoothed-attributions).
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
     /// Where to write the attribution graph.

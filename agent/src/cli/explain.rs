@@ -18,6 +18,7 @@ pub struct ExplainArgs {
     pub model: ModelArgs,
     /// Input file (`.npy`, `.npz`, `.png`, `.jpg`); with a batch, `--sample` picks the sample.
     pub input: PathBuf,
+    /// Which sample of a batch input to explain (0-based).
     #[arg(long, default_value_t = 0)]
     pub sample: usize,
     /// Where to write the PNG.

@@ -21,17 +21,17 @@ use crate::runtime::Provider;
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Configuration file (TOML); its `[model]`, `[noise]` and `[engine]` sections are used.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The ONNX model (without --config).
-    #[arg(long)]
+    #[arg(long, value_name = "M.onnx")]
     pub model: Option<PathBuf>,
     /// The rank-2 embedding output `[batch, D]` of the model (without --config).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub embedding: Option<String>,
     /// An intermediate tensor to score, repeatable for a score curve; `label=tensor` sets the label
     /// used in output and metrics [default with --config: the configured layers].
-    #[arg(long = "layer")]
+    #[arg(long = "layer", value_name = "[LABEL=]TENSOR")]
     pub layers: Vec<LayerSpec>,
     #[command(flatten)]
     pub score: ScoreSettings,

@@ -18,13 +18,13 @@ use crate::engine::Engine;
 pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// One JSON object per line per input sample, layer and method.
+    /// Print one JSON object per line per input sample, layer and method instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Samples per engine run.
-    #[arg(long, default_value_t = 16)]
+    /// Samples per engine run (each run computes all their maps at once; memory grows with it).
+    #[arg(long, value_name = "N", default_value_t = 16)]
     pub batch_size: usize,
-    /// Input files (`.npy` or `.npz`): one sample each, or a batch.
+    /// Input files (`.npy`, `.npz`, `.png`, `.jpg`): one sample each, or a batch.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }

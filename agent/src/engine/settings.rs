@@ -23,15 +23,15 @@ use crate::scores::{Aggregation, Method};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Args)]
 pub struct ScoreSettings {
     /// Attribution method(s), repeatable: vanilla, actgrad, gradcam [default: vanilla].
-    #[arg(long = "method")]
+    #[arg(long = "method", value_name = "METHOD")]
     #[serde(default)]
     pub methods: Option<Vec<Method>>,
     /// Channel aggregation φ_C of each component's map: mean, abs, var [default: abs].
-    #[arg(long)]
+    #[arg(long, value_name = "AGG")]
     #[serde(default)]
     pub channel_agg: Option<Aggregation>,
     /// Embedding aggregation φ_E over the components' maps: mean, abs, var [default: var].
-    #[arg(long)]
+    #[arg(long, value_name = "AGG")]
     #[serde(default)]
     pub embedding_agg: Option<Aggregation>,
     /// Min–max normalise each component's map before the embedding aggregation of the noise score
@@ -41,43 +41,43 @@ pub struct ScoreSettings {
     pub normalize_dims: bool,
     /// Binarise the normalised maps at this threshold (0 < t < 1) before the variance score
     /// [default: off].
-    #[arg(long)]
+    #[arg(long, value_name = "THRESHOLD")]
     #[serde(default)]
     pub binarize: Option<f32>,
     /// Score a seeded random subset of this many embedding components [default: all D].
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     #[serde(default)]
     pub dims: Option<usize>,
     /// Smoothed estimator: points averaged per sample [default: 16 in a configuration file; 1, the
     /// plain gradient, for `agent score` without --config].
-    #[arg(long)]
+    #[arg(long, value_name = "S")]
     #[serde(default)]
     pub samples: Option<usize>,
     /// Smoothed estimator: standard deviation σ of the noise added to each point, in model-input
     /// units [default: 0.5 with more than one point, else 0].
-    #[arg(long)]
+    #[arg(long, value_name = "SIGMA")]
     #[serde(default)]
     pub smoothing: Option<f32>,
     /// Smoothed estimator: seed of the per-sample draws [default: 0].
-    #[arg(long)]
+    #[arg(long, value_name = "SEED")]
     #[serde(default)]
     pub smoothing_seed: Option<u64>,
     /// Smoothed estimator: reference input x_ref: black (zeros), input, or the path of a `.npy`
     /// sample [default: black].
-    #[arg(long)]
+    #[arg(long, value_name = "REF")]
     #[serde(default)]
     pub smoothing_reference: Option<SmoothingReference>,
     /// The noise score's map E: exact, mean_map (one cotangent row) or hutchinson (--probes rows)
     /// [default: exact].
-    #[arg(long)]
+    #[arg(long, value_name = "ESTIMATOR")]
     #[serde(default)]
     pub estimator: Option<Estimator>,
     /// Hutchinson probes (cotangent rows) with --estimator hutchinson [default: 64].
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     #[serde(default)]
     pub probes: Option<usize>,
     /// Cotangent rows per ONNX Runtime run: more is faster and uses more memory [default: 32].
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     #[serde(default)]
     pub rows_per_run: Option<usize>,
 }
@@ -163,16 +163,16 @@ impl ScoreSettings {
 #[serde(deny_unknown_fields)]
 pub struct NoiseSettings {
     /// Noise inputs drawn once at start-up, U[0,1] in the raw input domain [default: 4, at least 2].
-    #[arg(long = "n-noise")]
+    #[arg(long = "n-noise", value_name = "N")]
     #[serde(default)]
     pub n_noise: Option<usize>,
     /// Seed of the noise inputs, of the --dims subset and of the Hutchinson probes [default: 0].
-    #[arg(id = "noise_seed", long = "noise-seed")]
+    #[arg(id = "noise_seed", long = "noise-seed", value_name = "SEED")]
     #[serde(default)]
     pub seed: Option<u64>,
     /// Noise input file(s) (`.npy`, one sample each), repeatable, instead of drawn noise
     /// [default: draw --n-noise inputs].
-    #[arg(id = "noise_inputs", long = "noise-input")]
+    #[arg(id = "noise_inputs", long = "noise-input", value_name = "FILE")]
     #[serde(default)]
     pub inputs: Vec<PathBuf>,
 }
@@ -201,16 +201,16 @@ impl NoiseSettings {
 pub struct RuntimeSettings {
     /// Execution providers in order of preference, repeatable: cuda, cpu [default: cuda then cpu in
     /// a configuration file; cpu for `agent score` without --config].
-    #[arg(long = "provider")]
+    #[arg(long = "provider", value_name = "PROVIDER")]
     #[serde(default)]
     pub providers: Option<Vec<Provider>>,
     /// ONNX Runtime intra-op threads; 0 = ONNX Runtime's default [default: 0].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     #[serde(default)]
     pub threads: Option<usize>,
     /// The libonnxruntime.so to load [default: ORT_DYLIB_PATH, then the project-local install, then
     /// the system].
-    #[arg(long = "onnxruntime")]
+    #[arg(long = "onnxruntime", value_name = "LIB")]
     #[serde(default)]
     pub onnxruntime_path: Option<PathBuf>,
 }
