@@ -85,7 +85,7 @@ path = "{model}"
 embedding = "embedding"
 layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
 methods = ["vanilla", "actgrad"]
-samples = 4
+smoothing_points = 4
 
 [engine]
 providers = ["cpu"]

@@ -155,7 +155,7 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     let batch = x.clone().insert_axis(Axis(0));
     let score = |samples: usize, sigma: f32, reference: SmoothingReference| {
         let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
-        s.score.samples = Some(samples);
+        s.score.smoothing_points = Some(samples);
         s.score.smoothing = Some(sigma);
         s.score.smoothing_reference = Some(reference);
         let mut e = Engine::new(&s).unwrap();
@@ -235,7 +235,7 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
 fn smoothed_scores_do_not_depend_on_batch_position() {
     let model = repo_root().join("models/digits/encoder.onnx");
     let mut s = spec(&model, "/pool1/MaxPool_output_0", vec![Method::Vanilla]);
-    s.score.samples = Some(4);
+    s.score.smoothing_points = Some(4);
     s.score.smoothing = Some(0.5);
     let mut e = Engine::new(&s).unwrap();
     let (x, y, z) = (uniform(&[1, 28, 28], 1), uniform(&[1, 28, 28], 2), uniform(&[1, 28, 28], 3));

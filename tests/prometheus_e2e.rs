@@ -845,7 +845,7 @@ methods = ["vanilla", "actgrad"]
 # The plain gradient: on this encoder its window means move under the λ = 0.9 drift (block2 actgrad
 # |ΔNS| ≈ 0.24), while with the smoothed estimator (samples = 16) they move by less than 0.06 and
 # only the KS test sees the drift.
-samples = 1
+smoothing_points = 1
 smoothing = 0.0
 {extra_model_key}
 

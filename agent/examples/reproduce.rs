@@ -304,7 +304,7 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
     for (label, s, sigma, seed, fresh) in &estimators {
         let mut sp =
             spec(Path::new(ENCODER), &DIGIT_LAYERS, &[Method::Vanilla, Method::ActGrad], args.threads);
-        sp.score.samples = Some(*s);
+        sp.score.smoothing_points = Some(*s);
         sp.score.smoothing = Some(*sigma);
         sp.score.smoothing_seed = Some(*seed);
         let t = Instant::now();
@@ -942,9 +942,9 @@ fn digit_estimators(args: &Args, reference: &ArrayD<f32>, table: &mut EstimatorT
     let xs = exact_maps(&mut e, samples.view(), 32, 16)?;
     let exact_check = engine_agreement(&mut e, samples.view(), &xn, &xs, None, 16)?;
     let mut spk = sp.clone();
-    spk.score.dims = Some(8);
+    spk.score.subset_components = Some(8);
     let mut ek = Engine::new(&spk)?;
-    let dims8 = choose_dims(32, 8, sp.noise.seed());
+    let dims8 = choose_dims(32, 8, sp.estimator_seed());
     let subset_check = engine_agreement(&mut ek, samples.view(), &xn, &xs, Some(&dims8), 16)?;
     subset_errors("digits", &keys, &xn, &xs, &[4, 8, 16, 24], 20, table)?;
     // Hutchinson and the mean map: vanilla with mean channel aggregation.
@@ -1073,7 +1073,7 @@ fn digit_timing(args: &Args, reference: &ArrayD<f32>, out: &mut Vec<Timing>) -> 
     let layers = "conv2_in+block2_out; vanilla+actgrad+gradcam";
     for (samples, n, batch) in [(1usize, 256usize, 16usize), (1, 32, 1), (16, 64, 4), (50, 32, 4)] {
         let mut sp = spec(Path::new(ENCODER), &DIGIT_LAYERS, &Method::ALL, args.threads);
-        sp.score.samples = Some(samples);
+        sp.score.smoothing_points = Some(samples);
         sp.score.smoothing = Some(if samples > 1 { 0.5 } else { 0.0 });
         let t = Clock::start();
         let mut e = Engine::new(&sp)?;
@@ -1138,7 +1138,7 @@ fn resnet18(
     // Exact maps through the default scoring graph (abs channel aggregation), every method.
     let sp = spec(path, &RESNET_LAYERS, &Method::ALL, threads);
     let mut sp_dims = sp.clone();
-    sp_dims.score.dims = Some(64);
+    sp_dims.score.subset_components = Some(64);
     let t = Clock::start();
     let mut e64 = Engine::new(&sp_dims)?;
     let what = "Engine::new (compile + session + noise maps)";
@@ -1152,7 +1152,7 @@ fn resnet18(
     timing.push(Timing::of("resnet18", config, "identity-row maps", noise.shape()[0] + n, 1, &t));
     // dims = 64 through the engine: timing, and agreement with the emulation on the same subset.
     let t = Clock::start();
-    let dims64 = choose_dims(512, 64, sp.noise.seed());
+    let dims64 = choose_dims(512, 64, sp.estimator_seed());
     let check64 = engine_agreement(&mut e64, inputs.view(), &xn, &xs, Some(&dims64), 1)?;
     let what = "score_batch (+ a negligible check)";
     timing.push(Timing::of("resnet18", "dims=64; 4 layers x 3 methods", what, n, 1, &t));
@@ -1210,7 +1210,7 @@ fn resnet18(
     // Hutchinson and the mean map: vanilla, mean channel aggregation.
     let mut spm = spec(path, &RESNET_LAYERS, &[Method::Vanilla], threads);
     spm.score.channel_agg = Some(Aggregation::Mean);
-    spm.score.dims = Some(2);
+    spm.score.subset_components = Some(2);
     let mut em = Engine::new(&spm)?;
     let mkeys = keys_of(&em);
     eprintln!("  resnet18: exact maps (mean graph) and Hutchinson probes …");

@@ -236,7 +236,7 @@ path = "{model}"
 embedding = "embedding"
 layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
 methods = ["vanilla"]
-samples = {samples}
+smoothing_points = {samples}
 
 [engine]
 providers = ["cpu"]

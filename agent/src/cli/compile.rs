@@ -28,8 +28,8 @@ pub struct CompileArgs {
     pub channel_agg: String,
     /// Smoothing points per sample averaged inside the graph: the model's batch then holds this many
     /// consecutive points per sample (docs/spec/scores.md#smoothed-attributions).
-    #[arg(long, default_value_t = 1)]
-    pub samples: usize,
+    #[arg(long, visible_alias = "samples", value_name = "S", default_value_t = 1)]
+    pub smoothing_points: usize,
     /// Where to write the attribution graph.
     #[arg(long)]
     pub out: PathBuf,
@@ -45,7 +45,7 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         layers: args.layers.clone(),
         methods: if args.methods.is_empty() { vec![Method::Vanilla] } else { args.methods.clone() },
         channel_agg,
-        smoothing_samples: args.samples.max(1),
+        smoothing_samples: args.smoothing_points.max(1),
     };
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let start = Instant::now();

@@ -66,7 +66,11 @@ impl ModelArgs {
     /// daemon's: one smoothing point (the plain gradient) and the CPU unless asked otherwise.
     pub fn engine_spec(&self) -> Result<EngineSpec> {
         let mut spec = match &self.config {
-            Some(path) => Config::load_valid(path)?.to_engine_spec(),
+            Some(path) => {
+                let cfg = Config::load_valid(path)?;
+                cfg.warn_deprecated();
+                cfg.to_engine_spec()
+            }
             None => {
                 let (Some(model), Some(embedding)) = (&self.model, &self.embedding) else {
                     bail!("give --config FILE, or --model M.onnx --embedding NAME --layer TENSOR");

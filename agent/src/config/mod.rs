@@ -40,7 +40,16 @@ pub struct Config {
     /// The file this configuration was read from (for messages); not a key.
     #[serde(skip)]
     pub file: PathBuf,
+    /// Old key names found in the file or the environment: they still work; each command says so
+    /// where its user sees it ([`Config::warn_deprecated`], `agent check`).
+    #[serde(skip)]
+    pub deprecated: Vec<Problem>,
 }
+
+/// Keys renamed so that each name says one thing: (section, old key, new key). The old names are
+/// still read (a serde alias), with a warning.
+const RENAMED: &[(&str, &str, &str)] =
+    &[("model", "samples", "smoothing_points"), ("model", "dims", "subset_components")];
 
 /// `[model]`: the ONNX model and what to score in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,21 +322,47 @@ impl Config {
             )
             .build()
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let mut cfg: Config = raw.try_deserialize().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let file = path.display().to_string();
+        let deprecated = RENAMED
+            .iter()
+            .filter(|(section, old, _)| raw.get_table(section).is_ok_and(|t| t.contains_key(*old)))
+            .map(|(section, old, new)| Problem {
+                file: file.clone(),
+                key: format!("{section}.{old}"),
+                why: format!("renamed to {section}.{new}; the old name still works for now"),
+            })
+            .collect();
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| anyhow!("{file}: {e}"))?;
         cfg.file = path.to_path_buf();
+        cfg.deprecated = deprecated;
         Ok(cfg)
     }
 
     /// Reads `path` (with the process environment's overrides) and refuses it, listing every
-    /// problem, unless it is valid.
+    /// problem, unless it is valid: how the daemon, its reload and the file verbs read a
+    /// configuration (`agent check` lists the problems instead of refusing).
     pub fn load_valid(path: &Path) -> Result<Config> {
+        Config::load_valid_except(path, None)
+    }
+
+    /// [`Config::load_valid`], except that problems of the section `skip` (a top-level key such as
+    /// `"baseline"`) are not held against it: `agent baseline` makes the baseline that is missing.
+    pub fn load_valid_except(path: &Path, skip: Option<&str>) -> Result<Config> {
         let cfg = Config::load(path)?;
-        let problems = cfg.validate();
-        if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-            anyhow::bail!("{} has problems:\n{}", path.display(), list.join("\n"));
+        let skipped = |p: &Problem| skip.is_some_and(|s| p.key == s || p.key.starts_with(&format!("{s}.")));
+        let list: Vec<String> =
+            cfg.validate().iter().filter(|p| !skipped(p)).map(|p| format!("  {p}")).collect();
+        if !list.is_empty() {
+            anyhow::bail!("invalid configuration {}:\n{}", path.display(), list.join("\n"));
         }
         Ok(cfg)
+    }
+
+    /// Logs a warning per old key name in use (see [`Config::deprecated`]); called once logging is up.
+    pub fn warn_deprecated(&self) {
+        for p in &self.deprecated {
+            tracing::warn!("{p}");
+        }
     }
 
     /// Every problem with this configuration (empty = valid); see [`Problem`].

@@ -68,14 +68,14 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if m.score.methods.as_ref().is_some_and(|m| m.is_empty()) {
         p.add("model.methods", "empty; use one or more of vanilla, actgrad, gradcam");
     }
-    if m.score.samples == Some(0) {
-        p.add("model.samples", "must be at least 1");
+    if m.score.smoothing_points == Some(0) {
+        p.add("model.smoothing_points", "must be at least 1");
     }
     if m.score.smoothing.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
         p.add("model.smoothing", "must be a finite number ≥ 0");
     }
-    if m.score.dims == Some(0) {
-        p.add("model.dims", "must be at least 1 (or absent to score every component)");
+    if m.score.subset_components == Some(0) {
+        p.add("model.subset_components", "must be at least 1 (or absent to score every component)");
     }
     if m.score.rows_per_run == Some(0) {
         p.add("model.rows_per_run", "must be at least 1");

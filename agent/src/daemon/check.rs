@@ -12,6 +12,9 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
         Ok(c) => c,
         Err(e) => return Err(vec![format!("{e:#}")]),
     };
+    for p in &cfg.deprecated {
+        eprintln!("warning: {p}");
+    }
     let mut out: Vec<String> = cfg.validate().iter().map(|p| p.to_string()).collect();
     let file = cfg.file.display().to_string();
     // The model checks need a readable model and ONNX Runtime; without them they add nothing useful.

@@ -129,16 +129,22 @@ pub struct EngineSpec {
 }
 
 impl EngineSpec {
+    /// Seed of the component subset and the Hutchinson probes: its own setting, else the noise
+    /// seed (which seeded both before they had their own).
+    pub fn estimator_seed(&self) -> u64 {
+        self.score.estimator_seed.unwrap_or_else(|| self.noise.seed())
+    }
+
     /// The specification with the defaults of [`ScoreSettings`] and [`NoiseSettings`] for
     /// everything but the model, its embedding and the layers (none yet), except that it runs the
-    /// plain gradient (`samples = 1`) on the CPU: what a one-off scoring without a configuration wants.
+    /// plain gradient (`smoothing_points = 1`) on the CPU: what a one-off scoring without a configuration wants.
     pub fn new(model_path: &std::path::Path, embedding: &str) -> EngineSpec {
         EngineSpec {
             model_path: model_path.to_path_buf(),
             model_name: model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             embedding: embedding.to_string(),
             layers: vec![],
-            score: ScoreSettings { samples: Some(1), ..ScoreSettings::default() },
+            score: ScoreSettings { smoothing_points: Some(1), ..ScoreSettings::default() },
             noise: NoiseSettings::default(),
             normalization: Normalization::default(),
             runtime: RuntimeSettings { providers: Some(vec![Provider::Cpu]), ..RuntimeSettings::default() },

@@ -25,8 +25,8 @@ pub struct Engine {
     provider: Provider,
     input_name: String,
     input_shape: Vec<usize>,
-    /// Embedding components scored (all `D`, or a seeded subset).
-    dims: Vec<usize>,
+    /// Indices of the embedding components scored (all `D`, or a seeded subset).
+    components: Vec<usize>,
     /// The estimator's extra cotangent rows (`1/D` row, or Hutchinson probes); none for `exact`.
     extra_rows: Array2<f32>,
     /// `x_ref` of the smoothed estimator when it is a file.
@@ -44,15 +44,15 @@ impl Engine {
         let bytes = std::fs::read(&spec.model_path)
             .with_context(|| format!("reading model {}", spec.model_path.display()))?;
         let model_sha256 = compiler::sha256_hex(&bytes);
-        if spec.score.samples() == 0 || spec.score.rows_per_run() == 0 {
-            bail!("samples and rows_per_run must be at least 1");
+        if spec.score.smoothing_points() == 0 || spec.score.rows_per_run() == 0 {
+            bail!("smoothing_points and rows_per_run must be at least 1");
         }
         let opts = CompileOptions {
             embedding: spec.embedding.clone(),
             layers: spec.layers.iter().map(|l| l.tensor.clone()).collect(),
             methods: spec.score.methods().to_vec(),
             channel_agg: Some(spec.score.channel_agg()),
-            smoothing_samples: spec.score.samples(),
+            smoothing_samples: spec.score.smoothing_points(),
         };
         let model = crate::onnx::decode(&bytes)
             .with_context(|| format!("{} is not a valid ONNX model", spec.model_path.display()))?;
@@ -67,9 +67,9 @@ impl Engine {
         let input_name = graph.inputs[0].name.clone();
         let input_shape: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
         let d = graph.embedding_dim;
-        let dims = match spec.score.dims {
-            Some(k) if k < d => scores::choose_dims(d, k, spec.noise.seed()),
-            Some(0) => bail!("dims must be at least 1"),
+        let components = match spec.score.subset_components {
+            Some(k) if k < d => scores::choose_dims(d, k, spec.estimator_seed()),
+            Some(0) => bail!("subset_components must be at least 1"),
             _ => (0..d).collect(),
         };
         let extra_rows = estimator_rows(spec, d)?;
@@ -87,7 +87,7 @@ impl Engine {
                 "execution provider fell back"
             );
         }
-        tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_dims = dims.len(), "engine ready");
+        tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_components = components.len(), "engine ready");
         let settings_hash = settings_hash(spec, &model_sha256)?;
         let input_dims: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
         let smoothing_reference = match &spec.score.smoothing_reference() {
@@ -103,7 +103,7 @@ impl Engine {
             provider,
             input_name,
             input_shape,
-            dims,
+            components,
             extra_rows,
             smoothing_reference,
             keys: Vec::new(),
@@ -257,7 +257,7 @@ impl Engine {
                             self.spec.score.normalize_dims,
                             self.spec.score.binarize,
                         );
-                        if self.dims.len() < d { a.subset_of(d) } else { a }
+                        if self.components.len() < d { a.subset_of(d) } else { a }
                     })
                     .collect()
             })
@@ -266,18 +266,18 @@ impl Engine {
             .map(|_| outputs.iter().map(|o| HutchinsonAccumulator::new(o.height, o.width, d)).collect())
             .collect();
         let mut mean_map: Vec<Vec<Option<Array2<f32>>>> = vec![vec![None; outputs.len()]; b];
-        let components = self.dims.len();
-        let total = components + self.extra_rows.nrows();
+        let n_components = self.components.len();
+        let total = n_components + self.extra_rows.nrows();
         let names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
         let mut start = 0;
         while start < total {
             let end = (start + self.spec.score.rows_per_run()).min(total);
             let mut v = Array2::<f32>::zeros((end - start, d));
             for r in start..end {
-                if r < components {
-                    v[[r - start, self.dims[r]]] = 1.0;
+                if r < n_components {
+                    v[[r - start, self.components[r]]] = 1.0;
                 } else {
-                    v.row_mut(r - start).assign(&self.extra_rows.row(r - components));
+                    v.row_mut(r - start).assign(&self.extra_rows.row(r - n_components));
                 }
             }
             let feeds = ort::inputs![
@@ -286,7 +286,7 @@ impl Engine {
             ];
             let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
             // Rows [0, split) of this chunk are component rows, the rest estimator rows.
-            let split = components.clamp(start, end) - start;
+            let split = n_components.clamp(start, end) - start;
             for (oi, name) in names.iter().enumerate() {
                 let m = out[name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
@@ -333,7 +333,7 @@ impl Engine {
 
     /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself).
     fn points(&self, batch: ArrayViewD<f32>) -> Result<ArrayD<f32>> {
-        let s = self.spec.score.samples();
+        let s = self.spec.score.smoothing_points();
         let sigma = self.spec.score.smoothing();
         if s == 1 && sigma == 0.0 {
             return Ok(batch.to_owned());
@@ -404,7 +404,7 @@ fn estimator_rows(spec: &EngineSpec, d: usize) -> Result<Array2<f32>> {
             if sc.probes() < 2 {
                 bail!("estimator \"hutchinson\" needs probes ≥ 2");
             }
-            scores::hutchinson_probes(d, sc.probes(), spec.noise.seed())
+            scores::hutchinson_probes(d, sc.probes(), spec.estimator_seed())
         }
     })
 }
@@ -443,12 +443,13 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
     let super::ScoreSettings {
         normalize_dims,
         binarize,
-        dims,
+        subset_components,
+        estimator_seed,
         // Hashed below through their accessors, which apply the defaults.
         methods: _,
         channel_agg: _,
         embedding_agg: _,
-        samples: _,
+        smoothing_points: _,
         smoothing: _,
         smoothing_seed: _,
         smoothing_reference: _,
@@ -472,8 +473,9 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         other => String::from(other),
     };
     // The defaulted fields enter through their accessors, so leaving a key out and writing its
-    // default give the same hash.
-    let v = serde_json::json!({
+    // default give the same hash. The JSON keys keep their first names ("samples", "dims") so that
+    // renaming a setting does not invalidate existing baselines.
+    let mut v = serde_json::json!({
         "model": model_sha256,
         "embedding": embedding,
         "layers": layers,
@@ -486,15 +488,20 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         "noise_seed": noise.seed(),
         "noise_files": noise_files,
         "normalization": normalization,
-        "samples": score.samples(),
+        "samples": score.smoothing_points(),
         "smoothing": score.smoothing(),
         "smoothing_seed": score.smoothing_seed(),
         "smoothing_draws": "per-sample",
         "smoothing_reference": reference_file,
-        "dims": dims,
+        "dims": subset_components,
         "estimator": score.estimator(),
         "probes": if score.estimator() == Estimator::Hutchinson { score.probes() } else { 0 },
         "compiler": compiler::COMPILER_VERSION,
     });
+    // Set explicitly, the estimator seed joins the hash; absent, it is the noise seed, already
+    // hashed, so baselines made before it had its own key stay valid.
+    if let Some(seed) = estimator_seed {
+        v["estimator_seed"] = serde_json::json!(seed);
+    }
     Ok(compiler::sha256_hex(v.to_string().as_bytes()))
 }

@@ -44,15 +44,16 @@ pub struct ScoreSettings {
     #[arg(long, value_name = "THRESHOLD")]
     #[serde(default)]
     pub binarize: Option<f32>,
-    /// Score a seeded random subset of this many embedding components [default: all D].
-    #[arg(long, value_name = "K")]
-    #[serde(default)]
-    pub dims: Option<usize>,
+    /// Score a random subset of this many embedding components, drawn once from --estimator-seed
+    /// [default: all D]. Formerly `dims`.
+    #[arg(long, visible_alias = "dims", value_name = "K")]
+    #[serde(default, alias = "dims")]
+    pub subset_components: Option<usize>,
     /// Smoothed estimator: points averaged per sample [default: 16 in a configuration file; 1, the
-    /// plain gradient, for `agent score` without --config].
-    #[arg(long, value_name = "S")]
-    #[serde(default)]
-    pub samples: Option<usize>,
+    /// plain gradient, for `agent score` without --config]. Formerly `samples`.
+    #[arg(long, visible_alias = "samples", value_name = "S")]
+    #[serde(default, alias = "samples")]
+    pub smoothing_points: Option<usize>,
     /// Smoothed estimator: standard deviation σ of the noise added to each point, in model-input
     /// units [default: 0.5 with more than one point, else 0].
     #[arg(long, value_name = "SIGMA")]
@@ -72,6 +73,10 @@ pub struct ScoreSettings {
     #[arg(long, value_name = "ESTIMATOR")]
     #[serde(default)]
     pub estimator: Option<Estimator>,
+    /// Seed of the --subset-components draw and of the Hutchinson probes [default: the noise seed].
+    #[arg(long, value_name = "SEED")]
+    #[serde(default)]
+    pub estimator_seed: Option<u64>,
     /// Hutchinson probes (cotangent rows) with --estimator hutchinson [default: 64].
     #[arg(long, value_name = "K")]
     #[serde(default)]
@@ -94,13 +99,13 @@ impl ScoreSettings {
     pub fn embedding_agg(&self) -> Aggregation {
         self.embedding_agg.unwrap_or(Aggregation::Var)
     }
-    pub fn samples(&self) -> usize {
-        self.samples.unwrap_or(16)
+    pub fn smoothing_points(&self) -> usize {
+        self.smoothing_points.unwrap_or(16)
     }
-    /// σ; when not set, 0.5 with more than one point and 0 with one, so `samples = 1` alone is the
-    /// plain gradient (`S = 1, σ = 0`), not one random point.
+    /// σ; when not set, 0.5 with more than one point and 0 with one, so `smoothing_points = 1` alone
+    /// is the plain gradient (`S = 1, σ = 0`), not one random point.
     pub fn smoothing(&self) -> f32 {
-        self.smoothing.unwrap_or(if self.samples() > 1 { 0.5 } else { 0.0 })
+        self.smoothing.unwrap_or(if self.smoothing_points() > 1 { 0.5 } else { 0.0 })
     }
     pub fn smoothing_seed(&self) -> u64 {
         self.smoothing_seed.unwrap_or(0)
@@ -126,12 +131,13 @@ impl ScoreSettings {
             embedding_agg,
             normalize_dims,
             binarize,
-            dims,
-            samples,
+            subset_components,
+            smoothing_points,
             smoothing,
             smoothing_seed,
             smoothing_reference,
             estimator,
+            estimator_seed,
             probes,
             rows_per_run,
         } = over;
@@ -141,17 +147,18 @@ impl ScoreSettings {
             embedding_agg: embedding_agg.or(self.embedding_agg),
             normalize_dims: normalize_dims || self.normalize_dims,
             binarize: binarize.or(self.binarize),
-            dims: dims.or(self.dims),
+            subset_components: subset_components.or(self.subset_components),
             // A new number of points without a σ takes that number's default σ, not the file's.
-            smoothing: match (samples, smoothing) {
+            smoothing: match (smoothing_points, smoothing) {
                 (_, Some(s)) => Some(s),
                 (Some(_), None) => None,
                 (None, None) => self.smoothing,
             },
-            samples: samples.or(self.samples),
+            smoothing_points: smoothing_points.or(self.smoothing_points),
             smoothing_seed: smoothing_seed.or(self.smoothing_seed),
             smoothing_reference: smoothing_reference.or(self.smoothing_reference),
             estimator: estimator.or(self.estimator),
+            estimator_seed: estimator_seed.or(self.estimator_seed),
             probes: probes.or(self.probes),
             rows_per_run: rows_per_run.or(self.rows_per_run),
         }
@@ -166,7 +173,7 @@ pub struct NoiseSettings {
     #[arg(long = "n-noise", value_name = "N")]
     #[serde(default)]
     pub n_noise: Option<usize>,
-    /// Seed of the noise inputs, of the --dims subset and of the Hutchinson probes [default: 0].
+    /// Seed of the drawn noise inputs [default: 0].
     #[arg(id = "noise_seed", long = "noise-seed", value_name = "SEED")]
     #[serde(default)]
     pub seed: Option<u64>,
@@ -244,7 +251,7 @@ mod tests {
     fn flags_override_the_file_and_absent_keys_take_the_defaults() {
         let file = ScoreSettings {
             channel_agg: Some(Aggregation::Mean),
-            samples: Some(8),
+            smoothing_points: Some(8),
             smoothing: Some(0.3),
             rows_per_run: Some(4),
             ..ScoreSettings::default()
@@ -252,12 +259,15 @@ mod tests {
         let flags = ScoreSettings { channel_agg: Some(Aggregation::Var), ..ScoreSettings::default() };
         let merged = file.clone().overlay(flags);
         assert_eq!(merged.channel_agg(), Aggregation::Var);
-        assert_eq!((merged.samples(), merged.smoothing(), merged.rows_per_run()), (8, 0.3, 4));
+        assert_eq!((merged.smoothing_points(), merged.smoothing(), merged.rows_per_run()), (8, 0.3, 4));
         // A new number of points without σ takes that number's default σ.
-        let one = file.overlay(ScoreSettings { samples: Some(1), ..ScoreSettings::default() });
-        assert_eq!((one.samples(), one.smoothing()), (1, 0.0));
+        let one = file.overlay(ScoreSettings { smoothing_points: Some(1), ..ScoreSettings::default() });
+        assert_eq!((one.smoothing_points(), one.smoothing()), (1, 0.0));
         let none = ScoreSettings::default();
-        assert_eq!((none.samples(), none.smoothing(), none.methods()), (16, 0.5, &[Method::Vanilla][..]));
+        assert_eq!(
+            (none.smoothing_points(), none.smoothing(), none.methods()),
+            (16, 0.5, &[Method::Vanilla][..])
+        );
         assert_eq!(
             (none.estimator(), none.probes(), none.embedding_agg()),
             (Estimator::Exact, 64, Aggregation::Var)
