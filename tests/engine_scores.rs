@@ -2,25 +2,19 @@
 //! computes them from raw Jacobians that ONNX Runtime produces through an uncompressed attribution
 //! graph. Needs the project's Python tools (`scripts/install-onnxruntime.sh` makes `.venv`).
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use agent::compiler::{self, CompileOptions};
 use agent::engine::{Engine, EngineSpec, LayerSpec, SmoothingReference};
 use agent::onnx;
 use agent::scores::{Aggregation, Method};
-use common::*;
 use ndarray::{ArrayD, Axis, IxDyn};
+use support::*;
 
 const LAYER: &str = "/block1/pool/MaxPool_output_0";
-
-fn python() -> PathBuf {
-    std::env::var_os("AGENT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
-}
 
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
     let mut spec = EngineSpec {
@@ -166,9 +160,7 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     let mut last = f64::MAX;
     for sigma in [0.3f32, 0.03, 0.003, 0.0003] {
         let smoothed = score(8, sigma, SmoothingReference::Input);
-        let gap = plain
-            .iter()
-            .zip(&smoothed)
+        let gap = pairs(&plain, &smoothed)
             .map(|(p, s)| {
                 (p.noise_score - s.noise_score).abs().max((p.variance_score - s.variance_score).abs())
             })
@@ -180,7 +172,7 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     assert!(last < 2e-3, "smoothed scores at σ = 3e-4 still differ by {last}");
     // With the black reference (the default), draws interpolate towards zero: a different score.
     let black = score(8, 0.0003, SmoothingReference::Black);
-    assert!(black.iter().zip(&plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
+    assert!(pairs(&black, &plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
 }
 
 /// docs/spec/scores.md#cost cost options against the exact path on the digit encoder (D = 32): the one-pass
@@ -204,20 +196,20 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
     };
     let (exact, exact_bench) = run(Estimator::Exact, Aggregation::Mean, 0);
     let (one_pass, one_pass_bench) = run(Estimator::MeanMap, Aggregation::Mean, 0);
-    for (a, b) in exact.iter().zip(&one_pass) {
-        for (x, y) in a.scores.iter().zip(&b.scores) {
+    for (a, b) in pairs(&exact, &one_pass) {
+        for (x, y) in pairs(&a.scores, &b.scores) {
             assert!((x.noise_score - y.noise_score).abs() < 1e-4, "{x:?} vs {y:?}");
             assert_eq!(x.variance_score, y.variance_score, "VS comes from the same component rows");
         }
     }
-    for (x, y) in exact_bench.iter().zip(&one_pass_bench) {
+    for (x, y) in pairs(&exact_bench, &one_pass_bench) {
         assert!((x - y).abs() < 1e-4);
     }
     let (exact, _) = run(Estimator::Exact, Aggregation::Var, 0);
     let (hutch, _) = run(Estimator::Hutchinson, Aggregation::Var, 512);
     let mut worst = 0.0f64;
-    for (a, b) in exact.iter().zip(&hutch) {
-        for (x, y) in a.scores.iter().zip(&b.scores) {
+    for (a, b) in pairs(&exact, &hutch) {
+        for (x, y) in pairs(&a.scores, &b.scores) {
             worst = worst.max((x.noise_score - y.noise_score).abs());
         }
     }
@@ -242,7 +234,7 @@ fn smoothed_scores_do_not_depend_on_batch_position() {
     let alone = e.score_batch(x.clone().insert_axis(Axis(0)).view().into_dyn()).unwrap().remove(0);
     let batch = ndarray::stack(Axis(0), &[y.view(), z.view(), x.view()]).unwrap();
     let in_batch = e.score_batch(batch.view().into_dyn()).unwrap();
-    for (a, b) in alone.scores.iter().zip(&in_batch[2].scores) {
+    for (a, b) in pairs(&alone.scores, &in_batch[2].scores) {
         assert!(
             (a.noise_score - b.noise_score).abs() < 1e-9
                 && (a.variance_score - b.variance_score).abs() < 1e-9
