@@ -161,15 +161,6 @@ fn spec(model: &Path, layers: &[(&str, &str)], methods: &[Method], threads: usiz
     spec
 }
 
-/// Scores every sample of `data` in batches of `batch`.
-fn score_all(engine: &mut Engine, data: ArrayViewD<f32>, batch: usize) -> Result<Vec<SampleScores>> {
-    let mut out = Vec::with_capacity(data.shape()[0]);
-    for chunk in data.axis_chunks_iter(Axis(0), batch.max(1)) {
-        out.extend(engine.score_batch(chunk)?);
-    }
-    Ok(out)
-}
-
 /// Digits resized (bilinear, half-pixel centres, edges clamped) to `h × w` and repeated over
 /// `channels`: structured inputs for the random-weight models, which have no data of their own.
 fn resized_digits(digits: ArrayViewD<f32>, channels: usize, h: usize, w: usize) -> ArrayD<f32> {
@@ -314,11 +305,9 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
         } else {
             let batch = if *s == 1 { 32 } else { 4 };
             let mut engine = Engine::new(&sp)?;
-            let clean = score_all(&mut engine, x.view(), batch)?;
-            let d: Vec<Vec<SampleScores>> = drifted_sets
-                .iter()
-                .map(|xd| score_all(&mut engine, xd.view(), batch))
-                .collect::<Result<_>>()?;
+            let clean = engine.score_all(x.view(), batch)?;
+            let d: Vec<Vec<SampleScores>> =
+                drifted_sets.iter().map(|xd| engine.score_all(xd.view(), batch)).collect::<Result<_>>()?;
             let b = engine.keys().iter().map(|k| k.noise_benchmark).collect();
             (keys_of(&engine), clean, d, b)
         };
@@ -512,11 +501,11 @@ fn engine_curves(
     table: &mut CurveTable,
 ) -> Result<Vec<Value>> {
     let mut e = Engine::new(sp)?;
-    let plain = score_all(&mut e, data.view(), 32)?;
+    let plain = e.score_all(data.view(), 32)?;
     let mut spb = sp.clone();
     spb.score.binarize = Some(0.5);
     let mut eb = Engine::new(&spb)?;
-    let bin = score_all(&mut eb, data, 32)?;
+    let bin = eb.score_all(data, 32)?;
     let layer_index = |name: &str| sp.layers.iter().position(|l| l.name == name).unwrap_or(0);
     let mut out = Vec::new();
     for (ki, key) in e.keys().iter().enumerate() {
@@ -906,7 +895,7 @@ fn engine_agreement(
     dims: Option<&[usize]>,
     batch: usize,
 ) -> Result<Value> {
-    let got = score_all(engine, data, batch)?;
+    let got = engine.score_all(data, batch)?;
     let (mut ns_diff, mut vs_diff, mut ns_max, mut bench_diff) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (o, key) in engine.keys().iter().enumerate() {
         let ne: Vec<Array2<f32>> =
@@ -1080,9 +1069,9 @@ fn digit_timing(args: &Args, reference: &ArrayD<f32>, out: &mut Vec<Timing>) -> 
         let setup = Timing::of("digits", "", "Engine::new (compile + session + noise maps)", 1, 1, &t);
         let data = digit_subset(reference, n);
         // One warm-up batch, not timed.
-        score_all(&mut e, data.slice_axis(Axis(0), ndarray::Slice::from(0..batch)), batch)?;
+        e.score_all(data.slice_axis(Axis(0), ndarray::Slice::from(0..batch)), batch)?;
         let t = Clock::start();
-        score_all(&mut e, data.view(), batch)?;
+        e.score_all(data.view(), batch)?;
         let config = format!("exact D=32 S={samples}; {layers}");
         out.push(Timing::of("digits", &config, "score_batch", n, batch, &t));
         out.push(Timing { config, ..setup });

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::monitor::{baseline_samples, check_baseline, load_baseline};
+use super::baseline::{check as check_baseline, load as load_baseline, samples as baseline_samples};
 use crate::config::Config;
 use crate::engine::Engine;
 

@@ -10,9 +10,12 @@
 
 pub mod baseline;
 pub mod check;
+mod endpoint;
+mod engine_loop;
 pub mod ingest;
 pub mod monitor;
 mod pipeline;
+mod publish;
 pub mod server;
 pub mod state;
 
@@ -63,6 +66,10 @@ impl Scorer for Engine {
     fn settings_hash(&self) -> &str {
         Engine::settings_hash(self)
     }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Builds a scorer on the engine thread.

@@ -217,7 +217,7 @@ fn a_stale_baseline_is_refused_with_the_rebuild_command() {
         created_unix_secs: 0,
     };
     let stale = crate::drift::BaselineBuilder::new(meta, &[], 1, 0).finish().unwrap();
-    monitor::save_baseline(&stale, &d.path().join("baseline.json")).unwrap();
+    baseline::save(&stale, &d.path().join("baseline.json")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let err = rt.block_on(Pipeline::start(&cfg, Arc::new(AppState::new()), flaky_factory())).err().unwrap();
     let msg = format!("{err:#}");

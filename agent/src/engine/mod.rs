@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Provider;
-use crate::scores::Method;
 
 /// A layer to monitor: a short label for metrics and the ONNX tensor it names. The configuration's
 /// `[[model.layers]]` entries are this type, and `--layer` flags parse into it ([`std::str::FromStr`]),
@@ -152,25 +151,32 @@ impl EngineSpec {
     }
 }
 
-/// One sample's scores for one (layer, method) pair.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LayerScores {
-    pub noise_score: f64,
-    pub variance_score: f64,
-}
+/// The per-sample results live with the scores (pure types), so that `drift` reads them without
+/// depending on the engine.
+pub use crate::scores::{LayerScores, SampleScores, ScoreKey};
 
-/// One sample's scores, aligned with [`Engine::keys`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SampleScores {
-    pub scores: Vec<LayerScores>,
-}
-
-/// A (layer, method) pair the engine scores, with its noise benchmark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoreKey {
-    pub layer: String,
-    pub method: Method,
-    pub noise_benchmark: f64,
+/// Scores `batch` (`[N, …]`) `chunk` samples at a time through `score`, checks that each chunk gives
+/// one result per sample, and hands each chunk's results to `on_chunk` with the index of its first
+/// sample: the one loop for "score all of these" (the daemon's micro-batches and its baseline,
+/// `agent score`, the reproduction), whatever does the scoring ([`Engine`], or the daemon's `Scorer`).
+pub fn score_in_chunks(
+    batch: ndarray::ArrayViewD<f32>,
+    chunk: usize,
+    score: &mut dyn FnMut(ndarray::ArrayViewD<f32>) -> anyhow::Result<Vec<SampleScores>>,
+    on_chunk: &mut dyn FnMut(usize, Vec<SampleScores>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let n = batch.len_of(ndarray::Axis(0));
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk.max(1)).min(n);
+        let scores = score(batch.slice_axis(ndarray::Axis(0), (start..end).into()))?;
+        if scores.len() != end - start {
+            anyhow::bail!("the engine returned {} results for {} samples", scores.len(), end - start);
+        }
+        on_chunk(start, scores)?;
+        start = end;
+    }
+    Ok(())
 }
 
 mod session;

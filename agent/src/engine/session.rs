@@ -200,6 +200,16 @@ impl Engine {
             .collect()
     }
 
+    /// Scores every sample of `batch`, `chunk` at a time (see [`super::score_in_chunks`]).
+    pub fn score_all(&mut self, batch: ArrayViewD<f32>, chunk: usize) -> Result<Vec<SampleScores>> {
+        let mut out = Vec::with_capacity(batch.len_of(Axis(0)));
+        super::score_in_chunks(batch, chunk, &mut |b| self.score_batch(b), &mut |_, s| {
+            out.extend(s);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Runs the graph once on a batch with arbitrary cotangent rows `[K, D]` (random probes, a
     /// `1/D` row for the mean map, …) and returns each output's `[B, K, H, W]` maps; smoothing
     /// points are formed as for scoring. For estimators and experiments.

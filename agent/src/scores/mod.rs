@@ -37,6 +37,27 @@ pub use variance::{VarianceAccumulator, variance_score};
 
 use serde::{Deserialize, Serialize};
 
+/// One sample's scores for one (layer, method) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerScores {
+    pub noise_score: f64,
+    pub variance_score: f64,
+}
+
+/// One sample's scores, aligned with the engine's keys (`Engine::keys`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleScores {
+    pub scores: Vec<LayerScores>,
+}
+
+/// A (layer, method) pair the engine scores, with its noise benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreKey {
+    pub layer: String,
+    pub method: Method,
+    pub noise_benchmark: f64,
+}
+
 /// Why a score could not be computed. Typed rather than NaN so that a misconfiguration (no noise
 /// inputs, a wrong shape from the graph) stops the engine with a message instead of exporting NaN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
