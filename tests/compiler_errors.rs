@@ -82,8 +82,14 @@ fn unsupported_operator_names_node_op_and_layer() {
 
 #[test]
 fn unknown_tensor_is_named_with_suggestions() {
+    // A path whose last part names a tensor: that tensor is suggested.
+    let e = compile_err(&model("Sigmoid", &[-1, 4]), "/block/h");
+    assert!(e.contains("\"/block/h\"") && e.contains("not a tensor of the model"), "{e}");
+    assert!(e.contains("did you mean: h?"), "{e}");
+    // Nothing alike: the tensors nearest the embedding are listed instead.
     let e = compile_err(&model("Sigmoid", &[-1, 4]), "hh");
     assert!(e.contains("\"hh\"") && e.contains("not a tensor of the model"), "{e}");
+    assert!(e.contains("tensors near the end of the graph: z"), "{e}");
 }
 
 #[test]
