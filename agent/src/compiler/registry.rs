@@ -127,6 +127,7 @@ pub const NON_DIFFERENTIABLE: &[&str] = &[
 /// Every entry, family by family (a new family adds its `RULES` here).
 const FAMILIES: &[&[OpRule]] = &[
     rules::elementwise::RULES,
+    rules::index::RULES,
     rules::linalg::RULES,
     rules::norm::RULES,
     rules::shape::RULES,

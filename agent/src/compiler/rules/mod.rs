@@ -5,6 +5,7 @@
 //! and returns the cotangents of the inputs that need one, also in flat form.
 
 pub mod elementwise;
+pub mod index;
 pub mod linalg;
 pub mod norm;
 pub mod shape;
