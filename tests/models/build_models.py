@@ -698,6 +698,16 @@ def _(g, h):
     return g.op("Einsum", [gram, g.const("w", g.he([4, 5], 4))], equation="bij,jk")
 
 
+@rule("einsum_ellipsis", "Einsum",
+      "Einsum with ellipses: T = '...ij,...jk->...ik'(h, h) (batched matrix square, [N,4,8,8]), then "
+      "'...chw,ck->...kh'(T, weight [4,3]): w summed within the first operand alone -> [N,3,8]", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    t = g.op("Einsum", [h, h], equation="...ij,...jk->...ik")
+    t = g.op("Mul", [t, g.const("scale", np.float32(0.3))])
+    return g.op("Einsum", [t, g.const("w", g.he([4, 3], 4))], equation="...chw,ck->...kh")
+
+
 @rule("reshape_runtime_shape", "Reshape",
       "Reshape [N,4,8,8] -> [N,64,4] with the target computed at run time: "
       "Concat(Unsqueeze(Gather(Shape(h), 0)), Unsqueeze(Gather(Shape(h),2) * Gather(Shape(h),3)), "
