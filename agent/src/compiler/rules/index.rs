@@ -417,3 +417,69 @@ mod tests {
         }
     }
 }
+
+/// Refusals of the indexing and matrix-product rules, compiled end to end on small hand-built models.
+#[cfg(test)]
+pub(crate) mod refusals {
+    use crate::compiler::{self, CompileOptions};
+    use crate::onnx::{self, attr, proto::*};
+    use crate::scores::Method;
+
+    pub fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            name: format!("{op}_{output}"),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// x `[N, 4, 4]` → Identity → h (the layer) → `nodes` (ending in `y`) → Flatten → z.
+    pub fn compile_error(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> String {
+        let mut all = vec![node("Identity", &["x"], "h", vec![])];
+        all.extend(nodes);
+        all.push(node("Flatten", &["y"], "z", vec![attr::int("axis", 1)]));
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+            graph: Some(GraphProto {
+                name: "g".into(),
+                node: all,
+                initializer,
+                input: vec![onnx::value_info("x", data_type::FLOAT, &[Err("N"), Ok(4), Ok(4)])],
+                output: vec![onnx::value_info("z", data_type::FLOAT, &[Err("N"), Err("D")])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CompileOptions {
+            embedding: "z".into(),
+            layers: vec!["h".into()],
+            methods: vec![Method::Vanilla],
+            channel_agg: None,
+            smoothing_samples: 1,
+        };
+        match compiler::compile(&model, "t", &opts) {
+            Ok(_) => panic!("the model should be refused"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn slice_bounds_that_depend_on_the_data_are_refused() {
+        // starts = the position of the largest element of the whole batch: one value whatever the
+        // batch size, but not the same value for other inputs.
+        let nodes = vec![
+            node("Flatten", &["h"], "all", vec![attr::int("axis", 0)]),
+            node("ArgMax", &["all"], "starts", vec![attr::int("axis", 1), attr::int("keepdims", 0)]),
+            node("Slice", &["h", "starts", "ends", "axes"], "y", vec![]),
+        ];
+        let inits = vec![onnx::tensor_i64("ends", &[1], &[4]), onnx::tensor_i64("axes", &[1], &[2])];
+        let e = compile_error(nodes, inits);
+        for part in ["Slice_y", "starts", "must be a constant (or computed from shapes only)"] {
+            assert!(e.contains(part), "{e:?} should mention {part:?}");
+        }
+    }
+}

@@ -253,6 +253,8 @@ fn einsum(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, wanted: &[bool]
 #[cfg(test)]
 mod tests {
     use super::{Equation, parse_equation};
+    use crate::compiler::rules::index::refusals::{compile_error, node};
+    use crate::onnx::{self, attr};
 
     fn eq(inputs: &[&str], output: &str) -> Equation {
         Equation {
@@ -278,5 +280,22 @@ mod tests {
         assert!(why("bij,jk->bik", &[3]).contains("2 operands"));
         assert!(why("bij->bi", &[4]).contains("rank 4"));
         assert!(why("bi1->bi", &[3]).contains("neither a letter"));
+    }
+
+    #[test]
+    fn einsum_diagonals_and_batchless_batch_letters_are_refused() {
+        let e = compile_error(
+            vec![node("Einsum", &["h"], "y", vec![attr::string("equation", "bii->bi")])],
+            vec![],
+        );
+        for part in ["Einsum_y", "bii->bi", "diagonal", "not supported"] {
+            assert!(e.contains(part), "{e:?} should mention {part:?}");
+        }
+        let w = onnx::tensor_f32("w", &[1, 4, 4], &[0.5; 16]);
+        let eq = attr::string("equation", "bij,bjk->bik");
+        let e = compile_error(vec![node("Einsum", &["h", "w"], "y", vec![eq])], vec![w]);
+        for part in ["Einsum_y", "\"w\"", "batch letter 'b' but no batch axis"] {
+            assert!(e.contains(part), "{e:?} should mention {part:?}");
+        }
     }
 }
