@@ -553,6 +553,8 @@ class GraphAtOpset(Graph):
     def model(self, outputs, doc=""):
         m = super().model(outputs, doc)
         m.opset_import[0].version = self.opset
+        if self.opset >= 21:
+            m.ir_version = 10  # the IR version that opset 21 came with
         return m
 
 
@@ -635,6 +637,24 @@ def _(g, h):
 def _(g, h):
     p0, p1, p2 = g.op("Split", [h], n_out=3, axis=2, num_outputs=3)
     return g.op("Concat", [g.op("Tanh", [p2]), p0, p1], axis=2), []
+
+
+@rule_at("index_ops_opset21", "Slice/Split/Gather/GatherElements/Expand/Tile",
+         "The indexing rules in one opset 21 graph (the compiler emits opset 21 forms): Slice "
+         "axis 3 ::-2, Split num_outputs 2 on axis 2, Tile [1,1,2,1], Expand to [1,4,8,4], "
+         "GatherElements axis 1 with ArgMax indices, Gather axis 1 indices [3, 0]", d=5,
+         input_shape=(3, 8, 8), opset=21)
+def _(g, h):
+    s = g.op("Slice", [h, i64(g, "starts", [-1]), i64(g, "ends", [I64_MIN]), i64(g, "axes", [3]),
+                       i64(g, "steps", [-2])])  # [N,4,8,4]
+    top, bottom = g.op("Split", [s], n_out=2, axis=2, num_outputs=2)  # [N,4,4,4] each
+    t = g.op("Tile", [top, i64(g, "repeats", [1, 1, 2, 1])])  # [N,4,8,4]
+    e = g.op("Expand", [g.op("ReduceMean", [bottom, i64(g, "axes2", [2])], keepdims=1),
+                        i64(g, "shape", [1, 4, 8, 4])])  # [N,4,8,4]
+    m = g.op("Mul", [t, g.op("Sigmoid", [e])])
+    mx = g.op("GatherElements", [m, g.op("ArgMax", [m], axis=1, keepdims=1)], axis=1)  # [N,1,8,4]
+    picked = g.op("Gather", [m, i64(g, "channels", [3, 0])], axis=1)  # [N,2,8,4]
+    return g.op("Concat", [picked, mx], axis=1), []
 
 
 @rule("gather_tensor_indices", "Gather",
