@@ -664,6 +664,15 @@ def _(g, h):
     return g.op("Gather", [h, i64(g, "indices", [[2, -1], [0, 2]])], axis=-1)
 
 
+@rule("gather_many_indices", "Gather",
+      "Gather axis 2 of Reshape(h) [N,4,64] with 40 indices (repeats, negatives): 64 x 40 exceeds the "
+      "one-hot limit, so the rule scatters (ScatterElements add)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    r = g.op("Reshape", [h, i64(g, "shape", [0, 4, 64])])
+    idx = g.rng.integers(-64, 64, [40])
+    return g.op("Gather", [r, i64(g, "indices", idx)], axis=2)
+
+
 @rule("gather_scalar_shape_index", "Gather",
       "Gather axis 2 with a scalar index computed from shapes (H - 3 = 5): removes the axis, "
       "[N,4,8,8] -> [N,4,8]", d=3, input_shape=(3, 8, 8))

@@ -34,7 +34,7 @@ pub const RULES: &[OpRule] = &[
         min_inputs: 2,
         ..OpRule::unary(
             "Gather",
-            "`dY` contracted with the one-hot matrix of the (constant) indices: scatter-add along the axis",
+            "scatter-add of `dY` along the axis at the (constant) indices: a one-hot MatMul when small, `ScatterElements` otherwise",
             gather,
         )
     },
@@ -250,8 +250,9 @@ fn gather_indices(node: &NodeProto, idx: &[i64], d: i64) -> Result<Vec<i64>> {
         .collect()
 }
 
-/// Largest one-hot matrix (elements) a Gather rule embeds; bigger index sets would bloat the graph.
-const MAX_ONE_HOT: i64 = 1 << 24;
+/// Up to this many index × axis elements the Gather rule multiplies by a one-hot matrix (one dense
+/// MatMul, as fast as it gets for a class token); past it, a scatter-add keeps the graph small.
+const MAX_ONE_HOT: i64 = 1024;
 
 fn gather(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> Result<InputGrads> {
     let x_rest = ctx.rest(node, &node.input[0])?;
@@ -269,23 +270,32 @@ fn gather(ctx: &mut Backward, node: &NodeProto, dy: &Cotangents, _: &[bool]) -> 
     let d = x_rest[a - 1];
     let idx = gather_indices(node, &ctx.const_ints(node, it, "indices")?, d)?;
     let m = idx.len() as i64;
-    if m == 0 || d * m > MAX_ONE_HOT {
-        bail!(
-            "node {} (Gather) takes {m} indices along an axis of {d}; the compiler handles 1 to {} index × axis elements",
-            node.display_name(),
-            MAX_ONE_HOT
-        );
+    if m == 0 {
+        bail!("node {} (Gather) has no indices; an empty tensor has no gradient", node.display_name());
     }
-    // dX[.., j, ..] = Σ_i [idx_i = j] dY[.., i, ..]: with the index axes of dY flattened to m,
-    // a MatMul by the transposed one-hot matrix [d, m] (duplicate indices add up).
+    // dX[.., j, ..] = Σ_i [idx_i = j] dY[.., i, ..], with dY's index axes flattened to m and the
+    // axes after them to q; duplicate indices add up.
     let q: i64 = x_rest[a..].iter().product();
-    let mut onehot = vec![0f32; (d * m) as usize];
-    for (i, &j) in idx.iter().enumerate() {
-        onehot[(j * m) as usize + i] = 1.0;
-    }
-    let mt = ctx.b.const_f32(&[d, m], &onehot);
     let g = ctx.b.reshape_const(dy.y()?, &[-1, m, q]);
-    let g = ctx.b.op("MatMul", &[&mt, &g], vec![]);
+    let g = if d * m <= MAX_ONE_HOT {
+        let mut onehot = vec![0f32; (d * m) as usize];
+        for (i, &j) in idx.iter().enumerate() {
+            onehot[(j * m) as usize + i] = 1.0;
+        }
+        let mt = ctx.b.const_f32(&[d, m], &onehot);
+        ctx.b.op("MatMul", &[&mt, &g], vec![])
+    } else {
+        let i1 = ctx.b.const_i64(&idx);
+        let i3 = ctx.b.reshape_const(&i1, &[1, m, 1]);
+        let shape = ctx.b.shape(&g);
+        let ie = ctx.b.op("Expand", &[&i3, &shape], vec![]);
+        let zeros = zeros_rows(ctx, &g, &[d, q]);
+        ctx.b.op(
+            "ScatterElements",
+            &[&zeros, &ie, &g],
+            vec![attr::int("axis", 1), attr::string("reduction", "add")],
+        )
+    };
     Ok(one(ctx.flat(&g, &x_rest)))
 }
 
