@@ -751,6 +751,13 @@ def _(g, h):
     return g.op("Mul", [r, g.const("c_mul", g.rng.uniform(0.5, 1.5, [64, 4]))])
 
 
+@rule("matmul_const_first", "MatMul",
+      "MatMul with the constant first, as a token-mixing MLP has it: W [8,8] x h [N,4,8,8] (the "
+      "gradient of the second operand, dB = Wᵀ·dY)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("MatMul", [g.const("mix.weight", g.he([8, 8], 8)), h])
+
+
 def _attention(name, use_einsum):
     """A one-block ViT: patch Conv tokens + class token, fused QKV MatMul + Split, heads by runtime
     Reshape/Transpose, Q·Kᵀ scaled, Sigmoid in place of Softmax (no Softmax rule yet), ·V, merge heads,
