@@ -11,7 +11,8 @@ Writes DIR/<name>.onnx for every selected model and DIR/manifest.json describing
     committed (false for models too big for git, built on demand).
 
 Every model: one float32 input [N, ...] with dynamic batch "N", one rank-2 float32 output [N, D],
-opset 17, ir_version 8, a fixed numpy seed derived from the model name, He-style init.
+opset 17 (rule models built with rule_at may import a later one: 18, 21), ir_version 8 (10 at opset 21),
+a fixed numpy seed derived from the model name, He-style init.
 Each model is checked with onnx.checker and run once with ONNX Runtime on CPU (batch 2).
 """
 
