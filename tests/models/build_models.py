@@ -11,7 +11,8 @@ Writes DIR/<name>.onnx for every selected model and DIR/manifest.json describing
     committed (false for models too big for git, built on demand).
 
 Every model: one float32 input [N, ...] with dynamic batch "N", one rank-2 float32 output [N, D],
-opset 17, ir_version 8, a fixed numpy seed derived from the model name, He-style init.
+opset 17 (rule models built with rule_at may import a later one: 18, 21), ir_version 8 (10 at opset 21),
+a fixed numpy seed derived from the model name, He-style init.
 Each model is checked with onnx.checker and run once with ONNX Runtime on CPU (batch 2).
 """
 
@@ -772,6 +773,279 @@ def _(g, h):
 def _(g, h):
     return g.op("InstanceNormalization", [h, g.const("in.scale", g.rng.uniform(0.5, 1.5, [4])),
                                           g.const("in.bias", g.small([4]))])
+# ---- indexing, broadcasting, einsum and attention (rules/index.rs, rules/linalg.rs) ----------
+
+I64_MAX = np.iinfo(np.int64).max
+I64_MIN = np.iinfo(np.int64).min
+
+
+class GraphAtOpset(Graph):
+    """A Graph whose model imports a later opset (e.g. 18 for Split's num_outputs)."""
+
+    def __init__(self, name, input_shape, opset):
+        super().__init__(name, input_shape)
+        self.opset = opset
+
+    def model(self, outputs, doc=""):
+        m = super().model(outputs, doc)
+        m.opset_import[0].version = self.opset
+        if self.opset >= 21:
+            m.ir_version = 10  # the IR version that opset 21 came with
+        return m
+
+
+def rule_at(name, op, desc, d, input_shape=(4, 9, 9), opset=OPSET, layers=None):
+    """Like @rule, with the model's opset and (optionally) more layers: the body returns
+    (tensor after the op, extra layer names)."""
+
+    def deco(body):
+        def build():
+            g = GraphAtOpset(name, input_shape, opset)
+            h = g.stem()
+            y, extra = body(g, h)
+            z = g.to_embedding(y, d)
+            return g, dict(embedding=z, layers=[h] + extra, rule=op, d=d, description=desc)
+
+        register(name)(build)
+        return body
+
+    return deco
+
+
+def i64(g, base, values):
+    return g.const(base, values, np.int64)
+
+
+def batch_dim(g, t):
+    """Shape(t)[0:1] the way exporters write it: Shape -> Gather(0) -> Unsqueeze."""
+    b = g.op("Gather", [g.op("Shape", [t]), i64(g, "zero", 0)], axis=0)
+    return g.op("Unsqueeze", [b, i64(g, "axes0", [0])])
+
+
+@rule("slice_shape_arith", "Slice",
+      "ShuffleNet channel split: Slice(h, 0, C/2) and Slice(h, C/2, INT64_MAX) on axis 1, C/2 computed "
+      "as Shape -> Gather -> Div -> Unsqueeze; halves combined as a*Sigmoid(b)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    c = g.op("Gather", [g.op("Shape", [h]), i64(g, "one", 1)], axis=0)
+    half = g.op("Unsqueeze", [g.op("Div", [c, i64(g, "two", 2)]), i64(g, "axes0", [0])])
+    ax = i64(g, "axis1", [1])
+    a = g.op("Slice", [h, i64(g, "start0", [0]), half, ax])
+    b = g.op("Slice", [h, half, i64(g, "end_max", [I64_MAX]), ax])
+    return g.op("Mul", [a, g.op("Sigmoid", [b])])
+
+
+@rule("slice_steps", "Slice",
+      "Slice axes [-1, 2, 1]: W 1::3 (interleave, past the end), H -1:-10:-2 (negative step and "
+      "start, clamped end), C -20:3 (clamped start)", d=5)
+def _(g, h):
+    return g.op("Slice", [h, i64(g, "starts", [1, -1, -20]), i64(g, "ends", [I64_MAX, -10, 3]),
+                          i64(g, "axes", [-1, 2, 1]), i64(g, "steps", [3, -2, 1])])
+
+
+@rule("slice_reverse", "Slice",
+      "Slice without axes or steps: starts [0, 1], ends [INT64_MAX, 3] (axis 0 kept whole); then a flip "
+      "of W (INT64_MAX:INT64_MIN:-1) with H 2:100 (clamped end)", d=4, input_shape=(4, 7, 6))
+def _(g, h):
+    a = g.op("Slice", [h, i64(g, "starts", [0, 1]), i64(g, "ends", [I64_MAX, 3])])
+    return g.op("Slice", [a, i64(g, "starts", [I64_MAX, 2]), i64(g, "ends", [I64_MIN, 100]),
+                          i64(g, "axes", [3, 2]), i64(g, "steps", [-1, 1])])
+
+
+@rule("split_input", "Split", "Split axis 1 with split [1, 3] as input; a [N,1,8,8] * b [N,3,8,8]",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    a, b = g.op("Split", [h, i64(g, "split", [1, 3])], n_out=2, axis=1)
+    return g.op("Mul", [a, g.op("Tanh", [b])])
+
+
+@rule("split_unused_output", "Split",
+      "Split axis -1 into 3 equal parts (no split input), only parts 2 and 0 used: Concat(p2, p0); "
+      "part 1 has no cotangent (zeros)", d=4)
+def _(g, h):
+    p0, _p1, p2 = g.op("Split", [h], n_out=3, axis=-1)
+    return g.op("Concat", [p2, p0], axis=-1)
+
+
+@rule_at("split_num_outputs", "Split",
+         "opset 18 Split num_outputs 3 on axis 2 of H=8: parts 3, 3, 2; recombined as "
+         "Concat(Tanh(p2), p0, p1)", d=5, input_shape=(3, 8, 8), opset=18)
+def _(g, h):
+    p0, p1, p2 = g.op("Split", [h], n_out=3, axis=2, num_outputs=3)
+    return g.op("Concat", [g.op("Tanh", [p2]), p0, p1], axis=2), []
+
+
+@rule_at("index_ops_opset21", "Slice/Split/Gather/GatherElements/Expand/Tile",
+         "The indexing rules in one opset 21 graph (the compiler emits opset 21 forms): Slice "
+         "axis 3 ::-2, Split num_outputs 2 on axis 2, Tile [1,1,2,1], Expand to [1,4,8,4], "
+         "GatherElements axis 1 with ArgMax indices, Gather axis 1 indices [3, 0]", d=5,
+         input_shape=(3, 8, 8), opset=21)
+def _(g, h):
+    s = g.op("Slice", [h, i64(g, "starts", [-1]), i64(g, "ends", [I64_MIN]), i64(g, "axes", [3]),
+                       i64(g, "steps", [-2])])  # [N,4,8,4]
+    top, bottom = g.op("Split", [s], n_out=2, axis=2, num_outputs=2)  # [N,4,4,4] each
+    t = g.op("Tile", [top, i64(g, "repeats", [1, 1, 2, 1])])  # [N,4,8,4]
+    e = g.op("Expand", [g.op("ReduceMean", [bottom, i64(g, "axes2", [2])], keepdims=1),
+                        i64(g, "shape", [1, 4, 8, 4])])  # [N,4,8,4]
+    m = g.op("Mul", [t, g.op("Sigmoid", [e])])
+    mx = g.op("GatherElements", [m, g.op("ArgMax", [m], axis=1, keepdims=1)], axis=1)  # [N,1,8,4]
+    picked = g.op("Gather", [m, i64(g, "channels", [3, 0])], axis=1)  # [N,2,8,4]
+    return g.op("Concat", [picked, mx], axis=1), []
+
+
+@rule("gather_tensor_indices", "Gather",
+      "Gather axis -1 with 2-D indices [[2, -1], [0, 2]] (negative, repeated): [N,4,8,8] -> [N,4,8,2,2]",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Gather", [h, i64(g, "indices", [[2, -1], [0, 2]])], axis=-1)
+
+
+@rule("gather_many_indices", "Gather",
+      "Gather axis 2 of Reshape(h) [N,4,64] with 40 indices (repeats, negatives): 64 x 40 exceeds the "
+      "one-hot limit, so the rule scatters (ScatterElements add)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    r = g.op("Reshape", [h, i64(g, "shape", [0, 4, 64])])
+    idx = g.rng.integers(-64, 64, [40])
+    return g.op("Gather", [r, i64(g, "indices", idx)], axis=2)
+
+
+@rule("gather_scalar_shape_index", "Gather",
+      "Gather axis 2 with a scalar index computed from shapes (H - 3 = 5): removes the axis, "
+      "[N,4,8,8] -> [N,4,8]", d=3, input_shape=(3, 8, 8))
+def _(g, h):
+    hh = g.op("Gather", [g.op("Shape", [h]), i64(g, "two", 2)], axis=0)
+    idx = g.op("Sub", [hh, i64(g, "three", 3)])
+    return g.op("Gather", [h, idx], axis=2)
+
+
+@rule("gather_elements_const", "GatherElements",
+      "GatherElements axis 2 with constant indices [1,4,3,8] (one negative) expanded to the batch "
+      "(Expand to Concat(Shape(h)[0:1], [4,3,8]))", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    idx = g.rng.integers(0, 8, [1, 4, 3, 8])
+    idx[0, 0, 0, 0] = -1
+    shape = g.op("Concat", [batch_dim(g, h), i64(g, "rest", [4, 3, 8])], axis=0)
+    full = g.op("Expand", [i64(g, "indices", idx), shape])
+    return g.op("GatherElements", [h, full], axis=2)
+
+
+@rule("gather_elements_argmax", "GatherElements",
+      "GatherElements axis 1 with data-dependent indices ArgMax(h, axis 1, keepdims): the channel "
+      "maximum", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    idx = g.op("ArgMax", [h], axis=1, keepdims=1)
+    return g.op("GatherElements", [h, idx], axis=1)
+
+
+@rule("expand", "Expand",
+      "Expand Sigmoid(GlobalAveragePool(h)) [N,4,1,1] to shape [1,1,6,8] -> [N,4,6,8], times "
+      "Slice(h) (both depend on h)", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    s = g.op("Sigmoid", [g.op("GlobalAveragePool", [h])])
+    e = g.op("Expand", [s, i64(g, "shape", [1, 1, 6, 8])])
+    hs = g.op("Slice", [h, i64(g, "s", [1]), i64(g, "e", [7]), i64(g, "a", [2])])
+    return g.op("Mul", [e, hs])
+
+
+@rule("tile", "Tile", "Tile repeats [1, 2, 1, 3]: [N,4,5,6] -> [N,8,5,18]", d=4, input_shape=(3, 5, 6))
+def _(g, h):
+    t = g.op("Tile", [h, i64(g, "repeats", [1, 2, 1, 3])])
+    return g.op("Mul", [t, g.const("c_mul", g.rng.uniform(0.5, 1.5, [8, 5, 18]))])
+
+
+@rule("einsum_bmm", "Einsum",
+      "Einsum on A = Reshape(h) [N,4,64]: G = 'bij,bkj->bik'(A, A) (both operands one tensor), "
+      "then implicit output 'bij,jk' (= bik) with a weight [4,5]", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Reshape", [h, i64(g, "shape", [0, 4, 64])])
+    gram = g.op("Einsum", [a, a], equation="bij,bkj->bik")
+    gram = g.op("Mul", [gram, g.const("scale", np.float32(0.05))])
+    return g.op("Einsum", [gram, g.const("w", g.he([4, 5], 4))], equation="bij,jk")
+
+
+@rule("einsum_ellipsis", "Einsum",
+      "Einsum with ellipses: T = '...ij,...jk->...ik'(h, h) (batched matrix square, [N,4,8,8]), then "
+      "'...chw,ck->...kh'(T, weight [4,3]): w summed within the first operand alone -> [N,3,8]", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    t = g.op("Einsum", [h, h], equation="...ij,...jk->...ik")
+    t = g.op("Mul", [t, g.const("scale", np.float32(0.3))])
+    return g.op("Einsum", [t, g.const("w", g.he([4, 3], 4))], equation="...chw,ck->...kh")
+
+
+@rule("reshape_runtime_shape", "Reshape",
+      "Reshape [N,4,8,8] -> [N,64,4] with the target computed at run time: "
+      "Concat(Unsqueeze(Gather(Shape(h), 0)), Unsqueeze(Gather(Shape(h),2) * Gather(Shape(h),3)), "
+      "[-1])", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    shp = g.op("Shape", [h])
+    hh = g.op("Gather", [shp, i64(g, "two", 2)], axis=0)
+    ww = g.op("Gather", [shp, i64(g, "three", 3)], axis=0)
+    hw = g.op("Unsqueeze", [g.op("Mul", [hh, ww]), i64(g, "axes0", [0])])
+    target = g.op("Concat", [batch_dim(g, h), hw, i64(g, "minus1", [-1])], axis=0)
+    r = g.op("Reshape", [h, target])
+    return g.op("Mul", [r, g.const("c_mul", g.rng.uniform(0.5, 1.5, [64, 4]))])
+
+
+@rule("matmul_const_first", "MatMul",
+      "MatMul with the constant first, as a token-mixing MLP has it: W [8,8] x h [N,4,8,8] (the "
+      "gradient of the second operand, dB = Wᵀ·dY)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("MatMul", [g.const("mix.weight", g.he([8, 8], 8)), h])
+
+
+def _attention(name, use_einsum):
+    """A one-block ViT: patch Conv tokens + class token, fused QKV MatMul + Split, heads by runtime
+    Reshape/Transpose, Q·Kᵀ scaled, Softmax over the keys, ·V, merge heads,
+    output projection + residual, class-token Gather, Gemm to the embedding."""
+    g = Graph(name, [3, 8, 8])
+    h = g.stem()  # [N,4,8,8]
+    c, heads, hd = 8, 2, 4
+    p = g.conv(h, 4, c, 2, strides=2, name="patch")  # [N,8,4,4]
+    b = batch_dim(g, p)
+    flat = g.op("Reshape", [p, g.op("Concat", [b, i64(g, "c_m1", [c, -1])], axis=0)])  # [N,8,16]
+    tokens = g.op("Transpose", [flat], perm=[0, 2, 1])  # [N,16,8]
+    cls = g.op("Expand", [g.const("cls_token", g.small([1, 1, c], 0.5)),
+                          g.op("Concat", [b, i64(g, "one_c", [1, c])], axis=0)])
+    seq = g.op("Concat", [cls, tokens], axis=1)  # [N,17,8]
+    tok = g.op("Add", [seq, g.const("pos_embed", g.small([1, 17, c], 0.5))], out="tok")
+    qkv = g.op("MatMul", [tok, g.const("qkv.weight", g.he([c, 3 * c], c, 1.0))])
+    q, k, v = g.op("Split", [qkv, i64(g, "qkv_split", [c, c, c])], n_out=3, axis=-1)
+    t = g.op("Gather", [g.op("Shape", [tok]), i64(g, "one", 1)], axis=0)
+    t = g.op("Unsqueeze", [t, i64(g, "axes0", [0])])
+    head_shape = g.op("Concat", [batch_dim(g, tok), t, i64(g, "heads", [heads, hd])], axis=0)
+
+    def split_heads(x):
+        return g.op("Transpose", [g.op("Reshape", [x, head_shape])], perm=[0, 2, 1, 3])  # [N,2,17,4]
+
+    q, k, v = split_heads(q), split_heads(k), split_heads(v)
+    if use_einsum:
+        s = g.op("Einsum", [q, k], equation="bhqd,bhkd->bhqk")
+    else:
+        s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    a = g.op("Softmax", [g.op("Mul", [s, g.const("scale", np.float32(hd ** -0.5))])], axis=-1)
+    if use_einsum:
+        o = g.op("Einsum", [a, v], equation="bhqk,bhkd->bhqd")
+    else:
+        o = g.op("MatMul", [a, v])
+    o = g.op("Transpose", [o], perm=[0, 2, 1, 3])  # [N,17,2,4]
+    merge = g.op("Concat", [batch_dim(g, o), t, i64(g, "c", [c])], axis=0)
+    o = g.op("Reshape", [o, merge])
+    o = g.op("MatMul", [o, g.const("proj.weight", g.he([c, c], c, 1.0))])
+    x = g.op("Add", [tok, o])
+    cls_out = g.op("Gather", [x, i64(g, "cls_index", 0)], axis=1)  # [N,8]
+    z = g.gemm(cls_out, c, 6, name="head", out="z")
+    qk = "Einsum 'bhqd,bhkd->bhqk' and 'bhqk,bhkd->bhqd'" if use_einsum else "MatMul Q·Kᵀ and A·V"
+    return g, dict(embedding=z, layers=[h, tok], rule="Einsum" if use_einsum else "MatMul", d=6,
+                   description=f"One attention block, 2 heads: patch Conv 2x2/2 tokens, runtime-shape "
+                               f"Reshape/Transpose, class token (Expand + Concat), fused QKV MatMul + "
+                               f"Split, {qk} (both operands on the path), Softmax, "
+                               f"merge heads, projection + residual, class-token Gather. Layers: the stem "
+                               f"and the tokens [N,17,8]")
+
+
+register("attention_matmul")(lambda: _attention("attention_matmul", False))
+register("attention_einsum")(lambda: _attention("attention_einsum", True))
 
 
 # ======================================================================================

@@ -128,6 +128,7 @@ pub const NON_DIFFERENTIABLE: &[&str] = &[
 const FAMILIES: &[&[OpRule]] = &[
     rules::activation::RULES,
     rules::elementwise::RULES,
+    rules::index::RULES,
     rules::linalg::RULES,
     rules::norm::RULES,
     rules::shape::RULES,

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod elementwise;
+pub mod index;
 pub mod linalg;
 pub mod norm;
 pub mod shape;
