@@ -24,7 +24,7 @@ mod common;
 use agent::compiler::{self, CompileOptions};
 use agent::onnx;
 use agent::scores::Method;
-use common::{repo_root, run};
+use common::{repo_root, run, with_output};
 use ndarray::{ArrayD, IxDyn};
 
 const REL_TOL: f64 = 1e-4;
@@ -174,6 +174,33 @@ fn every_manifest_model_has_a_test() {
     let mut tested: Vec<String> = MODELS.iter().map(|s| s.to_string()).collect();
     tested.sort();
     assert_eq!(listed, tested);
+}
+
+/// The fixtures themselves, independent of the compiler: each layer tensor exists with the recorded
+/// shape, the embedding is `[N, D]`, and the references have one row per input and component.
+#[test]
+fn fixtures_match_their_manifest() {
+    for m in arch_manifest() {
+        let bytes = std::fs::read(arch_dir().join(&m.file)).unwrap();
+        let model = onnx::decode(&bytes).unwrap();
+        let x: ArrayD<f32> = ndarray_npy::read_npy(arch_dir().join(&m.inputs_file)).unwrap();
+        let n = x.shape()[0];
+        assert_eq!(m.components.len(), 4, "{}: components", m.name);
+        assert!(m.components.iter().all(|&c| c < m.d), "{}: component out of range", m.name);
+        for layer in &m.layers {
+            let out = run(
+                &with_output(&model, &layer.name),
+                vec![(&m.input, x.clone())],
+                &[m.embedding.as_str(), layer.name.as_str()],
+            );
+            assert_eq!(out[0].shape(), &[n, m.d], "{}: embedding shape", m.name);
+            assert_eq!(&out[1].shape()[1..], layer.shape.as_slice(), "{} {}: layer shape", m.name, layer.key);
+            let reference: ArrayD<f64> = ndarray_npy::read_npy(arch_dir().join(&layer.reference)).unwrap();
+            let mut want = vec![n, m.components.len()];
+            want.extend(&layer.shape);
+            assert_eq!(reference.shape(), want.as_slice(), "{} {}: reference shape", m.name, layer.key);
+        }
+    }
 }
 
 #[test]
