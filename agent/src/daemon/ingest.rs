@@ -82,7 +82,7 @@ impl Refusal {
 }
 
 async fn handle(state: Arc<AppState>, model: Option<String>, req: Request) -> Response {
-    let endpoint = match &*state.ingest.read().expect("ingest lock") {
+    let endpoint = match &*super::locks::read(&state.ingest) {
         IngestState::Off => None,
         IngestState::Starting { name } => Some(Err(name.clone())),
         IngestState::Open(e) => Some(Ok(e.clone())),
@@ -120,7 +120,7 @@ async fn accept(
     req: Request,
 ) -> Result<Response, Refusal> {
     let cfg = &e.cfg;
-    let token = cfg.auth_token.clone().or_else(|| state.auth_token.read().expect("lock").clone());
+    let token = cfg.auth_token.clone().or_else(|| super::locks::read(&state.auth_token).clone());
     if let Some(token) = token {
         let given = header_str(req.headers(), "authorization").and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
@@ -198,7 +198,7 @@ async fn accept(
         batch,
         ack: Ack::new(IngestAck),
     };
-    let tx = e.tx.read().expect("ingest lock").clone();
+    let tx = super::locks::read(&e.tx).clone();
     let sent = match tx {
         Some(tx) => tx.try_send(d),
         None => Err(mpsc::error::TrySendError::Closed(d)),
