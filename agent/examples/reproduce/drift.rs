@@ -1,4 +1,5 @@
-//! The paper's drift experiment (§4.4): per-sample relative change of the scores under `clip(x + λε, 0, 1)` and its Spearman correlation with λ.
+//! The paper's drift experiment (§4.4): per-sample relative change of the scores under
+//! `clip(x + λε, 0, 1)` and its Spearman correlation with λ.
 
 use super::*;
 
@@ -30,45 +31,20 @@ pub(crate) fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
         sp.score.smoothing = Some(*sigma);
         sp.score.smoothing_seed = Some(*seed);
         let t = Instant::now();
-        // clean[i], drifted[λ][i]; benchmarks per key (averaged over engines when fresh).
-        let (keys, clean, drifted_scores, benchmarks) = if *fresh {
-            drift_scores_fresh(&sp, x.view(), &drifted_sets)?
-        } else {
-            let batch = if *s == 1 { 32 } else { 4 };
-            let mut engine = Engine::new(&sp)?;
-            let clean = engine.score_all(x.view(), batch)?;
-            let d: Vec<Vec<SampleScores>> =
-                drifted_sets.iter().map(|xd| engine.score_all(xd.view(), batch)).collect::<Result<_>>()?;
-            let b = engine.keys().iter().map(|k| k.noise_benchmark).collect();
-            (keys_of(&engine), clean, d, b)
-        };
-        let mut per_key: Vec<Vec<(f64, f64)>> = vec![Vec::new(); keys.len()];
-        // rel[key][sample][λ]
-        let mut rel_table = vec![vec![vec![f64::NAN; LAMBDAS.len()]; n]; keys.len()];
-        for (li, sc) in drifted_scores.iter().enumerate() {
-            let lambda = LAMBDAS[li];
-            for ki in 0..keys.len() {
-                for i in 0..n {
-                    let (a, b) = (clean[i].scores[ki].noise_score, sc[i].scores[ki].noise_score);
-                    let rel = if a > 1e-12 { (a - b) / a } else { f64::NAN };
-                    rel_table[ki][i][li] = rel;
-                    if rel.is_finite() {
-                        per_key[ki].push((f64::from(lambda), rel));
-                    }
-                }
-            }
-        }
+        let (keys, clean, drifted_scores, benchmarks) =
+            drift_scores(&sp, *s, *fresh, x.view(), &drifted_sets)?;
+        let (per_key, rel_table) = relative_changes(keys.len(), &clean, &drifted_scores);
         for (ki, key) in keys.iter().enumerate() {
             if per_key[ki].is_empty() {
                 continue; // NS(x) = 0 throughout: nothing to plot
             }
-            for i in 0..n {
+            for (i, c) in clean.iter().enumerate() {
                 write!(
                     csv,
                     "{label},{},{},{i},{:.6}",
                     key.layer,
                     key.method.as_str(),
-                    clean[i].scores[ki].noise_score
+                    c.scores[ki].noise_score
                 )?;
                 for r in &rel_table[ki][i] {
                     write!(csv, ",{r:.6}")?;
@@ -77,45 +53,10 @@ pub(crate) fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
             }
         }
         let secs = t.elapsed().as_secs_f64();
+        let run = json!({"estimator": label, "samples": s, "smoothing": sigma, "smoothing_seed": seed});
         for (ki, key) in keys.iter().enumerate() {
-            let pts = &per_key[ki];
-            let skipped = LAMBDAS.len() * n - pts.len();
             let ns_clean: Vec<f64> = clean.iter().map(|c| c.scores[ki].noise_score).collect();
-            if pts.is_empty() {
-                results.push(json!({
-                    "estimator": label, "samples": s, "smoothing": sigma, "smoothing_seed": seed,
-                    "layer": key.layer, "method": key.method.as_str(),
-                    "note": "NS(x) = 0 for every sample (input-independent gradient): relative change undefined",
-                    "ns_clean_mean": mean(&ns_clean), "noise_benchmark": benchmarks[ki],
-                }));
-                continue;
-            }
-            let l: Vec<f64> = pts.iter().map(|p| p.0).collect();
-            let r: Vec<f64> = pts.iter().map(|p| p.1).collect();
-            let nz: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.0 > 0.0).collect();
-            let l_nz: Vec<f64> = nz.iter().map(|p| p.0).collect();
-            let r_nz: Vec<f64> = nz.iter().map(|p| p.1).collect();
-            let per_lambda: Vec<Value> = LAMBDAS
-                .iter()
-                .map(|&lam| {
-                    let v: Vec<f64> =
-                        pts.iter().filter(|p| (p.0 - f64::from(lam)).abs() < 1e-6).map(|p| p.1).collect();
-                    json!({"lambda": lam, "mean": mean(&v), "median": median(&v), "std": std(&v),
-                           "frac_negative": v.iter().filter(|&&x| x < 0.0).count() as f64 / v.len() as f64, "n": v.len()})
-                })
-                .collect();
-            let means: Vec<f64> = per_lambda.iter().map(|p| p["mean"].as_f64().unwrap_or(f64::NAN)).collect();
-            results.push(json!({
-                "estimator": label, "samples": s, "smoothing": sigma, "smoothing_seed": seed,
-                "layer": key.layer, "method": key.method.as_str(),
-                "n_samples": n, "skipped_points": skipped,
-                "spearman": spearman(&l, &r),
-                "spearman_without_lambda0": spearman(&l_nz, &r_nz),
-                "spearman_of_means": spearman(&LAMBDAS.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &means),
-                "ns_clean_mean": mean(&ns_clean), "noise_benchmark": benchmarks[ki],
-                "fresh_draws_per_sample": fresh,
-                "per_lambda": per_lambda,
-            }));
+            results.push(summarise(&run, key, &per_key[ki], &ns_clean, benchmarks[ki], *fresh));
         }
         eprintln!("  drift {label}: {secs:.1} s ({} samples × {} λ + clean)", n, LAMBDAS.len());
         seconds.insert(label.clone(), json!(secs));
@@ -130,6 +71,105 @@ pub(crate) fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
     });
     std::fs::write(args.out.join("drift.json"), serde_json::to_string_pretty(&v)? + "\n")?;
     Ok(v)
+}
+
+/// One estimator's scores: `(keys, clean[i], drifted[λ][i], noise benchmark per key)`, from one
+/// engine, or with fresh draws per sample from one engine per sample.
+fn drift_scores(
+    sp: &EngineSpec,
+    points: usize,
+    fresh: bool,
+    x: ArrayViewD<f32>,
+    drifted_sets: &[ArrayD<f32>],
+) -> Result<DriftScores> {
+    if fresh {
+        return drift_scores_fresh(sp, x, drifted_sets);
+    }
+    let batch = if points == 1 { 32 } else { 4 };
+    let mut engine = Engine::new(sp)?;
+    let clean = engine.score_all(x, batch)?;
+    let d: Vec<Vec<SampleScores>> =
+        drifted_sets.iter().map(|xd| engine.score_all(xd.view(), batch)).collect::<Result<_>>()?;
+    let b = engine.keys().iter().map(|k| k.noise_benchmark).collect();
+    Ok((keys_of(&engine), clean, d, b))
+}
+
+/// Per key, the finite `(λ, (NS(x) − NS(x_λ))/NS(x))` points, and the table `rel[key][sample][λ]`
+/// (NaN where `NS(x) = 0`).
+#[allow(clippy::type_complexity)]
+fn relative_changes(
+    keys: usize,
+    clean: &[SampleScores],
+    drifted: &[Vec<SampleScores>],
+) -> (Vec<Vec<(f64, f64)>>, Vec<Vec<Vec<f64>>>) {
+    let n = clean.len();
+    let mut per_key: Vec<Vec<(f64, f64)>> = vec![Vec::new(); keys];
+    let mut rel_table = vec![vec![vec![f64::NAN; LAMBDAS.len()]; n]; keys];
+    for (li, sc) in drifted.iter().enumerate() {
+        let lambda = LAMBDAS[li];
+        for ki in 0..keys {
+            for i in 0..n {
+                let (a, b) = (clean[i].scores[ki].noise_score, sc[i].scores[ki].noise_score);
+                let rel = if a > 1e-12 { (a - b) / a } else { f64::NAN };
+                rel_table[ki][i][li] = rel;
+                if rel.is_finite() {
+                    per_key[ki].push((f64::from(lambda), rel));
+                }
+            }
+        }
+    }
+    (per_key, rel_table)
+}
+
+/// One (estimator, key) result: Spearman correlations of the relative change with λ (all points,
+/// without λ = 0, of the per-λ means) and the per-λ distribution; `run` holds the estimator's fields.
+fn summarise(
+    run: &Value,
+    key: &Keys,
+    pts: &[(f64, f64)],
+    ns_clean: &[f64],
+    benchmark: f64,
+    fresh: bool,
+) -> Value {
+    let n = ns_clean.len();
+    let mut v = run.clone();
+    let o = v.as_object_mut().expect("an object");
+    o.insert("layer".into(), json!(key.layer));
+    o.insert("method".into(), json!(key.method.as_str()));
+    o.insert("ns_clean_mean".into(), json!(mean(ns_clean)));
+    o.insert("noise_benchmark".into(), json!(benchmark));
+    if pts.is_empty() {
+        o.insert(
+            "note".into(),
+            json!("NS(x) = 0 for every sample (input-independent gradient): relative change undefined"),
+        );
+        return v;
+    }
+    let l: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    let r: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    let nz: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.0 > 0.0).collect();
+    let l_nz: Vec<f64> = nz.iter().map(|p| p.0).collect();
+    let r_nz: Vec<f64> = nz.iter().map(|p| p.1).collect();
+    let per_lambda: Vec<Value> = LAMBDAS
+        .iter()
+        .map(|&lam| {
+            let v: Vec<f64> = pts.iter().filter(|p| (p.0 - f64::from(lam)).abs() < 1e-6).map(|p| p.1).collect();
+            json!({"lambda": lam, "mean": mean(&v), "median": median(&v), "std": std(&v),
+                   "frac_negative": v.iter().filter(|&&x| x < 0.0).count() as f64 / v.len() as f64, "n": v.len()})
+        })
+        .collect();
+    let means: Vec<f64> = per_lambda.iter().map(|p| p["mean"].as_f64().unwrap_or(f64::NAN)).collect();
+    o.insert("n_samples".into(), json!(n));
+    o.insert("skipped_points".into(), json!(LAMBDAS.len() * n - pts.len()));
+    o.insert("spearman".into(), json!(spearman(&l, &r)));
+    o.insert("spearman_without_lambda0".into(), json!(spearman(&l_nz, &r_nz)));
+    o.insert(
+        "spearman_of_means".into(),
+        json!(spearman(&LAMBDAS.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &means)),
+    );
+    o.insert("fresh_draws_per_sample".into(), json!(fresh));
+    o.insert("per_lambda".into(), json!(per_lambda));
+    v
 }
 
 pub(crate) type DriftScores = (Vec<Keys>, Vec<SampleScores>, Vec<Vec<SampleScores>>, Vec<f64>);
