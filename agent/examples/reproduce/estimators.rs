@@ -230,28 +230,12 @@ pub(crate) fn hutchinson_errors(
     };
     let exact_var = var_maps(exact_samples)?;
     let exact_noise_var = var_maps(exact_noise)?;
-    // Per input, per output: the estimated variance map with the given probes.
-    let estimate =
-        |engine: &mut Engine, data: ArrayViewD<f32>, probes: &Array2<f32>| -> Result<Vec<Vec<Array2<f32>>>> {
-            let mut res = Vec::new();
-            for chunk in data.axis_chunks_iter(Axis(0), batch) {
-                let maps = engine.run_rows(chunk.view(), probes.view())?;
-                for b in 0..chunk.shape()[0] {
-                    res.push(
-                        maps.iter()
-                            .map(|m| hutchinson_variance(m.index_axis(Axis(0), b), d))
-                            .collect::<Result<_, _>>()?,
-                    );
-                }
-            }
-            Ok(res)
-        };
     for &k in ks {
         let mut acc: Vec<[Vec<f64>; 6]> = (0..keys.len()).map(|_| Default::default()).collect();
         for seed in 0..draws {
             let probes = hutchinson_probes(d, k, 1000 + seed);
-            let est_noise = estimate(engine, noise.view(), &probes)?;
-            let est = estimate(engine, samples.view(), &probes)?;
+            let est_noise = hutchinson_maps(engine, noise.view(), &probes, batch)?;
+            let est = hutchinson_maps(engine, samples.view(), &probes, batch)?;
             for (o, a) in acc.iter_mut().enumerate() {
                 let exact_ref =
                     NoiseReference::new(&exact_noise_var.iter().map(|v| v[o].clone()).collect::<Vec<_>>())?;
@@ -288,6 +272,44 @@ pub(crate) fn hutchinson_errors(
             out.push(table.push(q("NS", &a[4], &a[5])));
         }
     }
+    out.extend(mean_map_errors(model, engine, keys, samples, exact_samples, batch, table)?);
+    Ok(out)
+}
+
+/// Per input, per output: the variance map estimated from `probes` (Hutchinson).
+fn hutchinson_maps(
+    engine: &mut Engine,
+    data: ArrayViewD<f32>,
+    probes: &Array2<f32>,
+    batch: usize,
+) -> Result<Vec<Vec<Array2<f32>>>> {
+    let d = engine.embedding_dim();
+    let mut res = Vec::new();
+    for chunk in data.axis_chunks_iter(Axis(0), batch) {
+        let maps = engine.run_rows(chunk.view(), probes.view())?;
+        for b in 0..chunk.shape()[0] {
+            res.push(
+                maps.iter()
+                    .map(|m| hutchinson_variance(m.index_axis(Axis(0), b), d))
+                    .collect::<Result<_, _>>()?,
+            );
+        }
+    }
+    Ok(res)
+}
+
+/// The one-pass mean map (one cotangent row `1/D`) against the mean of the exact per-component maps.
+fn mean_map_errors(
+    model: &str,
+    engine: &mut Engine,
+    keys: &[Keys],
+    samples: ArrayViewD<f32>,
+    exact_samples: &[Vec<Array3<f32>>],
+    batch: usize,
+    table: &mut EstimatorTable,
+) -> Result<Vec<Value>> {
+    let (d, n) = (engine.embedding_dim(), samples.shape()[0]);
+    let mut out = Vec::new();
     // One pass with the row 1/D gives mean_j of the maps.
     let row = Array2::from_elem((1, d), 1.0 / d as f32);
     let mut mean_maps: Vec<Vec<Array2<f32>>> = Vec::new();
