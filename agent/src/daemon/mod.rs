@@ -13,6 +13,7 @@ pub mod check;
 mod endpoint;
 mod engine_loop;
 pub mod ingest;
+mod locks;
 pub mod monitor;
 mod pipeline;
 mod publish;

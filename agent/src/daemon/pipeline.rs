@@ -139,11 +139,11 @@ impl Pipeline {
                 tracing::warn!(source = %i.name, listen = %cfg.server.listen, "the ingest endpoint accepts anyone: set server.auth_token or the source's auth_token");
             }
             let endpoint = IngestEndpoint::new(i.clone(), model.clone(), tx.clone(), opts.clone());
-            *state.ingest.write().expect("ingest lock") = IngestState::Open(Arc::new(endpoint));
+            *super::locks::write(&state.ingest) = IngestState::Open(Arc::new(endpoint));
         }
         drop(tx);
         state.telemetry.ready.set(1);
-        state.status.write().expect("status lock").ready = true;
+        super::locks::write(&state.status).ready = true;
         tracing::info!(model = %model, "pipeline ready");
         Ok(Pipeline { stop, sources, engine: Some(engine) })
     }
@@ -151,10 +151,10 @@ impl Pipeline {
     /// Stops the sources, lets the engine score what is queued, and waits for both.
     pub async fn drain(mut self, state: &AppState) {
         state.telemetry.ready.set(0);
-        state.status.write().expect("status lock").ready = false;
+        super::locks::write(&state.status).ready = false;
         // The endpoint holds a sender of the queue: the engine ends only once it is gone.
         {
-            let mut ingest = state.ingest.write().expect("ingest lock");
+            let mut ingest = super::locks::write(&state.ingest);
             if let IngestState::Open(e) = &*ingest {
                 e.close();
                 *ingest = IngestState::Starting { name: e.cfg.name.clone() };

@@ -244,7 +244,7 @@ fn server_endpoints_and_auth() {
     let state = Arc::new(AppState::new());
     let listener2 = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port2 = listener2.local_addr().unwrap().port();
-    *state.auth_token.write().unwrap() = Some("s3cret".into());
+    *locks::write(&state.auth_token) = Some("s3cret".into());
     let s2 = state.clone();
     rt.spawn(async move { axum::serve(listener2, server::router(s2)).await });
 
