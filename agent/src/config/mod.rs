@@ -119,8 +119,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// A CPU budget: the most samples per second the engine scores on average. When inputs arrive
     /// faster, each arriving sample is scored with the same probability `p = budget / arrival rate`
-    /// (the rate measured over the previous second; a Bernoulli draw per sample) and the others are
-    /// skipped: acknowledged (a dir file still ends in `done/`) and counted in
+    /// (a Bernoulli draw per sample; `p` updated every 250 ms from the larger of the last 250 ms' and
+    /// the last second's arrival rate, and constant in between) and the others are skipped: acknowledged (a dir file still ends in `done/`) and counted in
     /// `agent_samples_skipped_total{reason="budget"}`. A draw independent of the sample keeps the
     /// windows an unbiased sample of the traffic, where a token bucket would favour the first samples
     /// of each burst; unlike a per-interval reservoir it holds no input back and adds no latency.

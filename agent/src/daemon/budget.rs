@@ -13,19 +13,28 @@ use tokio::sync::mpsc;
 use super::state::AppState;
 use plugins::sources::{Delivery, Outcome};
 
-/// How long the arrival rate is measured before it sets the next inclusion probability: short enough
-/// to follow a burst within a second or two, long enough that a 10-sample/s stream is not measured
-/// from one or two samples.
-pub const PERIOD: Duration = Duration::from_secs(1);
+/// How often the inclusion probability is updated, and the span over which it is constant (every
+/// sample of one period has the same probability). Short, so that a burst after a quiet spell is
+/// scored in full for at most a quarter of a second before the probability follows it.
+pub const PERIOD: Duration = Duration::from_millis(250);
 
-/// Bernoulli admission with `p = min(1, budget / rate)`, the rate measured over the previous period.
-/// Within a period every arriving sample has the same probability `p`, independent of its content
-/// and of the other samples, so the admitted ones are a uniform sample of that period's traffic.
+/// Periods over which the arrival rate is also averaged (one second), so that a slow stream is not
+/// measured from the two or three samples of one period.
+const PERIODS: usize = 4;
+
+/// Bernoulli admission with `p = min(1, budget / rate)`. `rate` is the larger of the last period's
+/// arrival rate and the last second's: the larger, so that a rising rate is followed within one
+/// period and the budget is a ceiling rather than an average that a burst may overshoot for a
+/// second. Within a period every arriving sample has the same probability `p`, independent of its
+/// content and of the other samples, so the admitted ones are a uniform sample of that period's
+/// traffic.
 #[derive(Debug)]
 pub struct Sampler {
     budget: f64,
     started: Instant,
     arrived: u64,
+    /// (arrivals, seconds) of the last [`PERIODS`] periods, oldest first.
+    recent: std::collections::VecDeque<(u64, f64)>,
     p: f64,
     rng: ChaCha8Rng,
 }
@@ -36,6 +45,7 @@ impl Sampler {
             budget: max_samples_per_sec,
             started: now,
             arrived: 0,
+            recent: std::collections::VecDeque::with_capacity(PERIODS),
             p: 1.0,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
@@ -45,7 +55,13 @@ impl Sampler {
     pub fn admit(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.started);
         if elapsed >= PERIOD {
-            let rate = self.arrived as f64 / elapsed.as_secs_f64();
+            let secs = elapsed.as_secs_f64();
+            if self.recent.len() == PERIODS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((self.arrived, secs));
+            let (n, t) = self.recent.iter().fold((0u64, 0.0), |(n, t), (a, s)| (n + a, t + s));
+            let rate = (self.arrived as f64 / secs).max(n as f64 / t);
             self.p = if rate <= self.budget { 1.0 } else { self.budget / rate };
             self.started = now;
             self.arrived = 0;
@@ -135,13 +151,13 @@ mod tests {
         let runs = 4000u64;
         let mut hits = [0u64; 50];
         for seed in 0..runs {
-            let mut s = Sampler::new(10.0, seed, t0);
-            // The first period measures 50 arrivals/s; the second admits with p = 10/50.
+            let mut s = Sampler::new(40.0, seed, t0);
+            // The first period (250 ms) measures 200 arrivals/s; the second admits with p = 40/200.
             for i in 0..50u64 {
-                assert!(s.admit(t0 + Duration::from_millis(i * 20)));
+                assert!(s.admit(t0 + Duration::from_millis(i * 5)));
             }
             for (i, h) in hits.iter_mut().enumerate() {
-                if s.admit(t0 + Duration::from_millis(1000 + i as u64 * 20)) {
+                if s.admit(t0 + Duration::from_millis(250 + i as u64 * 5)) {
                     *h += 1;
                 }
             }
@@ -154,6 +170,26 @@ mod tests {
         let total: u64 = hits.iter().sum();
         let mean = total as f64 / runs as f64;
         assert!((mean - 10.0).abs() < 4.0 * (50.0f64 * 0.2 * 0.8 / runs as f64).sqrt(), "{mean}");
+    }
+
+    /// After a quiet spell, a burst is admitted in full for one period only, then at budget / rate.
+    #[test]
+    fn a_burst_after_a_quiet_spell_is_followed_within_one_period() {
+        let t0 = Instant::now();
+        let mut s = Sampler::new(20.0, 3, t0);
+        // 10 s of 2 samples/s, then 200/s.
+        for i in 0..20u64 {
+            assert!(s.admit(t0 + Duration::from_millis(i * 500)));
+        }
+        let burst = t0 + Duration::from_secs(10);
+        let mut admitted_first_period = 0;
+        for i in 0..100u64 {
+            if s.admit(burst + Duration::from_millis(i * 5)) && i < 50 {
+                admitted_first_period += 1;
+            }
+        }
+        assert_eq!(admitted_first_period, 50, "the first period of the burst is admitted in full");
+        assert!((s.probability() - 0.1).abs() < 1e-9, "{}", s.probability());
     }
 
     #[test]
