@@ -68,7 +68,10 @@ fn four_shards_merged_equal_one_process() {
         model: "methods = [\"vanilla\", \"gradcam\"]\nsmoothing_points = 2".into(),
         engine: "providers = [\"cpu\"]\nbatch_size = 4".into(),
         baseline: format!("path = \"{}\"", dir.join("baseline.json").display()),
-        rest: format!("[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n", dir.join("inbox").display()),
+        rest: format!(
+            "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n",
+            dir.join("inbox").display()
+        ),
         ..DemoConfig::default()
     }
     .write(dir);
@@ -76,12 +79,25 @@ fn four_shards_merged_equal_one_process() {
     let (c, r) = (cfg.to_str().unwrap(), refdir.to_str().unwrap());
 
     let whole = dir.join("whole.json");
-    ok(agent(&["baseline", "--config", c, "--reference", r, "--out", whole.to_str().unwrap()]), "single process");
+    ok(
+        agent(&["baseline", "--config", c, "--reference", r, "--out", whole.to_str().unwrap()]),
+        "single process",
+    );
     let mut partials = Vec::new();
     for i in 0..4 {
         let p = dir.join(format!("shard-{i}.json"));
         let out = ok(
-            agent(&["baseline", "--config", c, "--reference", r, "--out", p.to_str().unwrap(), "--shard", &format!("{i}/4")]),
+            agent(&[
+                "baseline",
+                "--config",
+                c,
+                "--reference",
+                r,
+                "--out",
+                p.to_str().unwrap(),
+                "--shard",
+                &format!("{i}/4"),
+            ]),
             "a shard",
         );
         assert!(out.contains(&format!("shard {i}/4; 10 samples")), "{out}");
@@ -121,7 +137,8 @@ fn four_shards_merged_equal_one_process() {
     let out = agent(&["baseline", "merge", &partials[0], &partials[1], &partials[2], "--out", o]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("shard 3/4 missing"), "{err}");
-    let out = agent(&["baseline", "merge", &partials[0], &partials[0], &partials[2], &partials[3], "--out", o]);
+    let out =
+        agent(&["baseline", "merge", &partials[0], &partials[0], &partials[2], &partials[3], "--out", o]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("shard 0/4 is given twice"), "{err}");
     // A partial of other settings (another smoothing) is refused by its settings hash.
@@ -129,7 +146,10 @@ fn four_shards_merged_equal_one_process() {
         model: "methods = [\"vanilla\", \"gradcam\"]\nsmoothing_points = 3".into(),
         engine: "providers = [\"cpu\"]\nbatch_size = 4".into(),
         baseline: format!("path = \"{}\"", dir.join("baseline.json").display()),
-        rest: format!("[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n", dir.join("inbox").display()),
+        rest: format!(
+            "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n",
+            dir.join("inbox").display()
+        ),
         ..DemoConfig::default()
     };
     let odir = dir.join("other");
@@ -137,10 +157,29 @@ fn four_shards_merged_equal_one_process() {
     let ocfg = other.write(&odir);
     let p3 = odir.join("shard-3.json");
     ok(
-        agent(&["baseline", "--config", ocfg.to_str().unwrap(), "--reference", r, "--out", p3.to_str().unwrap(), "--shard", "3/4"]),
+        agent(&[
+            "baseline",
+            "--config",
+            ocfg.to_str().unwrap(),
+            "--reference",
+            r,
+            "--out",
+            p3.to_str().unwrap(),
+            "--shard",
+            "3/4",
+        ]),
         "a shard of other settings",
     );
-    let out = agent(&["baseline", "merge", &partials[0], &partials[1], &partials[2], p3.to_str().unwrap(), "--out", o]);
+    let out = agent(&[
+        "baseline",
+        "merge",
+        &partials[0],
+        &partials[1],
+        &partials[2],
+        p3.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("partial 4 (3/4) has settings hash"), "{err}");
 }

@@ -17,7 +17,7 @@ use agent::config::Config;
 use agent::drift::ks_two_sample;
 use agent::engine::Engine;
 use ndarray::{Array4, Axis, concatenate};
-use support::{DemoConfig, Daemon, LogsOnFailure, MODEL, request, v2_body, wait_until};
+use support::{Daemon, DemoConfig, LogsOnFailure, MODEL, request, v2_body, wait_until};
 
 const BUDGET: f64 = 20.0;
 const RATE: u64 = 200;
@@ -156,30 +156,49 @@ fn ten_times_overload_keeps_the_budget_and_an_unbiased_sample() {
     let mut separating = 0;
     for layer in 0..2 {
         for (what, pick) in [
-            ("noise", (|s: &agent::scores::LayerScores| s.noise_score) as fn(&agent::scores::LayerScores) -> f64),
+            (
+                "noise",
+                (|s: &agent::scores::LayerScores| s.noise_score) as fn(&agent::scores::LayerScores) -> f64,
+            ),
             ("variance", |s| s.variance_score),
         ] {
             let value = |k: usize| pick(&scores[k].scores[layer]);
             let mut a: Vec<f64> = scored_ids.iter().map(|&k| value(k)).collect();
-            let mut b: Vec<f64> =
-                skipped_count.iter().enumerate().flat_map(|(k, &c)| (0..c).map(move |_| k)).map(value).collect();
+            let mut b: Vec<f64> = skipped_count
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &c)| (0..c).map(move |_| k))
+                .map(value)
+                .collect();
             a.sort_by(f64::total_cmp);
             b.sort_by(f64::total_cmp);
             let ks = ks_two_sample(&a, &b).unwrap();
-            eprintln!("layer {layer} {what}: scored vs skipped D = {:.3}, p = {:.3}", ks.statistic, ks.p_value);
-            assert!(ks.p_value > 1e-3, "layer {layer} {what} score: the scored samples are not a uniform sample");
+            eprintln!(
+                "layer {layer} {what}: scored vs skipped D = {:.3}, p = {:.3}",
+                ks.statistic, ks.p_value
+            );
+            assert!(
+                ks.p_value > 1e-3,
+                "layer {layer} {what} score: the scored samples are not a uniform sample"
+            );
             let mut c: Vec<f64> = (0..n).map(value).collect();
             let mut i: Vec<f64> = (n..2 * n).map(value).collect();
             c.sort_by(f64::total_cmp);
             i.sort_by(f64::total_cmp);
             let sep = ks_two_sample(&c, &i).unwrap();
-            eprintln!("layer {layer} {what}: clean vs inverted D = {:.3}, p = {:.2e}", sep.statistic, sep.p_value);
+            eprintln!(
+                "layer {layer} {what}: clean vs inverted D = {:.3}, p = {:.2e}",
+                sep.statistic, sep.p_value
+            );
             separating += usize::from(sep.p_value < 1e-6);
         }
     }
     // The test can tell: clean and inverted digits score differently on some pairs (a constant
     // score, as the second layer's noise score with one smoothing point, tells nothing).
-    assert!(separating >= 2, "clean and inverted digits must score differently for the test to mean anything");
+    assert!(
+        separating >= 2,
+        "clean and inverted digits must score differently for the test to mean anything"
+    );
     // And directly: the scored samples are half clean, as posted (4 standard errors), where a
     // sampler admitting the head of each burst would score mostly clean ones.
     let se = (0.25 / scored_ids.len() as f64).sqrt();
