@@ -37,6 +37,9 @@ pub fn merge(parts: &[Baseline], seed: u64, created_unix_secs: u64) -> Result<Ba
         let Some(s) = p.shard else {
             return err(format!("partial {} is a whole baseline, not a shard", i + 1));
         };
+        if s.index >= s.count {
+            return err(format!("{which}: shard index {} is not below the shard count {}", s.index, s.count));
+        }
         if s.count != n {
             return err(format!("{which} is one of {} shards, partial 1 one of {n}", s.count));
         }
@@ -290,6 +293,9 @@ mod tests {
         whole[0].shard = None;
         assert!(merge(&whole, 0, 1).unwrap_err().to_string().contains("not a shard"));
         assert!(merge(&[], 0, 1).is_err());
+        let mut bad = parts.clone();
+        bad[1].shard = Some(Shard { index: 9, count: 4 });
+        assert!(merge(&bad, 0, 1).unwrap_err().to_string().contains("shard index 9 is not below"));
         assert_eq!(Shard::parse("2/4"), Ok(Shard { index: 2, count: 4 }));
         assert!(Shard::parse("4/4").is_err() && Shard::parse("x").is_err() && Shard::parse("1/0").is_err());
     }
