@@ -141,6 +141,9 @@ fn engine(p: &mut Problems, e: &EngineConfig) {
     if e.batch_size == 0 {
         p.add("engine.batch_size", "must be at least 1");
     }
+    if e.max_samples_per_sec.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+        p.add("engine.max_samples_per_sec", "must be a finite number > 0 (or absent: no budget)");
+    }
     if e.queue_capacity == 0 {
         p.add("engine.queue_capacity", "must be at least 1");
     }

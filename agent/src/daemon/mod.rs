@@ -9,6 +9,7 @@
 //! ```
 
 pub mod baseline;
+mod budget;
 pub mod check;
 mod endpoint;
 mod engine_loop;
