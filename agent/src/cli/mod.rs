@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod demo;
 pub mod explain;
+pub mod report;
 pub mod score;
 
 use std::path::PathBuf;
