@@ -71,28 +71,28 @@ pub fn symmetric_eigen(m: &Array2<f64>) -> (Vec<f64>, Array2<f64>) {
     (values, vectors)
 }
 
-/// Orthonormalises the columns of `y` in place (modified Gram–Schmidt, twice for stability); columns
-/// that vanish are replaced by zeros and reported by the count returned.
-fn orthonormalize(y: &mut Array2<f64>) -> usize {
-    let k = y.ncols();
-    let mut dropped = 0;
+/// Orthonormalises the columns of `y` (modified Gram–Schmidt, twice for stability; columns that
+/// vanish become zeros). The columns are copied into contiguous rows first: walking a column of a
+/// row-major `[N, r]` matrix strides through memory, which made this step dominate the fit.
+fn orthonormalize(y: &mut Array2<f64>) {
+    let mut q = y.t().as_standard_layout().into_owned();
+    let k = q.nrows();
     for j in 0..k {
         for _pass in 0..2 {
             for i in 0..j {
-                let qi = y.column(i).to_owned();
-                let r = qi.dot(&y.column(j));
-                y.column_mut(j).scaled_add(-r, &qi);
+                let r = q.row(i).dot(&q.row(j));
+                let (done, mut rest) = q.view_mut().split_at(Axis(0), j);
+                rest.row_mut(0).scaled_add(-r, &done.row(i));
             }
         }
-        let norm = y.column(j).dot(&y.column(j)).sqrt();
+        let norm = q.row(j).dot(&q.row(j)).sqrt();
         if norm > 1e-12 {
-            y.column_mut(j).mapv_inplace(|v| v / norm);
+            q.row_mut(j).mapv_inplace(|v| v / norm);
         } else {
-            y.column_mut(j).fill(0.0);
-            dropped += 1;
+            q.row_mut(j).fill(0.0);
         }
     }
-    dropped
+    *y = q.t().as_standard_layout().into_owned();
 }
 
 /// The top principal axes of a centred `[N, D]` matrix `x`: `(variances, axes)` with the variances
