@@ -181,9 +181,9 @@ mod tests {
             assert!((v - w).abs() < 1e-9, "{v} vs {w}");
         }
         // M v = λ v for each pair
-        for i in 0..3 {
+        for (i, &lambda) in vals.iter().enumerate() {
             let mv = m.dot(&vecs.column(i));
-            let lv = &vecs.column(i) * vals[i];
+            let lv = &vecs.column(i) * lambda;
             assert!((&mv - &lv).iter().all(|e| e.abs() < 1e-10));
         }
     }
