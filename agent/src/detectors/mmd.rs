@@ -210,8 +210,8 @@ mod tests {
         MmdConfig { max_samples: max, ..MmdConfig::default() }
     }
 
-    /// Expected values: `tools/detectors_reference.py` (numpy), printed into
-    /// `tools/detectors_reference.json` — median-heuristic `2σ²` and the unbiased MMD² on
+    /// Expected values: `tools/detectors_reference.py` (numpy), written into
+    /// `detectors/reference_values.rs` — median-heuristic `2σ²` and the unbiased MMD² on
     /// `testdata::reference(40, 6)` against `testdata::window(30, 6, shift)`.
     #[test]
     fn matches_numpy() {
