@@ -43,6 +43,8 @@ enum Command {
     Score(cli::score::ScoreArgs),
     /// Draw the attribution heat map of one input.
     Explain(cli::explain::ExplainArgs),
+    /// Compare data with a reference: every embedding detector and the paper's scores.
+    Report(cli::report::ReportArgs),
     /// The demo's producer: stream clean, then drifted digits into a watched directory.
     DemoFeed(cli::demo::DemoFeedArgs),
 }
@@ -88,6 +90,10 @@ fn main() -> ExitCode {
         Some(Command::Explain(a)) => {
             init_cli_logging();
             report(cli::explain::run(&a).map(|_| 0))
+        }
+        Some(Command::Report(a)) => {
+            init_cli_logging();
+            report(cli::report::run(&a))
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod compile;
 pub mod demo;
 pub mod explain;
+pub mod report;
 pub mod score;
 
 use std::path::PathBuf;
