@@ -271,7 +271,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let cfg = Config::load(std::path::Path::new("config/demo.toml"))?;
     let mut spec = cfg.to_engine_spec();
-    spec.providers = vec![Provider::Cpu];
+    spec.runtime.providers = Some(vec![Provider::Cpu]);
     let mut engine = Engine::new(&spec)?;
     let input = engine.graph().inputs[0].name.clone();
     let mut forward = EmbeddingModel::new(&spec, &input)?;

@@ -109,7 +109,7 @@ pub struct EmbeddingModel {
 
 impl EmbeddingModel {
     pub fn new(spec: &EngineSpec, input: &str) -> Result<EmbeddingModel> {
-        let (env, _) = runtime::environment(spec.onnxruntime_path.as_deref())?;
+        let (env, _) = runtime::environment(spec.runtime.onnxruntime_path.as_deref())?;
         let mut model = crate::onnx::load(&spec.model_path)?;
         let graph =
             model.graph.as_mut().with_context(|| format!("{} has no graph", spec.model_path.display()))?;
@@ -118,7 +118,11 @@ impl EmbeddingModel {
             crate::onnx::proto::data_type::FLOAT,
             &[Err("N"), Err("D")],
         )];
-        let so = SessionOptions { providers: spec.providers.clone(), threads: spec.threads, device_id: 0 };
+        let so = SessionOptions {
+            providers: spec.runtime.providers().to_vec(),
+            threads: spec.runtime.threads(),
+            device_id: 0,
+        };
         let (session, _) = runtime::session(env, &crate::onnx::encode(&model), &so)
             .with_context(|| format!("the forward session of {}", spec.model_path.display()))?;
         Ok(EmbeddingModel { session, input: input.to_string(), output: spec.embedding.clone() })
