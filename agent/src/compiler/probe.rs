@@ -107,6 +107,15 @@ pub fn model_inputs(graph: &GraphProto) -> Result<Vec<InputSpec>> {
                 ),
             }
         }
+        // Checked before anything is allocated from the declared sizes (the probe feeds 3 samples).
+        let elements = rest.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
+        if elements.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
+            bail!(
+                "model input {:?} declares {:?} elements per sample (shape {rest:?}); the compiler accepts at most {MAX_INPUT_ELEMENTS}",
+                v.name,
+                elements.map_or("more than 2^63".to_string(), |n| n.to_string())
+            );
+        }
         out.push(InputSpec { name: v.name.clone(), elem_type, rest });
     }
     if out.is_empty() {
@@ -114,6 +123,10 @@ pub fn model_inputs(graph: &GraphProto) -> Result<Vec<InputSpec>> {
     }
     Ok(out)
 }
+
+/// The largest model input, in elements per sample, the compiler will probe (a 4096 × 4096 RGB image
+/// is 50 M): the declared sizes of an untrusted model must not decide an allocation.
+const MAX_INPUT_ELEMENTS: i64 = 1 << 26;
 
 /// Random probe inputs: floats in [0, 1), integers zero.
 fn probe_inputs(
