@@ -148,11 +148,6 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Compares in time independent of where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn accept(
     state: &AppState,
     e: &IngestEndpoint,
@@ -161,15 +156,10 @@ async fn accept(
 ) -> Result<Response, Refusal> {
     let cfg = &e.cfg;
     let token = cfg.auth_token.clone().or_else(|| state.auth_token.read().expect("lock").clone());
-    if let Some(token) = token {
-        let given = header_str(req.headers(), "authorization").and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            ));
-        }
+    if let Some(token) = token
+        && !super::server::bearer_ok(req.headers(), &token)
+    {
+        return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token"));
     }
     if let Some(name) = &model
         && !e.accepts(name)
