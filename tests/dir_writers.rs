@@ -133,7 +133,7 @@ fn check_outcome(r: Running, expected: &ArrayD<f32>, got: &ArrayD<f32>) {
 #[test]
 fn notify_waits_for_close_write_through_long_pauses() {
     let d = tempfile::tempdir().unwrap();
-    let settle = 100;
+    let settle = 200;
     let mut r = start(d.path(), WatchMethod::Notify, settle);
     let (a, bytes) = payload();
     let path: PathBuf = d.path().join("big.npy");

@@ -269,9 +269,9 @@ fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, Rejection> {
         let d = usize::try_from(d).map_err(|_| {
             Rejection::new(RejectReason::Shape, name, format!("negative dimension in shape {shape:?}"))
         })?;
-        count = count
-            .checked_mul(d)
-            .ok_or_else(|| Rejection::new(RejectReason::Shape, name, format!("shape {shape:?} overflows")))?;
+        count = count.checked_mul(d).ok_or_else(|| {
+            Rejection::new(RejectReason::TooLarge, name, format!("shape {shape:?} overflows"))
+        })?;
         out.push(d);
     }
     Ok(out)

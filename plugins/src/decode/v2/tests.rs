@@ -158,3 +158,39 @@ fn binary_extension() {
         RejectReason::Shape
     );
 }
+
+#[test]
+fn declared_shapes_and_binary_sizes_are_checked_before_allocation() {
+    // 2**62 × 4 elements: refused by the limit, not multiplied into an allocation.
+    let e =
+        decode(json!({"name": "x", "shape": [4611686018427387904i64, 4], "datatype": "FP32", "data": [1]}))
+            .unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge, "{}", e.message);
+    let e = decode(json!({"name": "x", "shape": [1099511627776i64, 4], "datatype": "FP32", "data": [1]}))
+        .unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge, "{}", e.message);
+    assert!(e.message.contains("limits.max_elements_per_file"), "{}", e.message);
+    // The binary extension's `count * size` overflowing usize is a shape error, not a panic.
+    let small = DecodeOptions {
+        limits: Limits {
+            max_elements_per_file: u64::MAX,
+            max_elements_per_sample: u64::MAX,
+            ..Limits::default()
+        },
+        input_shape: vec![],
+        ..opts()
+    };
+    let t = tensor(json!({"name": "x", "shape": [4611686018427387904i64, 1], "datatype": "FP64"}));
+    let e = decode_tensor("req", &t, Some(&[0u8; 8]), &small).unwrap_err();
+    assert_eq!(e.reason, RejectReason::Shape);
+    assert!(e.message.contains("overflowing bytes"), "{}", e.message);
+    // Nesting deeper than max_json_depth is refused from the bytes, before parsing.
+    let deep = format!(
+        r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": {}1{}}}]}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let e = parse_request("req", deep.as_bytes(), None, &Limits::default()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge);
+    assert!(e.message.contains("limits.max_json_depth"), "{}", e.message);
+}

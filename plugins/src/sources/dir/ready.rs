@@ -85,8 +85,16 @@ impl Readiness {
 
     /// Whether the file `name` with metadata `meta` (read now) may be claimed.
     pub fn ready(&mut self, name: &str, meta: &Metadata, settle: Duration) -> bool {
-        let (size, mtime) = (meta.len(), meta.modified().ok());
-        let now = Instant::now();
+        self.ready_at(name, stamp(meta), settle, Instant::now())
+    }
+
+    fn ready_at(
+        &mut self,
+        name: &str,
+        (size, mtime): (u64, Option<SystemTime>),
+        settle: Duration,
+        now: Instant,
+    ) -> bool {
         let s = self.files.entry(name.to_string()).or_insert(Seen {
             size,
             mtime,
@@ -131,7 +139,6 @@ pub fn stamp(meta: &Metadata) -> (u64, Option<SystemTime>) {
 mod tests {
     use super::*;
     use notify::event::CreateKind;
-    use std::io::Write;
 
     fn ev(kind: EventKind, path: &std::path::Path) -> notify::Event {
         notify::Event::new(kind).add_path(path.to_path_buf())
@@ -139,21 +146,27 @@ mod tests {
 
     #[test]
     fn unknown_files_wait_for_an_unchanged_settle_period() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("a.npy");
-        let mut f = std::fs::File::create(&p).unwrap();
-        f.write_all(b"abc").unwrap();
         let mut r = Readiness::default();
         let settle = Duration::from_millis(150);
-        assert!(!r.ready("a.npy", &p.metadata().unwrap(), settle));
-        std::thread::sleep(Duration::from_millis(100));
-        f.write_all(b"def").unwrap();
-        // Changed: the period starts again.
-        assert!(!r.ready("a.npy", &p.metadata().unwrap(), settle));
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!r.ready("a.npy", &p.metadata().unwrap(), settle));
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(r.ready("a.npy", &p.metadata().unwrap(), settle));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mtime = Some(SystemTime::UNIX_EPOCH);
+        assert!(!r.ready_at("a.npy", (3, mtime), settle, at(0)));
+        // Grown: the period starts again.
+        assert!(!r.ready_at("a.npy", (6, mtime), settle, at(100)));
+        assert!(!r.ready_at("a.npy", (6, mtime), settle, at(200)));
+        assert!(r.ready_at("a.npy", (6, mtime), settle, at(250)));
+        // A new mtime alone (rewritten in place, same size) counts as a change.
+        let touched = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        assert!(!r.ready_at("a.npy", (6, touched), settle, at(300)));
+        assert!(!r.ready_at("a.npy", (6, touched), settle, at(449)));
+        assert!(r.ready_at("a.npy", (6, touched), settle, at(450)));
+        // Open writers get OPEN_WRITER_SETTLES periods.
+        let p = std::path::PathBuf::from("/inbox/b.npy");
+        r.event(&ev(EventKind::Create(CreateKind::File), &p));
+        assert!(!r.ready_at("b.npy", (1, mtime), settle, at(0)));
+        assert!(!r.ready_at("b.npy", (1, mtime), settle, at(150 * u64::from(OPEN_WRITER_SETTLES) - 1)));
+        assert!(r.ready_at("b.npy", (1, mtime), settle, at(150 * u64::from(OPEN_WRITER_SETTLES))));
     }
 
     #[test]
