@@ -52,6 +52,7 @@ pub fn decode(
         max_bytes: 0,
         normalization: engine.spec().normalization.clone(),
         image: image.clone(),
+        limits: Default::default(),
     };
     plugins::decode::decode_file_as(path, &path.display().to_string(), &opts)
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Caps on the sizes inputs declare, checked before allocation (`plugins::limits`).
+    #[serde(default)]
+    pub limits: plugins::limits::Limits,
     /// The file this configuration was read from (for messages); not a key.
     #[serde(skip)]
     pub file: PathBuf,

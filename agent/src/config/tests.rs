@@ -248,3 +248,28 @@ fn renamed_keys_still_work_with_a_deprecation() {
     assert_eq!(cfg.model.score.subset_components, Some(8));
     assert_eq!(cfg.deprecated.len(), 1);
 }
+
+#[test]
+fn limits_parse_override_and_validate() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), &valid(d.path()));
+    let cfg = Config::load_with_env(&p, HashMap::new()).unwrap();
+    assert_eq!(cfg.limits, plugins::limits::Limits::default());
+    let text = valid(d.path()) + "\n[limits]\nmax_elements_per_file = 1000\nmax_json_depth = 8\n";
+    let env = HashMap::from([("AGENT__LIMITS__MAX_DECOMPRESSED_BYTES".into(), "4096".into())]);
+    let cfg = Config::load_with_env(&write(d.path(), &text), env).unwrap();
+    assert_eq!(
+        (cfg.limits.max_elements_per_file, cfg.limits.max_json_depth, cfg.limits.max_decompressed_bytes),
+        (1000, 8, 4096)
+    );
+    // The decoders get them.
+    assert_eq!(crate::daemon::baseline::decode_options(&cfg, &[1, 2]).limits, cfg.limits);
+    // Per sample above per file, depth beyond the parser's own limit.
+    let text = valid(d.path()) + "\n[limits]\nmax_elements_per_file = 10\nmax_json_depth = 500\n";
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["limits.max_elements_per_sample", "limits.max_json_depth"]);
+    let text = valid(d.path()) + "\n[limits]\nmax_pixels = 3\n";
+    let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("max_pixels"), "{err}");
+}

@@ -263,6 +263,9 @@ fn server_and_logging(p: &mut Problems, cfg: &Config) {
     if cfg.server.auth_token.as_deref() == Some("") {
         p.add("server.auth_token", "empty; remove the key to disable authentication");
     }
+    for (key, why) in cfg.limits.validate() {
+        p.add(format!("limits.{key}"), why);
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level) {
         p.add("logging.level", format!("{:?} is not a log filter ({e})", cfg.logging.level));
     }

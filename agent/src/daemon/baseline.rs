@@ -146,6 +146,7 @@ pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
         max_bytes: 0,
         normalization: cfg.model.preprocessing.normalization(),
         image: cfg.model.preprocessing.image_options(),
+        limits: cfg.limits.clone(),
     }
 }
 

@@ -108,11 +108,6 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Compares in time independent of where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// A request that reached an open endpoint: authorised, for a monitored model, not a response
 /// event, its body read within the limits, decoded, and queued for the engine (202).
 async fn accept(
@@ -155,8 +150,7 @@ async fn accept(
 fn authorize(state: &AppState, e: &IngestEndpoint, headers: &HeaderMap) -> Result<(), Refusal> {
     let token = e.cfg.auth_token.clone().or_else(|| super::locks::read(&state.auth_token).clone());
     if let Some(token) = token {
-        let given = header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        if !super::server::bearer_ok(headers, &token) {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

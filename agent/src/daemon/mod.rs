@@ -212,6 +212,7 @@ impl Server {
             .await
             .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "serving /metrics");
+        server::warn_if_exposed(listener.local_addr()?, cfg.server.auth_token.as_deref());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = server::router(state);
         let task = tokio::spawn(async move {

@@ -1,14 +1,17 @@
 //! HTTP: `/metrics`, `/`, `/healthz`, `/readyz`, `/api/v1/status`, and the ingest endpoints
 //! (`super::ingest`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+
+use sha2::{Digest, Sha256};
 
 use super::state::AppState;
 use crate::telemetry::CONTENT_TYPE;
@@ -30,14 +33,42 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// `Authorization: Bearer <server.auth_token>` when a token is configured.
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let expected = state.auth_token.read().expect("lock").clone();
-    if let Some(token) = expected {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(format!("Bearer {token}").as_str()) {
-            return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized\n")
-                .into_response();
-        }
+    if let Some(token) = expected
+        && !bearer_ok(req.headers(), &token)
+    {
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized\n")
+            .into_response();
     }
     next.run(req).await
+}
+
+/// The one bearer-token check of every protected route (`/metrics`, `/api/v1/status`, ingest):
+/// whether `headers` carry `Authorization: Bearer <token>`. Both sides are hashed and the digests
+/// compared with a fold over all 32 bytes, so the time taken depends neither on where a guess
+/// differs nor on the token's length.
+pub fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let (a, b) = (Sha256::digest(given.unwrap_or("").as_bytes()), Sha256::digest(token.as_bytes()));
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    given.is_some() & (std::hint::black_box(diff) == 0)
+}
+
+/// Logs a warning when the server is reachable beyond loopback and `/metrics` and the status API
+/// answer anyone; called once the listener is bound (`addr` is its real address).
+pub fn warn_if_exposed(addr: SocketAddr, token: Option<&str>) -> bool {
+    let exposed = !addr.ip().is_loopback() && token.is_none();
+    if exposed {
+        tracing::warn!(
+            listen = %addr,
+            "the server listens beyond loopback without server.auth_token: /metrics, /api/v1/status and \
+             the ingest endpoints answer anyone who can reach it; set server.auth_token \
+             (AGENT__SERVER__AUTH_TOKEN) or listen on 127.0.0.1"
+        );
+    }
+    exposed
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -95,4 +126,46 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
         n = st.window_samples,
         scored = st.samples_scored,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with(auth: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_match_exactly() {
+        assert!(bearer_ok(&with(b"Bearer s3cret"), "s3cret"));
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret ",
+            b"bearer s3cret",
+            b"s3cret",
+            b"Bearer ",
+            b"Basic s3cret",
+        ] {
+            assert!(!bearer_ok(&with(wrong), "s3cret"), "{}", String::from_utf8_lossy(wrong));
+        }
+        assert!(!bearer_ok(&HeaderMap::new(), "s3cret"));
+        // No header is not the same as an empty token.
+        assert!(!bearer_ok(&HeaderMap::new(), ""));
+        assert!(bearer_ok(&with(b"Bearer "), ""));
+    }
+
+    #[test]
+    fn exposure_is_beyond_loopback_without_a_token() {
+        let any: SocketAddr = "0.0.0.0:9717".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:9717".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:9717".parse().unwrap();
+        assert!(warn_if_exposed(any, None));
+        assert!(!warn_if_exposed(any, Some("t")));
+        assert!(!warn_if_exposed(lo, None));
+        assert!(!warn_if_exposed(lo6, None));
+    }
 }

@@ -23,6 +23,8 @@ use std::path::Path;
 use ndarray::{ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::Limits;
+
 /// Why an input was rejected; the values are the `reason` label of `agent_samples_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
@@ -179,6 +181,8 @@ pub struct DecodeOptions {
     /// Applied to raw `[0, 1]` inputs (`uint8` data, images) after scaling.
     pub normalization: Normalization,
     pub image: ImageOptions,
+    /// Caps on declared sizes, checked before allocation.
+    pub limits: Limits,
 }
 
 /// The formats [`decode_bytes`] reads, by lower-case extension.
@@ -228,8 +232,8 @@ pub fn decode_bytes(
         ));
     }
     let raw = match ext {
-        "npy" => npy::read_npy(name, bytes)?,
-        "npz" => npy::read_npz(name, bytes)?,
+        "npy" => npy::read_npy(name, bytes, opts)?,
+        "npz" => npy::read_npz(name, bytes, opts)?,
         "png" | "jpg" | "jpeg" => return finish(name, image::read_image(name, bytes, opts)?, opts),
         other => {
             return Err(Rejection::new(

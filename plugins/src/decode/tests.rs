@@ -4,6 +4,7 @@ use ndarray::{Array, ArrayD, IxDyn};
 use ndarray_npy::{NpzWriter, WriteNpyExt};
 
 use super::*;
+use crate::limits::Limits;
 
 fn opts() -> DecodeOptions {
     DecodeOptions { input_shape: vec![1, 4, 4], ..Default::default() }
@@ -162,4 +163,77 @@ fn normalisation_follows_the_layout() {
     let json = serde_json::to_string(&n(Layout::Nchw)).unwrap();
     assert_eq!(json, r#"{"mean":[0.0,1.0],"std":[1.0,2.0]}"#);
     assert!(serde_json::to_string(&n(Layout::Nhwc)).unwrap().contains("nhwc"));
+}
+
+/// An `.npy` header by hand: numpy's layout, any shape.
+fn npy_header(shape: &str) -> Vec<u8> {
+    let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((h.len() as u16).to_le_bytes());
+    out.extend(h.as_bytes());
+    out
+}
+
+#[test]
+fn declared_sizes_are_refused_before_allocation() {
+    // The issue's file: 10**12 samples declared, 64 bytes present. Refused by the limit (this would
+    // abort the process if anything were allocated from the header).
+    let mut bytes = npy_header("(1000000000000, 1, 4, 4)");
+    bytes.extend([0u8; 64]);
+    let e = decode_bytes("huge.npy", "npy", &bytes, &opts()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge, "{}", e.message);
+    assert!(e.message.contains("limits.max_elements_per_file"), "{}", e.message);
+    // Within the limits but more than the file holds: truncated, nothing allocated.
+    let mut bytes = npy_header("(1000, 1, 4, 4)");
+    bytes.extend([0u8; 64]);
+    let e = decode_bytes("short.npy", "npy", &bytes, &opts()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::Decode);
+    assert!(e.message.contains("truncated: the header declares 64000 bytes of data, the file holds 64"));
+    // Per sample: one [1, 4, 4] sample is 16 elements.
+    let small =
+        DecodeOptions { limits: Limits { max_elements_per_sample: 15, ..Limits::default() }, ..opts() };
+    let d = tempfile::tempdir().unwrap();
+    let p = write_npy(d.path(), "s.npy", &ramp(&[3, 1, 4, 4]));
+    let e = decode_file(&p, &small).unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge);
+    assert!(e.message.contains("16 elements per sample"), "{}", e.message);
+    // A header length beyond the file, and a deeply nested header.
+    let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+    bytes.extend(u32::MAX.to_le_bytes());
+    assert_eq!(decode_bytes("h.npy", "npy", &bytes, &opts()).unwrap_err().reason, RejectReason::Decode);
+    let deep = npy_header(&format!("{}1{}", "(".repeat(100), ")".repeat(100)));
+    assert_eq!(decode_bytes("d.npy", "npy", &deep, &opts()).unwrap_err().reason, RejectReason::TooLarge);
+    // Every byte short of a whole file is a decode error, never a panic.
+    let whole = std::fs::read(write_npy(d.path(), "w.npy", &ramp(&[1, 4, 4]))).unwrap();
+    for n in 0..whole.len() {
+        assert_eq!(
+            decode_bytes("p.npy", "npy", &whole[..n], &opts()).unwrap_err().reason,
+            RejectReason::Decode
+        );
+    }
+}
+
+#[test]
+fn npz_members_inflate_only_up_to_the_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bomb.npz");
+    let mut w = NpzWriter::new_compressed(std::fs::File::create(&p).unwrap());
+    // 4 MiB of zeros, a few KB compressed.
+    w.add_array("x", &ArrayD::<f32>::zeros(IxDyn(&[1024, 1, 32, 32]))).unwrap();
+    w.finish().unwrap();
+    assert!(std::fs::metadata(&p).unwrap().len() < 64 * 1024);
+    let o = DecodeOptions {
+        limits: Limits { max_decompressed_bytes: 1 << 20, ..Limits::default() },
+        input_shape: vec![1, 32, 32],
+        ..opts()
+    };
+    let e = decode_file(&p, &o).unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge);
+    assert!(e.message.contains("limits.max_decompressed_bytes"), "{}", e.message);
+    let o = DecodeOptions { limits: Limits::default(), ..o };
+    assert_eq!(decode_file(&p, &o).unwrap().shape(), &[1024, 1, 32, 32]);
 }

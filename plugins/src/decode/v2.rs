@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{DecodeOptions, RawArray, RejectReason, Rejection, finish};
+use crate::limits::Limits;
 
 /// An inference request; only what the agent uses is kept.
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +148,7 @@ pub fn parse_request<'a>(
     name: &str,
     body: &'a [u8],
     json_len: Option<usize>,
+    limits: &Limits,
 ) -> Result<Parsed<'a>, Rejection> {
     let (json, mut rest) = match json_len {
         Some(n) if n > body.len() => {
@@ -159,6 +161,7 @@ pub fn parse_request<'a>(
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
+    limits.check_depth(name, json)?;
     let request: InferRequest = serde_json::from_slice(json)
         .map_err(|e| Rejection::new(RejectReason::Decode, name, format!("not an inference request: {e}")))?;
     let mut binary = Vec::with_capacity(request.inputs.len());
@@ -238,7 +241,8 @@ pub fn decode_tensor(
         ));
     }
     let shape = checked_shape(name, &t.shape)?;
-    let count: usize = shape.iter().product();
+    // Bounded by the limit, so the product and the buffers below fit.
+    let count = opts.limits.check_shape(name, &shape, &opts.input_shape)? as usize;
     let values = match (binary, &t.data) {
         (Some(bytes), _) => from_binary(name, dtype, bytes, count)?,
         (None, Some(data)) => from_json(name, dtype, data, count)?,
@@ -265,9 +269,9 @@ fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, Rejection> {
         let d = usize::try_from(d).map_err(|_| {
             Rejection::new(RejectReason::Shape, name, format!("negative dimension in shape {shape:?}"))
         })?;
-        count = count
-            .checked_mul(d)
-            .ok_or_else(|| Rejection::new(RejectReason::Shape, name, format!("shape {shape:?} overflows")))?;
+        count = count.checked_mul(d).ok_or_else(|| {
+            Rejection::new(RejectReason::TooLarge, name, format!("shape {shape:?} overflows"))
+        })?;
         out.push(d);
     }
     Ok(out)
@@ -275,7 +279,8 @@ fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, Rejection> {
 
 /// Flattens nested JSON arrays row-major, checking each element against the datatype.
 fn from_json(name: &str, dtype: Datatype, data: &Value, count: usize) -> Result<Vec<f64>, Rejection> {
-    let mut out = Vec::with_capacity(count.min(1 << 24));
+    // The shape is a claim; the data may be much shorter, so grow from a small start.
+    let mut out = Vec::with_capacity(count.min(1 << 16));
     let mut stack = vec![data];
     // Depth-first, left to right: push children in reverse.
     while let Some(v) = stack.pop() {
@@ -330,13 +335,14 @@ fn number(name: &str, dtype: Datatype, n: &serde_json::Number, i: usize) -> Resu
 /// Little-endian elements of the binary extension.
 fn from_binary(name: &str, dtype: Datatype, bytes: &[u8], count: usize) -> Result<Vec<f64>, Rejection> {
     let size = dtype.size().unwrap_or(1);
-    if bytes.len() != count * size {
+    let expected = count.checked_mul(size);
+    if expected != Some(bytes.len()) {
+        let expected = expected.map_or_else(|| "overflowing".to_string(), |n| n.to_string());
         return Err(Rejection::new(
             RejectReason::Shape,
             name,
             format!(
-                "the shape holds {count} {dtype} values ({} bytes); the binary data has {} bytes",
-                count * size,
+                "the shape holds {count} {dtype} values ({expected} bytes); the binary data has {} bytes",
                 bytes.len()
             ),
         ));

@@ -18,6 +18,12 @@
 //! Watching: `notify` (inotify) events, or polling every `poll_interval_ms` for network file systems;
 //! every wake-up (including an inotify queue overflow or a watcher error) triggers a full rescan, so no
 //! event is load-bearing. The directory is also rescanned at start-up and every 30 s.
+//!
+//! A file is claimed only once its writer is done (closed it, or renamed it in; else unchanged for
+//! `settle_ms`): see [`ready`]. A claimed file that still fails to decode while its size or mtime keeps
+//! changing (a writer the checks missed) is read again rather than rejected.
+
+mod ready;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +34,13 @@ use notify::Watcher;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use self::ready::{Readiness, stamp};
 use super::ledger::{Ledger, Totals};
 use super::{Ack, Acknowledge, Delivery, Observer, Outcome};
-use crate::decode::{DecodeOptions, decode_file_as};
+use crate::decode::{DecodeOptions, RejectReason, decode_file_as};
+
+/// Reads of a claimed file that keeps growing, each a settle period apart, before it is judged as is.
+const GROWING_RETRIES: u32 = 30;
 
 /// How the directory is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -67,6 +77,11 @@ pub struct DirConfig {
     /// Claimed files (`processing/`) and the ledger (default `<path>/.agent`); same file system.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// A file no inotify event vouches for (polling, a network file system, present at start-up) is
+    /// claimed once its size and mtime have stayed the same this long; 0 = at first sight (only for
+    /// producers that write `.tmp` and rename).
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
     /// Larger files are rejected (`too_large`) without being read.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
@@ -82,6 +97,9 @@ fn default_name() -> String {
 const fn default_poll_interval_ms() -> u64 {
     1000
 }
+const fn default_settle_ms() -> u64 {
+    1000
+}
 const fn default_max_file_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -93,6 +111,7 @@ impl DirConfig {
             path: path.into(),
             method: WatchMethod::Notify,
             poll_interval_ms: default_poll_interval_ms(),
+            settle_ms: default_settle_ms(),
             done_dir: None,
             rejected_dir: None,
             state_dir: None,
@@ -276,21 +295,29 @@ impl DirSource {
             }
         }
         let poll = Duration::from_millis(cfg.poll_interval_ms.max(1));
+        // While files wait to settle, look again this often.
+        let recheck = (ctx.settle() / 4).clamp(Duration::from_millis(20), poll);
         let safety = Duration::from_secs(30);
         let mut last_scan = Instant::now() - safety;
         let mut dirty = true;
+        let mut readiness = Readiness::default();
         while !stop() {
-            if dirty || last_scan.elapsed() >= safety {
+            let waiting = readiness.waiting() > 0 && last_scan.elapsed() >= recheck;
+            if dirty || waiting || last_scan.elapsed() >= safety {
                 dirty = false;
                 last_scan = Instant::now();
-                if !ctx.scan(&stop) {
+                if !ctx.scan(&stop, &mut readiness) {
                     return;
                 }
                 continue;
             }
             if watcher.is_some() {
-                match ev_rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Ok(_)) => dirty = true,
+                let wait = if readiness.waiting() > 0 { recheck } else { Duration::from_millis(200) };
+                match ev_rx.recv_timeout(wait) {
+                    Ok(Ok(ev)) => {
+                        readiness.event(&ev);
+                        dirty = true;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(source = %cfg.name, error = %e, "watcher error; rescanning");
                         observer.error(&cfg.name, "watch");
@@ -304,12 +331,14 @@ impl DirSource {
                 }
                 // Coalesce a burst of events into one rescan.
                 while let Ok(ev) = ev_rx.try_recv() {
-                    if ev.is_err() {
-                        observer.error(&cfg.name, "watch");
+                    match ev {
+                        Ok(ev) => readiness.event(&ev),
+                        Err(_) => observer.error(&cfg.name, "watch"),
                     }
                 }
             } else {
-                let until = Instant::now() + poll;
+                let period = if readiness.waiting() > 0 { recheck } else { poll };
+                let until = Instant::now() + period;
                 while Instant::now() < until && !stop() {
                     std::thread::sleep(Duration::from_millis(50).min(poll));
                 }
@@ -332,8 +361,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Claims and delivers every input in the inbox; false when the engine's queue is gone.
-    fn scan(&self, stop: &dyn Fn() -> bool) -> bool {
+    fn settle(&self) -> Duration {
+        Duration::from_millis(self.src.shared.cfg.settle_ms)
+    }
+
+    /// Claims and delivers every finished input in the inbox (see [`ready`]); false when the
+    /// engine's queue is gone.
+    fn scan(&self, stop: &dyn Fn() -> bool, readiness: &mut Readiness) -> bool {
         let cfg = &self.src.shared.cfg;
         let names = match list_names(&cfg.path) {
             Ok(n) => n,
@@ -343,9 +377,23 @@ impl Ctx<'_> {
                 return true;
             }
         };
+        readiness.retain(&names);
         for name in names {
             if stop() {
                 return true;
+            }
+            match std::fs::metadata(cfg.path.join(&name)) {
+                Ok(meta) if readiness.ready(&name, &meta, self.settle()) => readiness.forget(&name),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    readiness.forget(&name);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(source = %cfg.name, file = %name, error = %e, "cannot stat");
+                    self.observer.error(&cfg.name, "io");
+                    continue;
+                }
             }
             let claim = self.src.next_claim(&name);
             match std::fs::rename(cfg.path.join(&name), cfg.processing_dir().join(&claim)) {
@@ -370,7 +418,23 @@ impl Ctx<'_> {
         let shared = &self.src.shared;
         let name = original_name(claim).to_string();
         let path = shared.cfg.processing_dir().join(claim);
-        match decode_file_as(&path, &name, self.decode) {
+        let mut before = std::fs::metadata(&path).ok().map(|m| stamp(&m));
+        let mut retries = 0;
+        let decoded = loop {
+            let result = decode_file_as(&path, &name, self.decode);
+            match &result {
+                Err(r)
+                    if matches!(r.reason, RejectReason::Decode | RejectReason::Io)
+                        && retries < GROWING_RETRIES
+                        && self.still_growing(&path, &mut before) =>
+                {
+                    retries += 1;
+                    tracing::info!(source = %shared.cfg.name, file = %name, "still being written; reading it again");
+                }
+                _ => break result,
+            }
+        };
+        match decoded {
             Ok(batch) => {
                 let ack = Ack::new(DirAck { shared: shared.clone(), claim: claim.to_string() });
                 let d = Delivery { source: shared.cfg.name.clone(), input: name, batch, ack };
@@ -387,6 +451,18 @@ impl Ctx<'_> {
                 true
             }
         }
+    }
+}
+
+impl Ctx<'_> {
+    /// Waits one settle period and tells whether the file's size or mtime moved since `before`
+    /// (updated to the new stamp).
+    fn still_growing(&self, path: &Path, before: &mut Option<(u64, Option<std::time::SystemTime>)>) -> bool {
+        std::thread::sleep(self.settle().max(Duration::from_millis(20)));
+        let now = std::fs::metadata(path).ok().map(|m| stamp(&m));
+        let moved = now != *before;
+        *before = now;
+        moved
     }
 }
 

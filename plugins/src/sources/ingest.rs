@@ -123,7 +123,7 @@ pub fn decode_request(
     input: Option<&str>,
     opts: &DecodeOptions,
 ) -> Result<(Option<String>, ArrayD<f32>), Rejection> {
-    let parsed = parse_request(name, body, json_len)?;
+    let parsed = parse_request(name, body, json_len, &opts.limits)?;
     let i = select_input(name, &parsed.request, input)?;
     let batch = decode_tensor(name, &parsed.request.inputs[i], parsed.binary[i], opts)?;
     Ok((parsed.request.id, batch))

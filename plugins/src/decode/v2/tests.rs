@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::decode::Normalization;
+use crate::limits::Limits;
 
 fn opts() -> DecodeOptions {
     DecodeOptions { input_shape: vec![1, 2, 3], ..Default::default() }
@@ -113,18 +114,21 @@ fn shape_must_match_data_and_model() {
 fn requests_parse_and_select_an_input() {
     let body = br#"{"id": "r1", "inputs": [{"name": "input", "shape": [1, 2, 3], "datatype": "FP32",
         "data": [1, 2, 3, 4, 5, 6]}], "outputs": [{"name": "y"}], "parameters": {"binary_data_output": true}}"#;
-    let p = parse_request("req", body, None).unwrap();
+    let p = parse_request("req", body, None, &Limits::default()).unwrap();
     assert_eq!(p.request.id.as_deref(), Some("r1"));
     assert_eq!(select_input("req", &p.request, None).unwrap(), 0);
     assert_eq!(select_input("req", &p.request, Some("input")).unwrap(), 0);
     assert_eq!(select_input("req", &p.request, Some("other")).unwrap_err().reason, RejectReason::Shape);
     let two = br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]},
         {"name": "b", "shape": [1], "datatype": "FP32", "data": [1]}]}"#;
-    let p = parse_request("req", two, None).unwrap();
+    let p = parse_request("req", two, None, &Limits::default()).unwrap();
     assert!(select_input("req", &p.request, None).unwrap_err().message.contains("\"a\", \"b\""));
     assert_eq!(select_input("req", &p.request, Some("b")).unwrap(), 1);
     for bad in [&b"{"[..], b"[]", b"{\"inputs\": 3}", b"{\"instances\": [[1]]}"] {
-        assert_eq!(parse_request("req", bad, None).unwrap_err().reason, RejectReason::Decode);
+        assert_eq!(
+            parse_request("req", bad, None, &Limits::default()).unwrap_err().reason,
+            RejectReason::Decode
+        );
     }
 }
 
@@ -136,15 +140,15 @@ fn binary_extension() {
     for i in 0..6 {
         body.extend_from_slice(&(i as f32 * 0.5).to_le_bytes());
     }
-    let p = parse_request("req", &body, Some(json.len())).unwrap();
+    let p = parse_request("req", &body, Some(json.len()), &Limits::default()).unwrap();
     let a = decode_tensor("req", &p.request.inputs[0], p.binary[0], &opts()).unwrap();
     assert_eq!(a[[0, 0, 1, 2]], 2.5);
     // Too few bytes for the shape, or more than the header claims.
-    assert!(parse_request("req", &body[..body.len() - 4], Some(json.len())).is_err());
+    assert!(parse_request("req", &body[..body.len() - 4], Some(json.len()), &Limits::default()).is_err());
     let mut extra = body.clone();
     extra.push(0);
-    assert!(parse_request("req", &extra, Some(json.len())).is_err());
-    assert!(parse_request("req", &body, Some(body.len() + 1)).is_err());
+    assert!(parse_request("req", &extra, Some(json.len()), &Limits::default()).is_err());
+    assert!(parse_request("req", &body, Some(body.len() + 1), &Limits::default()).is_err());
     let t = tensor(json!({"name": "x", "shape": [1, 2, 3], "datatype": "INT16"}));
     let bytes: Vec<u8> = [-3i16, 2, 1, 0, 7, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
     let a = decode_tensor("req", &t, Some(&bytes), &opts()).unwrap();
@@ -153,4 +157,40 @@ fn binary_extension() {
         decode_tensor("req", &t, Some(&bytes[..10]), &opts()).unwrap_err().reason,
         RejectReason::Shape
     );
+}
+
+#[test]
+fn declared_shapes_and_binary_sizes_are_checked_before_allocation() {
+    // 2**62 × 4 elements: refused by the limit, not multiplied into an allocation.
+    let e =
+        decode(json!({"name": "x", "shape": [4611686018427387904i64, 4], "datatype": "FP32", "data": [1]}))
+            .unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge, "{}", e.message);
+    let e = decode(json!({"name": "x", "shape": [1099511627776i64, 4], "datatype": "FP32", "data": [1]}))
+        .unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge, "{}", e.message);
+    assert!(e.message.contains("limits.max_elements_per_file"), "{}", e.message);
+    // The binary extension's `count * size` overflowing usize is a shape error, not a panic.
+    let small = DecodeOptions {
+        limits: Limits {
+            max_elements_per_file: u64::MAX,
+            max_elements_per_sample: u64::MAX,
+            ..Limits::default()
+        },
+        input_shape: vec![],
+        ..opts()
+    };
+    let t = tensor(json!({"name": "x", "shape": [4611686018427387904i64, 1], "datatype": "FP64"}));
+    let e = decode_tensor("req", &t, Some(&[0u8; 8]), &small).unwrap_err();
+    assert_eq!(e.reason, RejectReason::Shape);
+    assert!(e.message.contains("overflowing bytes"), "{}", e.message);
+    // Nesting deeper than max_json_depth is refused from the bytes, before parsing.
+    let deep = format!(
+        r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": {}1{}}}]}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let e = parse_request("req", deep.as_bytes(), None, &Limits::default()).unwrap_err();
+    assert_eq!(e.reason, RejectReason::TooLarge);
+    assert!(e.message.contains("limits.max_json_depth"), "{}", e.message);
 }

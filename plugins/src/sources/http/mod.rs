@@ -464,7 +464,7 @@ impl Ctx<'_> {
                 return Some(0);
             }
         };
-        let record = match parse_line(&line) {
+        let record = match parse_line(&line, &self.decode.limits) {
             Ok(r) => r,
             Err(why) => {
                 tracing::warn!(source = %cfg.name, "feed: skipping a line: {why}");

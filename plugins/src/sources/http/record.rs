@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::decode::v2::{InferTensor, decode_tensor, select_input};
 use crate::decode::{DecodeOptions, EXTENSIONS, RejectReason, Rejection, decode_bytes};
+use crate::limits::Limits;
 
 /// One line of the feed, before decoding its payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +53,8 @@ fn text(v: Value) -> Option<String> {
 /// Parses one non-blank line. `Err` (a protocol error, not a sample) when the line is not JSON or
 /// names neither an `id` nor a `cursor`; a record whose payload is wrong parses, and is rejected by
 /// [`Record::decode`] under its id.
-pub fn parse_line(line: &[u8]) -> Result<Record, String> {
+pub fn parse_line(line: &[u8], limits: &Limits) -> Result<Record, String> {
+    limits.check_depth("feed record", line).map_err(|r| r.message)?;
     let l: Line = serde_json::from_slice(line).map_err(|e| format!("not a feed record: {e}"))?;
     let cursor = l.cursor.and_then(text);
     let id = match l.id.and_then(text).or_else(|| cursor.clone()) {

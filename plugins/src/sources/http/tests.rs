@@ -8,6 +8,7 @@ use super::progress::{Admit, Progress};
 use super::record::{Lines, Piece, parse_line};
 use super::*;
 use crate::decode::{RejectReason, Rejection};
+use crate::limits::Limits;
 
 #[test]
 fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
@@ -41,7 +42,7 @@ fn opts() -> DecodeOptions {
 #[test]
 fn records_parse_and_decode() {
     let r = parse_line(
-        br#"{"id": 7, "cursor": 8, "inputs": [{"name": "x", "shape": [1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#,
+        br#"{"id": 7, "cursor": 8, "inputs": [{"name": "x", "shape": [1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#, &Limits::default(),
     )
     .unwrap();
     assert_eq!((r.id.as_str(), r.cursor.as_deref()), ("7", Some("8")));
@@ -55,12 +56,12 @@ fn records_parse_and_decode() {
     .unwrap();
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &npy);
     let line = format!(r#"{{"cursor": "c9", "format": "npy", "base64": "{b64}"}}"#);
-    let r = parse_line(line.as_bytes()).unwrap();
+    let r = parse_line(line.as_bytes(), &Limits::default()).unwrap();
     assert_eq!(r.id, "c9");
     assert_eq!(r.decode("feed", None, &opts()).unwrap().shape(), &[2, 1, 2, 2]);
     // Protocol errors: not JSON, no id nor cursor.
-    assert!(parse_line(b"{not json").is_err());
-    assert!(parse_line(br#"{"inputs": []}"#).is_err());
+    assert!(parse_line(b"{not json", &Limits::default()).is_err());
+    assert!(parse_line(br#"{"inputs": []}"#, &Limits::default()).is_err());
     // Rejections under the record's id.
     for (line, reason) in [
         (r#"{"id": "a"}"#, RejectReason::Decode),
@@ -75,7 +76,10 @@ fn records_parse_and_decode() {
             RejectReason::Dtype,
         ),
     ] {
-        let e = parse_line(line.as_bytes()).unwrap().decode("feed", None, &opts()).unwrap_err();
+        let e = parse_line(line.as_bytes(), &Limits::default())
+            .unwrap()
+            .decode("feed", None, &opts())
+            .unwrap_err();
         assert_eq!(e.reason, reason, "{line}");
         assert!(e.message.starts_with("feed/a"), "{}", e.message);
     }
