@@ -24,7 +24,7 @@ fn python() -> PathBuf {
 
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
     EngineSpec {
-        layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into() }],
+        layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into(), ..Default::default() }],
         methods,
         n_noise: 3,
         rows_per_run: 8,
@@ -41,6 +41,7 @@ fn raw(model: &onnx::proto::ModelProto, x: &ArrayD<f32>) -> (ArrayD<f32>, ArrayD
         methods: vec![Method::Vanilla],
         channel_agg: None,
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let g = compiler::compile(model, "t", &opts).unwrap();
     let d = g.embedding_dim;

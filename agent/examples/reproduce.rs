@@ -152,7 +152,10 @@ fn digit_subset(reference: &ArrayD<f32>, n: usize) -> ArrayD<f32> {
 
 fn spec(model: &Path, layers: &[(&str, &str)], methods: &[Method], threads: usize) -> EngineSpec {
     EngineSpec {
-        layers: layers.iter().map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into() }).collect(),
+        layers: layers
+            .iter()
+            .map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into(), ..Default::default() })
+            .collect(),
         methods: methods.to_vec(),
         threads,
         ..EngineSpec::new(model, "embedding")
@@ -1113,6 +1116,7 @@ fn resnet18(
         methods: Method::ALL.to_vec(),
         channel_agg: Some(Aggregation::Abs),
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let (mut compile_s, mut compile_cpu) = (Vec::new(), Vec::new());
     for _ in 0..3 {

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::compiler::{self, CompileOptions};
+use crate::engine::LayerSpec;
 use crate::scores::{Aggregation, Method};
 
 #[derive(Debug, Clone, Args)]
@@ -29,6 +30,10 @@ pub struct CompileArgs {
     /// Smoothing points per sample averaged inside the graph (spec §1); default 1.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// How a layer's axes are read: `TENSOR=auto|nchw|nhwc|tokens[,grid=GHxGW][,prefix=N]`
+    /// (default auto); repeat per layer.
+    #[arg(long = "layout")]
+    pub layouts: Vec<String>,
     /// Where to write the attribution graph.
     #[arg(long)]
     pub out: PathBuf,
@@ -39,12 +44,19 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         "none" => None,
         s => Some(s.parse::<Aggregation>().map_err(anyhow::Error::msg)?),
     };
+    let mut specs: Vec<LayerSpec> = args
+        .layers
+        .iter()
+        .map(|t| LayerSpec { name: t.clone(), tensor: t.clone(), ..Default::default() })
+        .collect();
+    super::apply_layouts(&mut specs, &args.layouts)?;
     let opts = CompileOptions {
         embedding: args.embedding.clone(),
         layers: args.layers.clone(),
         methods: if args.methods.is_empty() { vec![Method::Vanilla] } else { args.methods.clone() },
         channel_agg,
         smoothing_samples: args.samples.max(1),
+        layouts: specs.iter().map(LayerSpec::layout_request).collect(),
     };
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let start = Instant::now();
@@ -71,6 +83,9 @@ pub fn run(args: &CompileArgs) -> Result<()> {
             format!("[N, K, {}, {}, {}]", o.channels, o.height, o.width)
         };
         println!("  output {:16} {shape:22} layer {} ({} channels)", o.name, o.layer, o.channels);
+    }
+    for v in &graph.views {
+        println!("  layer {}: {}", v.layer, v.describe());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod demo;
 pub mod explain;
+pub mod layers;
 pub mod score;
 
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ pub struct ModelArgs {
     /// An intermediate tensor to score; repeat for a score curve (`label=tensor` sets the label).
     #[arg(long = "layer")]
     pub layers: Vec<String>,
+    /// How a layer's axes are read: `LAYER=auto|nchw|nhwc|tokens[,grid=GHxGW][,prefix=N]` (LAYER is
+    /// its label or tensor; default auto). Repeat per layer.
+    #[arg(long = "layout")]
+    pub layouts: Vec<String>,
     /// Attribution method(s): vanilla, actgrad, gradcam.
     #[arg(long = "method")]
     pub methods: Vec<Method>,
@@ -132,12 +137,13 @@ impl ModelArgs {
                 .iter()
                 .map(|l| match l.split_once('=') {
                     Some((name, tensor)) if !name.is_empty() => {
-                        LayerSpec { name: name.into(), tensor: tensor.into() }
+                        LayerSpec { name: name.into(), tensor: tensor.into(), ..Default::default() }
                     }
-                    _ => LayerSpec { name: l.clone(), tensor: l.clone() },
+                    _ => LayerSpec { name: l.clone(), tensor: l.clone(), ..Default::default() },
                 })
                 .collect();
         }
+        apply_layouts(&mut spec.layers, &self.layouts)?;
         if let Some(m) = &self.model {
             spec.model_path = m.clone();
         }
@@ -181,4 +187,23 @@ impl ModelArgs {
         }
         Ok(spec)
     }
+}
+
+/// Applies `--layout LAYER=…` flags to the layers they name (by label, else by tensor).
+pub fn apply_layouts(layers: &mut [LayerSpec], flags: &[String]) -> Result<()> {
+    for f in flags {
+        let (name, req) = crate::compiler::LayoutRequest::parse_flag(f).map_err(anyhow::Error::msg)?;
+        let at = layers
+            .iter()
+            .position(|l| l.name == name)
+            .or_else(|| layers.iter().position(|l| l.tensor == name));
+        let Some(l) = at.map(|i| &mut layers[i]) else {
+            let known: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+            bail!("--layout {f:?} names {name:?}, which is not a layer (layers: {})", known.join(", "));
+        };
+        l.layout = req.layout;
+        l.grid = req.grid;
+        l.prefix_tokens = req.prefix_tokens;
+    }
+    Ok(())
 }

@@ -39,6 +39,10 @@ pub struct ScoreRow {
     pub noise_score: f64,
     pub variance_score: f64,
     pub noise_benchmark: f64,
+    /// How the layer's axes were read (`nchw`, `nhwc`, `tokens`), its map and its prefix tokens.
+    pub layout: &'static str,
+    pub map: [usize; 2],
+    pub prefix_tokens: usize,
 }
 
 /// Decodes an input file into a batch for the engine.
@@ -69,6 +73,9 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             "input", "sample", "layer", "method", "noise_score", "variance_score", "noise_benchmark"
         )?;
     }
+    for (l, v) in spec.layers.iter().zip(engine.views()) {
+        eprintln!("layer {}: {}", l.name, v.describe());
+    }
     let mut failures = Vec::new();
     let (mut scored, start) = (0usize, Instant::now());
     for path in &args.inputs {
@@ -86,6 +93,12 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
                 Ok(scores) => {
                     for (i, s) in scores.iter().enumerate() {
                         for (key, v) in engine.keys().iter().zip(&s.scores) {
+                            let view = spec
+                                .layers
+                                .iter()
+                                .position(|l| l.name == key.layer)
+                                .and_then(|i| engine.views().get(i))
+                                .expect("every key is a configured layer");
                             rows.push(ScoreRow {
                                 input: path.display().to_string(),
                                 sample: ci * args.batch_size.max(1) + i,
@@ -94,6 +107,9 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
                                 noise_score: v.noise_score,
                                 variance_score: v.variance_score,
                                 noise_benchmark: key.noise_benchmark,
+                                layout: view.layout.as_str(),
+                                map: view.grid,
+                                prefix_tokens: view.prefix_tokens,
                             });
                         }
                     }

@@ -101,6 +101,17 @@ const MAX_VALUE_ELEMENTS: usize = 64;
 /// Runs the model at batch 2 and 3 with `tensors` exposed (each through a `Cast` to double, so
 /// integer and boolean tensors are read the same way) and returns their shapes and small values.
 pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
+    let (probe, mut odd) = probe_lenient(model, tensors)?;
+    match odd.drain(..).next() {
+        Some(why) => Err(anyhow!(why)),
+        None => Ok(probe),
+    }
+}
+
+/// [`probe`], but a tensor whose shape does not follow the batch on axis 0 is left out of the
+/// shapes and described in the second list instead of failing the probe (for `agent layers`, which
+/// probes every tensor of a model).
+pub fn probe_lenient(model: &ModelProto, tensors: &[String]) -> Result<(Probe, Vec<String>)> {
     let mut m = model.clone();
     let g = m.graph.as_mut().context("model has no graph")?;
     let inputs = model_inputs(g)?;
@@ -145,6 +156,7 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
         runs.push(seen);
     }
     let mut out = Probe { shapes: HashMap::new(), values: HashMap::new() };
+    let mut odd = Vec::new();
     for t in tensors {
         let ((a, va), (b, vb)) = (&runs[0][t], &runs[1][t]);
         let shape = if a.len() == b.len() && !a.is_empty() && a[0] == 2 && b[0] == 3 && a[1..] == b[1..] {
@@ -157,11 +169,12 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
             }
             ProbedShape { batched: false, rest: a.clone() }
         } else {
-            bail!(
+            odd.push(format!(
                 "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on axis 0 and fixed other sizes"
-            );
+            ));
+            continue;
         };
         out.shapes.insert(t.clone(), shape);
     }
-    Ok(out)
+    Ok((out, odd))
 }

@@ -93,15 +93,9 @@ pub struct ModelConfig {
     pub preprocessing: PreprocessingConfig,
 }
 
-/// `[[model.layers]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LayerConfig {
-    /// The `layer` metric label.
-    pub name: String,
-    /// The intermediate tensor's name in the ONNX graph.
-    pub tensor: String,
-}
+/// `[[model.layers]]`: the engine's own layer type (`name`, `tensor`, and `layout`, `grid`,
+/// `prefix_tokens`), so a per-layer key is declared once.
+pub type LayerConfig = LayerSpec;
 
 /// `[model.preprocessing]`: how raw inputs become model inputs. Mean/std apply to every raw `[0, 1]`
 /// input (noise inputs, `uint8` data, images) along the channel axis of `layout`; the image keys
@@ -417,11 +411,7 @@ impl Config {
             model_path: m.path.clone(),
             model_name: m.name.clone(),
             embedding: m.embedding.clone(),
-            layers: m
-                .layers
-                .iter()
-                .map(|l| LayerSpec { name: l.name.clone(), tensor: l.tensor.clone() })
-                .collect(),
+            layers: m.layers.clone(),
             methods: m.methods.clone(),
             channel_agg: m.channel_agg,
             embedding_agg: m.embedding_agg,

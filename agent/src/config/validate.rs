@@ -64,6 +64,9 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         if l.tensor.trim().is_empty() {
             p.add(format!("model.layers[{i}].tensor"), "empty; name an intermediate tensor of the graph");
         }
+        if let Some(why) = l.layout_request().problem() {
+            p.add(format!("model.layers[{i}].layout"), why);
+        }
     }
     if m.methods.is_empty() {
         p.add("model.methods", "empty; use one or more of vanilla, actgrad, gradcam");
