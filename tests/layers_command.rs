@@ -69,6 +69,13 @@ fn lists_embedding_candidates_and_token_layouts_without_an_embedding() {
             "{tensor}: {l}\n{stdout}"
         );
     }
+    // The token-mixing block transposes to [C, T] and mixes tokens with a MatMul: channels first there,
+    // channels last again after the transpose back.
+    for (tensor, layout) in
+        [("mix_in", "nchw"), ("mix_matmul", "nchw"), ("act2", "nchw"), ("block2", "tokens")]
+    {
+        assert!(line(tensor).contains(&format!(" {layout} ")), "{tensor}: {}\n{stdout}", line(tensor));
+    }
     let (code, _, stderr) = layers(&["--model", &model("tiny_vit.onnx"), "--embedding", "block1"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("\"block1\" must be rank 2"), "{stderr}");

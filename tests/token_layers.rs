@@ -312,6 +312,50 @@ path = "{inbox}"
 }
 
 #[test]
+fn compile_takes_layout_flags_and_lists_the_views() {
+    let d = tempfile::tempdir().unwrap();
+    let out = agent()
+        .args(["compile", "--embedding", "embedding", "--layer", "block1", "--layer", "patches_nhwc"])
+        .args(["--layout", "block1=tokens,grid=2x8", "--channel-agg", "mean", "--model"])
+        .arg(model_path())
+        .arg("--out")
+        .arg(d.path().join("g.onnx"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("output attr/0/vanilla   [N, K, 2, 8]"), "{stdout}");
+    assert!(
+        stdout.contains("layer block1: tokens [17, 8] -> 8 channels x 2x8 map, 1 prefix token (configured"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("layer patches_nhwc: nhwc [4, 4, 8] -> 8 channels x 4x4 map (auto: channels last"),
+        "{stdout}"
+    );
+    // A flag naming no layer is refused by name.
+    let out = agent()
+        .args([
+            "compile",
+            "--embedding",
+            "embedding",
+            "--layer",
+            "block1",
+            "--layout",
+            "block9=tokens",
+            "--model",
+        ])
+        .arg(model_path())
+        .arg("--out")
+        .arg(d.path().join("g.onnx"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\"block9\", which is not a layer"), "{stderr}");
+}
+
+#[test]
 fn explain_draws_a_token_map_on_the_image() {
     let d = tempfile::tempdir().unwrap();
     let input = write_input(d.path());
