@@ -78,7 +78,8 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
         .filter(|o| !o.is_empty() && ix.id.get(o.as_str()).is_some_and(|&i| from_inputs[i]))
         .cloned()
         .collect();
-    let (probe, skipped) = probe::probe_lenient(model, &candidates).context("probing the model's tensors")?;
+    let (probe, skipped) =
+        probe::probe_lenient(model, &candidates, true).context("probing the model's tensors")?;
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let embedding_candidates: Vec<EmbeddingCandidate> = candidates
         .iter()

@@ -101,7 +101,7 @@ const MAX_VALUE_ELEMENTS: usize = 64;
 /// Runs the model at batch 2 and 3 with `tensors` exposed (each through a `Cast` to double, so
 /// integer and boolean tensors are read the same way) and returns their shapes and small values.
 pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
-    let (probe, mut odd) = probe_lenient(model, tensors)?;
+    let (probe, mut odd) = probe_lenient(model, tensors, false)?;
     match odd.drain(..).next() {
         Some(why) => Err(anyhow!(why)),
         None => Ok(probe),
@@ -110,19 +110,29 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
 
 /// [`probe`], but a tensor whose shape does not follow the batch on axis 0 is left out of the
 /// shapes and described in the second list instead of failing the probe (for `agent layers`, which
-/// probes every tensor of a model).
-pub fn probe_lenient(model: &ModelProto, tensors: &[String]) -> Result<(Probe, Vec<String>)> {
+/// probes every tensor of a model). `shapes_only` exposes each tensor's `Shape` instead of its
+/// values, so the runtime can free activations as usual (no values are then kept).
+pub fn probe_lenient(
+    model: &ModelProto,
+    tensors: &[String],
+    shapes_only: bool,
+) -> Result<(Probe, Vec<String>)> {
     let mut m = model.clone();
     let g = m.graph.as_mut().context("model has no graph")?;
     let inputs = model_inputs(g)?;
     let exposed: Vec<String> = (0..tensors.len()).map(|i| format!("attr/probe/{i}")).collect();
+    let op = if shapes_only { "Shape" } else { "Cast" };
     for (t, out) in tensors.iter().zip(&exposed) {
         g.node.push(NodeProto {
-            name: format!("{out}/Cast"),
-            op_type: "Cast".into(),
+            name: format!("{out}/{op}"),
+            op_type: op.into(),
             input: vec![t.clone()],
             output: vec![out.clone()],
-            attribute: vec![onnx::attr::int("to", data_type::DOUBLE as i64)],
+            attribute: if shapes_only {
+                vec![]
+            } else {
+                vec![onnx::attr::int("to", data_type::DOUBLE as i64)]
+            },
             ..Default::default()
         });
     }
@@ -131,7 +141,10 @@ pub fn probe_lenient(model: &ModelProto, tensors: &[String]) -> Result<(Probe, V
         .map(|t| ValueInfoProto {
             name: t.clone(),
             r#type: Some(TypeProto {
-                tensor_type: Some(TensorTypeProto { elem_type: data_type::DOUBLE, shape: None }),
+                tensor_type: Some(TensorTypeProto {
+                    elem_type: if shapes_only { data_type::INT64 } else { data_type::DOUBLE },
+                    shape: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -149,6 +162,11 @@ pub fn probe_lenient(model: &ModelProto, tensors: &[String]) -> Result<(Probe, V
         let mut seen = HashMap::new();
         for (t, out) in tensors.iter().zip(&exposed) {
             let v = &outputs[out.as_str()];
+            if shapes_only {
+                let (_, dims) = v.try_extract_tensor::<i64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
+                seen.insert(t.clone(), (dims.to_vec(), None));
+                continue;
+            }
             let (shape, data) = v.try_extract_tensor::<f64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
             let small = (data.len() <= MAX_VALUE_ELEMENTS).then(|| data.to_vec());
             seen.insert(t.clone(), (shape.iter().copied().collect::<Vec<i64>>(), small));
