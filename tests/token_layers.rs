@@ -164,6 +164,53 @@ fn nhwc_and_token_views_of_the_same_patches_give_the_nchw_maps() {
 }
 
 #[test]
+fn smoothed_maps_average_after_the_view() {
+    // Two smoothing points per sample: the batch of 4 is 2 samples. The attribution is averaged over
+    // each sample's points before the channel aggregation (spec), after the view.
+    let model = onnx::decode(&std::fs::read(model_path()).unwrap()).unwrap();
+    let layers = ["patches", "patches_nhwc", "patch_tokens", "block1"];
+    let smoothed = |agg| {
+        let opts = CompileOptions {
+            embedding: "embedding".into(),
+            layers: layers.iter().map(|s| s.to_string()).collect(),
+            methods: Method::ALL.to_vec(),
+            channel_agg: Some(agg),
+            smoothing_samples: 2,
+            layouts: auto(4),
+        };
+        compiler::compile(&model, "test", &opts).unwrap()
+    };
+    let x = uniform(&[4, 3, 16, 16], 9);
+    // `mean` is linear in the attribution (and Grad-CAM is averaged after its ReLU): the smoothed map
+    // is the mean of the points' maps.
+    let (g, plain) =
+        (smoothed(Aggregation::Mean), compile(&layers, auto(4), Some(Aggregation::Mean), &Method::ALL));
+    let (s, p) = (maps(&g, &x), maps(&plain, &x));
+    for (i, o) in g.outputs.iter().enumerate() {
+        assert_eq!(s[i].shape()[0], 2, "{}", o.name);
+        let want =
+            (&p[i].slice(ndarray::s![0..;2, .., .., ..]) + &p[i].slice(ndarray::s![1..;2, .., .., ..])) / 2.0;
+        let rel = max_abs(&(&s[i] - &want).into_dyn()) / max_abs(&want.into_dyn());
+        assert!(
+            rel < 1e-5,
+            "{} ({:?}): smoothed map differs from the mean of its points by {rel}",
+            o.layer,
+            o.method
+        );
+    }
+    // `var` is not linear: the three views of the patches must still agree.
+    let g = smoothed(Aggregation::Var);
+    let s = maps(&g, &x);
+    for m in Method::ALL {
+        let at = |layer: &str| &s[g.outputs.iter().position(|o| o.layer == layer && o.method == m).unwrap()];
+        for other in ["patches_nhwc", "patch_tokens"] {
+            let rel = max_abs(&(at(other) - at("patches"))) / max_abs(at("patches"));
+            assert!(rel < 1e-5, "{other} {m:?}: smoothed var map differs from the nchw one by {rel}");
+        }
+    }
+}
+
+#[test]
 fn configured_layouts_are_checked_against_the_shape() {
     let model = onnx::decode(&std::fs::read(model_path()).unwrap()).unwrap();
     let try_compile = |layer: &str, req: LayoutRequest| {
