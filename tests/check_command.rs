@@ -1,5 +1,7 @@
 //! `agent check` names every problem of a configuration and exits 1.
 
+mod support;
+
 use std::process::Command;
 
 #[test]
@@ -69,28 +71,11 @@ fn check_names_an_unknown_key() {
 
 /// The demo model with an http and an ingest source, and the given `[model.preprocessing]` lines.
 fn sources_config(d: &std::path::Path, preprocessing: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cfg = d.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[model]
-name = "digits"
-path = "{root}/models/digits/encoder.onnx"
-embedding = "embedding"
-layers = [{{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
-
-[model.preprocessing]
-{preprocessing}
-
-[engine]
-providers = ["cpu"]
-
-[baseline]
-reference_dir = "{root}/models/digits/reference.npy"
-
-[[sources]]
+    support::DemoConfig {
+        layers: vec![support::DEMO_LAYERS[1]],
+        preprocessing: preprocessing.into(),
+        rest: format!(
+            r#"[[sources]]
 type = "http"
 name = "feed"
 url = "http://127.0.0.1:1/feed"
@@ -101,12 +86,11 @@ mode = "stream"
 type = "ingest"
 models = ["mnist"]
 "#,
-            root = root.display(),
             d = d.display()
         ),
-    )
-    .unwrap();
-    cfg
+        ..support::DemoConfig::default()
+    }
+    .write(d)
 }
 
 #[test]

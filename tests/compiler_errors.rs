@@ -76,16 +76,22 @@ fn a_model_with_supported_ops_compiles() {
 
 #[test]
 fn unsupported_operator_names_node_op_and_layer() {
-    let e = compile_err(&model("Softmax", &[-1, 4]), "h");
-    for part in ["Softmax_z", "Softmax", "layer h", "no gradient rule"] {
+    let e = compile_err(&model("Det", &[-1, 4]), "h");
+    for part in ["Det_z", "Det", "layer h", "no gradient rule"] {
         assert!(e.contains(part), "{e:?} should mention {part:?}");
     }
 }
 
 #[test]
 fn unknown_tensor_is_named_with_suggestions() {
+    // A path whose last part names a tensor: that tensor is suggested.
+    let e = compile_err(&model("Sigmoid", &[-1, 4]), "/block/h");
+    assert!(e.contains("\"/block/h\"") && e.contains("not a tensor of the model"), "{e}");
+    assert!(e.contains("did you mean: h?"), "{e}");
+    // Nothing alike: the tensors nearest the embedding are listed instead.
     let e = compile_err(&model("Sigmoid", &[-1, 4]), "hh");
     assert!(e.contains("\"hh\"") && e.contains("not a tensor of the model"), "{e}");
+    assert!(e.contains("tensors near the end of the graph: z"), "{e}");
 }
 
 #[test]
@@ -112,4 +118,27 @@ fn old_opsets_are_refused_with_a_way_out() {
     m.opset_import[0].version = 11;
     let e = compile_err(&m, "h");
     assert!(e.contains("opset 11") && e.contains("version_converter"), "{e}");
+}
+
+/// `model(op)` with the tail node's inputs and attributes replaced.
+fn with_tail(op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> ModelProto {
+    let mut m = model(op, &[-1, 4]);
+    let n = m.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == op).unwrap();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.attribute = attrs;
+    m
+}
+
+#[test]
+fn a_pow_exponent_that_depends_on_a_layer_is_refused_by_name() {
+    let e = compile_err(&with_tail("Pow", &["h", "h"], vec![]), "h");
+    for part in ["Pow_z", "op Pow", "as input 1", "cannot differentiate"] {
+        assert!(e.contains(part), "{e:?} should mention {part:?}");
+    }
+}
+
+#[test]
+fn softmax_over_the_batch_axis_is_refused() {
+    let e = compile_err(&with_tail("Softmax", &["h"], vec![onnx::attr::int("axis", 0)]), "h");
+    assert!(e.contains("Softmax_z") && e.contains("axis 0") && e.contains("after the batch axis"), "{e}");
 }

@@ -74,46 +74,21 @@ fn daemon_scores_rejects_drifts_and_survives_kill_9() {
     let refs: Vec<_> = reference.iter().map(|a| a.view()).collect();
     let batch = ndarray::concatenate(ndarray::Axis(0), &refs).unwrap();
     batch.write_npy(std::fs::File::create(d.path().join("reference.npy")).unwrap()).unwrap();
-    let cfg = d.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[model]
-name = "{MODEL}"
-path = "{model}"
-embedding = "embedding"
-layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
-methods = ["vanilla", "actgrad"]
-samples = 4
-
-[engine]
-providers = ["cpu"]
-batch_size = 8
-max_batch_delay_ms = 10
-queue_capacity = 16
-
-[baseline]
-path = "{d}/baseline.json"
-reference_dir = "{d}/reference.npy"
-
-[window]
-samples = 32
-
-[[sources]]
-type = "dir"
-name = "inbox"
-path = "{inbox}"
-
-[logging]
-level = "info"
-"#,
-            model = model.display(),
-            d = d.path().display(),
-            inbox = inbox.display()
+    let cfg = DemoConfig {
+        model: "methods = [\"vanilla\", \"actgrad\"]\nsmoothing_points = 4".into(),
+        engine: "providers = [\"cpu\"]\nbatch_size = 8\nmax_batch_delay_ms = 10\nqueue_capacity = 16".into(),
+        baseline: format!(
+            "path = \"{d}/baseline.json\"\nreference_dir = \"{d}/reference.npy\"",
+            d = d.path().display()
         ),
-    )
-    .unwrap();
+        window: "samples = 32".into(),
+        rest: format!(
+            "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n\n[logging]\nlevel = \"info\"\n",
+            inbox.display()
+        ),
+        ..DemoConfig::default()
+    }
+    .write(d.path());
     let log = d.path().join("agent.log");
     let daemon = Daemon::start(&cfg, &log);
     let port = daemon.port;
@@ -156,7 +131,7 @@ level = "info"
     }
     wait_until("32 drifted samples", Duration::from_secs(300), &log, scored(64.0));
     let text = scrape();
-    let moved = pairs.iter().zip(&clean_drift).any(|((layer, method), before)| {
+    let moved = support::pairs(&pairs, &clean_drift).any(|((layer, method), before)| {
         let after =
             metric(&text, "agent_noise_score_drift", &[("layer", layer), ("method", method)]).unwrap();
         eprintln!("{layer} {method}: ΔNS clean {before:.4}, drifted {after:.4}");

@@ -2,35 +2,30 @@
 //! computes them from raw Jacobians that ONNX Runtime produces through an uncompressed attribution
 //! graph. Needs the project's Python tools (`scripts/install-onnxruntime.sh` makes `.venv`).
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use agent::compiler::{self, CompileOptions};
 use agent::engine::{Engine, EngineSpec, LayerSpec, SmoothingReference};
 use agent::onnx;
 use agent::scores::{Aggregation, Method};
-use common::*;
 use ndarray::{ArrayD, Axis, IxDyn};
+use support::*;
 
 const LAYER: &str = "/block1/pool/MaxPool_output_0";
 
-fn python() -> PathBuf {
-    std::env::var_os("AGENT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
-}
-
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
-    EngineSpec {
+    let mut spec = EngineSpec {
         layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into(), ..Default::default() }],
-        methods,
-        n_noise: 3,
-        rows_per_run: 8,
-        threads: 1,
         ..EngineSpec::new(model, "embedding")
-    }
+    };
+    spec.score.methods = Some(methods);
+    spec.score.rows_per_run = Some(8);
+    spec.noise.n_noise = Some(3);
+    spec.runtime.threads = Some(1);
+    spec
 }
 
 /// Raw Jacobian `[D, C, H, W]` and activation `[C, H, W]` of one sample at the layer.
@@ -91,12 +86,12 @@ fn scores_match_the_numpy_reference() {
     let mut worst = 0.0f64;
     for (chan, emb, norm, bin) in combos {
         let mut s = spec(&entry.path(), LAYER, Method::ALL.to_vec());
-        s.channel_agg = chan;
-        s.embedding_agg = emb;
-        s.normalize_dims = norm;
-        s.binarize = bin;
-        s.noise_inputs = noise_files.clone();
-        s.rows_per_run = 7; // not a divisor of D = 32: exercises a short last chunk
+        s.score.channel_agg = Some(chan);
+        s.score.embedding_agg = Some(emb);
+        s.score.normalize_dims = norm;
+        s.score.binarize = bin;
+        s.noise.inputs = noise_files.clone();
+        s.score.rows_per_run = Some(7); // not a divisor of D = 32: exercises a short last chunk
         let mut engine = Engine::new(&s).unwrap();
         let scores = engine.score_batch(batch.view().into_dyn()).unwrap();
         for (ki, key) in engine.keys().iter().enumerate() {
@@ -144,9 +139,9 @@ fn scores_match_the_numpy_reference() {
     eprintln!("worst |agent − numpy| over all scores: {worst:.2e}");
 }
 
-/// Spec §1: `S = 1, σ = 0` is the plain gradient, exactly; and with the interpolation collapsed
-/// (`x_ref = x`, reference "input", so `x̃ = x + t·σ·ε`) the smoothed scores converge to the plain
-/// ones as `σ → 0`.
+/// docs/spec/scores.md#smoothed-attributions: `S = 1, σ = 0` is the plain gradient, exactly; and with the
+/// interpolation collapsed (`x_ref = x`, reference "input", so `x̃ = x + t·σ·ε`) the smoothed scores converge
+/// to the plain ones as `σ → 0`.
 #[test]
 fn smoothed_scores_converge_to_the_plain_ones() {
     let model = repo_root().join("models/digits/encoder.onnx");
@@ -155,9 +150,9 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     let batch = x.clone().insert_axis(Axis(0));
     let score = |samples: usize, sigma: f32, reference: SmoothingReference| {
         let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
-        s.samples = samples;
-        s.smoothing = sigma;
-        s.smoothing_reference = reference;
+        s.score.smoothing_points = Some(samples);
+        s.score.smoothing = Some(sigma);
+        s.score.smoothing_reference = Some(reference);
         let mut e = Engine::new(&s).unwrap();
         e.score_batch(batch.view().into_dyn()).unwrap().remove(0).scores
     };
@@ -166,9 +161,7 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     let mut last = f64::MAX;
     for sigma in [0.3f32, 0.03, 0.003, 0.0003] {
         let smoothed = score(8, sigma, SmoothingReference::Input);
-        let gap = plain
-            .iter()
-            .zip(&smoothed)
+        let gap = pairs(&plain, &smoothed)
             .map(|(p, s)| {
                 (p.noise_score - s.noise_score).abs().max((p.variance_score - s.variance_score).abs())
             })
@@ -180,11 +173,11 @@ fn smoothed_scores_converge_to_the_plain_ones() {
     assert!(last < 2e-3, "smoothed scores at σ = 3e-4 still differ by {last}");
     // With the black reference (the default), draws interpolate towards zero: a different score.
     let black = score(8, 0.0003, SmoothingReference::Black);
-    assert!(black.iter().zip(&plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
+    assert!(pairs(&black, &plain).any(|(b, p)| (b.noise_score - p.noise_score).abs() > 1e-3));
 }
 
-/// Spec §6 cost options against the exact path on the digit encoder (D = 32): the one-pass mean map
-/// is exact (up to float32 rounding); Hutchinson probes estimate the `var` map, and with many probes
+/// docs/spec/scores.md#cost cost options against the exact path on the digit encoder (D = 32): the one-pass
+/// mean map is exact (up to float32 rounding); Hutchinson probes estimate the `var` map, and with many probes
 /// the noise score comes close; an estimator that does not apply to the settings is refused.
 #[test]
 fn mean_map_is_exact_and_hutchinson_estimates() {
@@ -194,37 +187,37 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
     let batch = uniform(&[4, 1, 28, 28], 31);
     let run = |estimator: Estimator, embedding_agg: Aggregation, probes: usize| {
         let mut s = spec(&model, layer, vec![Method::Vanilla, Method::ActGrad]);
-        s.channel_agg = Aggregation::Mean;
-        s.embedding_agg = embedding_agg;
-        s.estimator = estimator;
-        s.probes = probes;
+        s.score.channel_agg = Some(Aggregation::Mean);
+        s.score.embedding_agg = Some(embedding_agg);
+        s.score.estimator = Some(estimator);
+        s.score.probes = Some(probes);
         let mut e = Engine::new(&s).unwrap();
         let bench: Vec<f64> = e.keys().iter().map(|k| k.noise_benchmark).collect();
         (e.score_batch(batch.view().into_dyn()).unwrap(), bench)
     };
     let (exact, exact_bench) = run(Estimator::Exact, Aggregation::Mean, 0);
     let (one_pass, one_pass_bench) = run(Estimator::MeanMap, Aggregation::Mean, 0);
-    for (a, b) in exact.iter().zip(&one_pass) {
-        for (x, y) in a.scores.iter().zip(&b.scores) {
+    for (a, b) in pairs(&exact, &one_pass) {
+        for (x, y) in pairs(&a.scores, &b.scores) {
             assert!((x.noise_score - y.noise_score).abs() < 1e-4, "{x:?} vs {y:?}");
             assert_eq!(x.variance_score, y.variance_score, "VS comes from the same component rows");
         }
     }
-    for (x, y) in exact_bench.iter().zip(&one_pass_bench) {
+    for (x, y) in pairs(&exact_bench, &one_pass_bench) {
         assert!((x - y).abs() < 1e-4);
     }
     let (exact, _) = run(Estimator::Exact, Aggregation::Var, 0);
     let (hutch, _) = run(Estimator::Hutchinson, Aggregation::Var, 512);
     let mut worst = 0.0f64;
-    for (a, b) in exact.iter().zip(&hutch) {
-        for (x, y) in a.scores.iter().zip(&b.scores) {
+    for (a, b) in pairs(&exact, &hutch) {
+        for (x, y) in pairs(&a.scores, &b.scores) {
             worst = worst.max((x.noise_score - y.noise_score).abs());
         }
     }
     eprintln!("Hutchinson (512 probes) vs exact noise score, D = 32: max abs error {worst:.4}");
     assert!(worst < 0.03, "Hutchinson error {worst}");
     let mut bad = spec(&model, layer, vec![Method::GradCam]);
-    bad.estimator = Estimator::MeanMap;
+    bad.score.estimator = Some(Estimator::MeanMap);
     let e = Engine::new(&bad).err().expect("mean_map with gradcam and abs must be refused").to_string();
     assert!(e.contains("mean_map") && e.contains("channel_agg"), "{e}");
 }
@@ -235,14 +228,14 @@ fn mean_map_is_exact_and_hutchinson_estimates() {
 fn smoothed_scores_do_not_depend_on_batch_position() {
     let model = repo_root().join("models/digits/encoder.onnx");
     let mut s = spec(&model, "/pool1/MaxPool_output_0", vec![Method::Vanilla]);
-    s.samples = 4;
-    s.smoothing = 0.5;
+    s.score.smoothing_points = Some(4);
+    s.score.smoothing = Some(0.5);
     let mut e = Engine::new(&s).unwrap();
     let (x, y, z) = (uniform(&[1, 28, 28], 1), uniform(&[1, 28, 28], 2), uniform(&[1, 28, 28], 3));
     let alone = e.score_batch(x.clone().insert_axis(Axis(0)).view().into_dyn()).unwrap().remove(0);
     let batch = ndarray::stack(Axis(0), &[y.view(), z.view(), x.view()]).unwrap();
     let in_batch = e.score_batch(batch.view().into_dyn()).unwrap();
-    for (a, b) in alone.scores.iter().zip(&in_batch[2].scores) {
+    for (a, b) in pairs(&alone.scores, &in_batch[2].scores) {
         assert!(
             (a.noise_score - b.noise_score).abs() < 1e-9
                 && (a.variance_score - b.variance_score).abs() < 1e-9

@@ -39,10 +39,8 @@ fn curl(port: u16, path: &str, headers: &[(&str, &str)], body: &Path) -> Respons
 }
 
 /// The project's Python (`scripts/install-onnxruntime.sh` installs `tritonclient` into it).
-fn python() -> PathBuf {
-    let p = std::env::var_os("AGENT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::repo_root().join(".venv/bin/python"));
+fn triton_python() -> PathBuf {
+    let p = support::python();
     let ok = Command::new(&p)
         .args(["-c", "import tritonclient.http, numpy"])
         .output()
@@ -120,7 +118,7 @@ retry_after_secs = 2
     // tritonclient: JSON, the binary extension, UINT8, FP64 with a model version, a wrong shape.
     agent.wait_scored(accepted, Duration::from_secs(120));
     {
-        let py = python();
+        let py = triton_python();
         let sample = d.path().join("sample.npy");
         x.index_axis(Axis(0), 2).to_owned().write_npy(std::fs::File::create(&sample).unwrap()).unwrap();
         let script = support::repo_root().join("tests/clients/triton_infer.py");
@@ -251,8 +249,7 @@ retry_after_secs = 2
     assert_eq!(counted(&agent, "200"), 1.0);
 
     // A reload (SIGHUP) swaps the pipeline under the endpoint: meanwhile 503 + Retry-After, then 202.
-    let pid = agent.child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    agent.proc.signal("-HUP");
     let reloaded =
         || support::metric(&agent.metrics(), "agent_config_reloads_total", &[("result", "success")]);
     let body = v2_body("after-reload", x.index_axis(Axis(0), 99));

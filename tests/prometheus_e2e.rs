@@ -41,10 +41,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,7 +54,7 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::Value;
-use support::{free_port, metric as sample};
+use support::{LogsOnFailure, Proc, free_port, metric as sample, repo_root, series as samples, wait_for};
 
 const MODEL: &str = "digits";
 const TOKEN: &str = "e2e-scrape-token";
@@ -77,93 +77,17 @@ const LAMBDA: f32 = 0.9;
 const FEED_RECORDS: usize = 12;
 const INGESTED: usize = 4;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-// --- processes -------------------------------------------------------------------------------------
-
-/// A child process, killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, log: &Path, what: &str) -> Proc {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        Proc { child: Some(child) }
-    }
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
-        assert!(ok, "kill {sig} {}", self.pid());
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Prints the end of each log when the test fails.
-struct LogsOnFailure(Vec<PathBuf>);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for p in &self.0 {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-            eprintln!("\n----- last lines of {} -----\n{tail}", p.display());
-        }
-    }
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, for at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 // --- HTTP ------------------------------------------------------------------------------------------
 
-/// One HTTP/1.0 request on loopback: `(status, body)`, or `None` when nothing answers.
+/// One request on loopback through the shared client: `(status, body)`, or `None` when nothing answers.
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     http_with_body(port, method, path, headers, b"")
 }
 
-/// One HTTP/1.0 request with a body on loopback: `(status, body)`, or `None` when nothing answers.
 fn http_with_body(
     port: u16,
     method: &str,
@@ -171,22 +95,7 @@ fn http_with_body(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let mut req =
-        format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
+    support::request(port, method, path, headers, body).map(|r| (r.code, r.body))
 }
 
 fn urlencode(s: &str) -> String {
@@ -201,14 +110,12 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-struct Agent {
-    proc: Proc,
-    port: u16,
-}
+/// The agent binary (the shared [`support::Daemon`]), asked with the scrape token.
+struct Agent(support::Daemon);
 
 impl Agent {
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        http(self.port, "GET", path, &[("Authorization", &format!("Bearer {TOKEN}"))])
+        http(self.0.port, "GET", path, &[("Authorization", &format!("Bearer {TOKEN}"))])
     }
     fn metrics(&self) -> String {
         match self.get("/metrics") {
@@ -220,19 +127,7 @@ impl Agent {
 
 /// The value of `name{labels}`, labels exactly as the exposition writes them.
 fn sample_of(text: &str, name: &str, labels: &str) -> Option<f64> {
-    samples(text, name).into_iter().find(|(l, _)| l == labels).map(|(_, v)| v)
-}
-
-/// Every `(labels, value)` of metric `name` in a text exposition.
-fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name).then(|| (rest.trim_end_matches('}').to_string(), value.parse().unwrap_or(f64::NAN)))
-        })
-        .collect()
+    support::series(text, name).into_iter().find(|(l, _)| l == labels).map(|(_, v)| v)
 }
 
 // --- the HTTP feed and the ingest endpoint --------------------------------------------------------
@@ -336,7 +231,7 @@ fn post_v2(
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let tensor = v2_tensor(&x.slice(s![i..i + 1, .., .., ..]).to_owned(), shape);
     let body = format!(r#"{{"id": "{id}", "inputs": [{tensor}]}}"#);
-    let (code, answer) = http_with_body(agent.port, "POST", path, &headers, body.as_bytes())
+    let (code, answer) = http_with_body(agent.0.port, "POST", path, &headers, body.as_bytes())
         .unwrap_or_else(|| panic!("POST {path}: no answer"));
     let v = serde_json::from_str(&answer)
         .unwrap_or_else(|e| panic!("POST {path}: {code}, not JSON ({e}): {answer}"));
@@ -652,7 +547,7 @@ fn interpolate(expr: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
 /// The dashboard's one panel query that reads `metric`, with `$instance` set to `instance`.
 fn panel_expr(metric: &str, instance: &str) -> String {
     let d: Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("dashboards/agent.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("dashboards/agent.json")).unwrap())
             .unwrap();
     let mut queries = Vec::new();
     panel_queries(d["panels"].as_array().unwrap(), &mut queries);
@@ -680,7 +575,7 @@ fn parse_label_values(q: &str) -> (String, String) {
 /// Runs every variable and panel query; every one must return data. Returns the number of queries
 /// run, and each panel query's expression (as in the dashboard) with the series of its runs.
 fn check_dashboard(prom: &Prom) -> (usize, Vec<(String, Vec<Value>)>) {
-    let path = root().join("dashboards/agent.json");
+    let path = repo_root().join("dashboards/agent.json");
     let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut vars: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut no_data = Vec::new();
@@ -738,8 +633,11 @@ fn check_dashboard(prom: &Prom) -> (usize, Vec<(String, Vec<Value>)>) {
     }
     assert!(no_data.is_empty(), "dashboard queries without data:\n{}", no_data.join("\n"));
     // The extraction here sees every expression the lint script knows about.
-    if let Ok(out) =
-        Command::new("python3").arg(root().join("deploy/dashboard_lint.py")).arg("--list").arg(&path).output()
+    if let Ok(out) = Command::new("python3")
+        .arg(repo_root().join("deploy/dashboard_lint.py"))
+        .arg("--list")
+        .arg(&path)
+        .output()
         && out.status.success()
     {
         let listed: BTreeSet<String> =
@@ -756,7 +654,7 @@ fn check_dashboard(prom: &Prom) -> (usize, Vec<(String, Vec<Value>)>) {
 // --- data ------------------------------------------------------------------------------------------
 
 fn load(name: &str) -> Array4<f32> {
-    let p = root().join("models/digits").join(name);
+    let p = repo_root().join("models/digits").join(name);
     Array4::<f32>::read_npy(std::fs::File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap()
 }
@@ -832,36 +730,25 @@ fn ensure_prometheus() {
 }
 
 fn agent_config(d: &Path, inbox: &Path, feed_url: &str, port: u16, extra_model_key: &str) -> String {
-    let model = root().join("models/digits/encoder.onnx");
-    let reference = root().join("models/digits/reference.npy");
-    format!(
-        r#"
-[model]
-name = "{MODEL}"
-path = "{model}"
-embedding = "embedding"
-layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
-methods = ["vanilla", "actgrad"]
+    support::DemoConfig {
+        model: format!(
+            r#"methods = ["vanilla", "actgrad"]
 # The plain gradient: on this encoder its window means move under the λ = 0.9 drift (block2 actgrad
-# |ΔNS| ≈ 0.24), while with the smoothed estimator (samples = 16) they move by less than 0.06 and
+# |ΔNS| ≈ 0.24), while with the smoothed estimator (16 points) they move by less than 0.06 and
 # only the KS test sees the drift.
-samples = 1
+smoothing_points = 1
 smoothing = 0.0
-{extra_model_key}
-
-[engine]
-providers = ["cuda", "cpu"]
-batch_size = 16
-max_batch_delay_ms = 10
-
-[baseline]
-path = "{d}/baseline.json"
-reference_dir = "{reference}"
-
-[window]
-samples = {WINDOW}
-
-[[sources]]
+{extra_model_key}"#
+        ),
+        engine: "providers = [\"cuda\", \"cpu\"]\nbatch_size = 16\nmax_batch_delay_ms = 10".into(),
+        baseline: format!(
+            "path = \"{}/baseline.json\"\nreference_dir = \"{}\"",
+            d.display(),
+            repo_root().join("models/digits/reference.npy").display()
+        ),
+        window: format!("samples = {WINDOW}"),
+        rest: format!(
+            r#"[[sources]]
 type = "dir"
 name = "inbox"
 path = "{inbox}"
@@ -891,11 +778,12 @@ auth_token = "{TOKEN}"
 [logging]
 level = "info,ort=warn"
 "#,
-        model = model.display(),
-        reference = reference.display(),
-        d = d.display(),
-        inbox = inbox.display(),
-    )
+            d = d.display(),
+            inbox = inbox.display(),
+        ),
+        ..support::DemoConfig::default()
+    }
+    .toml()
 }
 
 fn prometheus_config(rules: &Path, agent_port: u16) -> String {
@@ -927,7 +815,8 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
 
     // The rules, with short `for:` clauses and AgentFeedStale's threshold in seconds; checked by
     // promtool like the original.
-    let rules_text = std::fs::read_to_string(root().join("deploy/prometheus/rules/agent.rules.yml")).unwrap();
+    let rules_text =
+        std::fs::read_to_string(repo_root().join("deploy/prometheus/rules/agent.rules.yml")).unwrap();
     let rules = dir.join("agent.rules.yml");
     std::fs::write(&rules, rules_for_test(&rules_text)).unwrap();
     let prom_yml = dir.join("prometheus.yml");
@@ -980,16 +869,9 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     let cfg_text = agent_config(dir, &inbox, &feed_url, agent_port, "");
     std::fs::write(&cfg_path, &cfg_text).unwrap();
     let spawned = Instant::now();
-    let mut agent = Agent {
-        proc: Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&cfg_path),
-            &agent_log,
-            "the agent",
-        ),
-        port: agent_port,
-    };
+    let mut agent = Agent(support::Daemon::start_on(&cfg_path, &agent_log, agent_port));
     wait_for("the agent's /readyz", Duration::from_secs(120), || {
-        if let Some(status) = agent.proc.exited() {
+        if let Some(status) = agent.0.proc.exited() {
             panic!("the agent exited while starting: {status}");
         }
         agent.get("/readyz").filter(|(c, _)| *c == 200)
@@ -1208,7 +1090,7 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
 
     // Phase 5: a SIGHUP with a broken configuration is refused; the agent keeps running.
     std::fs::write(&cfg_path, agent_config(dir, &inbox, &feed_url, agent_port, "colour = \"red\"")).unwrap();
-    agent.proc.signal("-HUP");
+    agent.0.proc.signal("-HUP");
     wait_for("agent_config_reloads_total{result=\"failure\"} == 1", Duration::from_secs(30), || {
         let t = agent.get("/metrics")?.1;
         (sample(&t, "agent_config_reloads_total", &[("result", "failure")]) == Some(1.0)).then_some(())
@@ -1284,7 +1166,7 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     let created = b["created_unix_secs"].as_u64().expect("created_unix_secs");
     b["created_unix_secs"] = Value::from(created - 31 * 86400);
     std::fs::write(&baseline_path, serde_json::to_string_pretty(&b).unwrap()).unwrap();
-    agent.proc.signal("-HUP");
+    agent.0.proc.signal("-HUP");
     wait_for("a successful reload", Duration::from_secs(60), || {
         let t = agent.get("/metrics")?.1;
         (sample(&t, "agent_config_reloads_total", &[("result", "success")]) == Some(1.0)
@@ -1305,7 +1187,7 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
 
     // Phase 8: the agent dies. AgentDown fires; alerts on instant values go quiet, those on rates
     // over past samples (rejection ratio, failed reloads) keep firing, as Prometheus evaluates them.
-    agent.proc.kill();
+    agent.0.proc.kill();
     wait_for("up{job=\"agent\"} == 0", Duration::from_secs(20), || prom.scalar("up{job=\"agent\"} == 0"));
     alerts.set("AgentDown", true);
     for a in ["AgentBaselineStale", "AgentCudaFallbackToCpu", "AgentFeedStale"] {

@@ -24,8 +24,12 @@ fn checked_models() -> Vec<(std::path::PathBuf, Vec<String>, String)> {
     assert!(!entries.is_empty(), "no architecture fixtures");
     for e in entries {
         let file = e["file"].as_str().expect("file");
-        let layers: Vec<String> =
-            e["layers"].as_array().expect("layers").iter().map(|l| l.as_str().unwrap().to_string()).collect();
+        let layers: Vec<String> = e["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["name"].as_str().expect("layer name").to_string())
+            .collect();
         out.push((
             repo_root().join("tests/models/arch").join(file),
             layers,

@@ -1,12 +1,12 @@
 //! `agent score` on files: JSON lines per input sample, layer and method; every bad input named on
 //! stderr with its problem after every good one was scored, and a non-zero exit.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
 use ndarray::{ArrayD, IxDyn};
+use support::*;
 
 #[test]
 fn scores_good_inputs_and_names_every_bad_one() {

@@ -1,5 +1,5 @@
-//! Token and channels-last layers (docs/spec/token-layers.md) on the committed ViT-like model
-//! `tiny_vit`: its patches exist in every layout — `patches` [N,8,4,4] (nchw), `patches_nhwc`
+//! Token and channels-last layers (docs/spec/attribution-graph.md#layer-layouts) on the committed
+//! ViT-like model `tiny_vit`: its patches exist in every layout — `patches` [N,8,4,4] (nchw), `patches_nhwc`
 //! [N,4,4,8] (nhwc), `patch_tokens` [N,16,8] (tokens, no prefix) — and `block1`/`block2` [N,17,8] are
 //! token layers with a class token in front.
 

@@ -297,7 +297,7 @@ def estimators(data, md, summary):
             ax.legend(fontsize=6)
     save(fig, os.path.join(data, "estimator_errors.png"))
 
-    md.append("## Estimator errors (spec §6)\n")
+    md.append("## Estimator errors (docs/spec/scores.md#cost)\n")
     for model in models:
         info = summary.get("digit_estimators" if model == "digits" else model, {})
         md.append(f"### {model}\n")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent numpy reference of the scores (docs: /work/shared/spec/scores.md, sections 2-5).
+"""Independent numpy reference of the scores (docs/spec/scores.md: channel aggregation to the scores).
 
 Input: raw per-component Jacobians of one sample, as exported by the Rust side:
   --jac X.npy        [D, C, H, W]: dz_j/dh for the monitored sample (a rank-2 layer: [D, C])

@@ -128,7 +128,7 @@ name = "digits"
 path = "{root}/models/digits/encoder.onnx"
 embedding = "embedding"
 layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
-samples = {samples}
+smoothing_points = {samples}
 [engine]
 providers = ["cpu"]
 batch_size = 32

@@ -1,5 +1,6 @@
 //! Reproduces the paper's experiments (§4.1, §4.3, §4.4, figure 2) and the spec's estimator errors
-//! (§6) with the agent's own code: [`Engine`] (attribution graph in ONNX Runtime), its
+//! (`docs/spec/scores.md#cost`) with the agent's own code: [`Engine`] (attribution graph in ONNX Runtime),
+//! its
 //! `score_batch`, `run_rows` and the accumulators of `agent::scores`. Writes plain CSV/JSON; the
 //! figures come from `tools/plot_reproduction.py`, and `scripts/reproduce.sh` runs both.
 //!
@@ -102,7 +103,7 @@ fn main() -> Result<()> {
     summary.insert("digit_curves".into(), digit_curves(&args, &reference, &mut curves)?);
     eprintln!("[reproduce] alexnet_small (random weights) …");
     summary.insert("alexnet_small".into(), alexnet_curves(&args, &reference, &mut curves)?);
-    eprintln!("[reproduce] digit estimator errors (§6) …");
+    eprintln!("[reproduce] digit estimator errors (docs/spec/scores.md#cost) …");
     let mut est = EstimatorTable::default();
     summary.insert("digit_estimators".into(), digit_estimators(&args, &reference, &mut est)?);
     eprintln!("[reproduce] digit timing …");
@@ -151,24 +152,16 @@ fn digit_subset(reference: &ArrayD<f32>, n: usize) -> ArrayD<f32> {
 }
 
 fn spec(model: &Path, layers: &[(&str, &str)], methods: &[Method], threads: usize) -> EngineSpec {
-    EngineSpec {
+    let mut spec = EngineSpec {
         layers: layers
             .iter()
             .map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into(), ..Default::default() })
             .collect(),
-        methods: methods.to_vec(),
-        threads,
         ..EngineSpec::new(model, "embedding")
-    }
-}
-
-/// Scores every sample of `data` in batches of `batch`.
-fn score_all(engine: &mut Engine, data: ArrayViewD<f32>, batch: usize) -> Result<Vec<SampleScores>> {
-    let mut out = Vec::with_capacity(data.shape()[0]);
-    for chunk in data.axis_chunks_iter(Axis(0), batch.max(1)) {
-        out.extend(engine.score_batch(chunk)?);
-    }
-    Ok(out)
+    };
+    spec.score.methods = Some(methods.to_vec());
+    spec.runtime.threads = Some(threads);
+    spec
 }
 
 /// Digits resized (bilinear, half-pixel centres, edges clamped) to `h × w` and repeated over
@@ -305,9 +298,9 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
     for (label, s, sigma, seed, fresh) in &estimators {
         let mut sp =
             spec(Path::new(ENCODER), &DIGIT_LAYERS, &[Method::Vanilla, Method::ActGrad], args.threads);
-        sp.samples = *s;
-        sp.smoothing = *sigma;
-        sp.smoothing_seed = *seed;
+        sp.score.smoothing_points = Some(*s);
+        sp.score.smoothing = Some(*sigma);
+        sp.score.smoothing_seed = Some(*seed);
         let t = Instant::now();
         // clean[i], drifted[λ][i]; benchmarks per key (averaged over engines when fresh).
         let (keys, clean, drifted_scores, benchmarks) = if *fresh {
@@ -315,11 +308,9 @@ fn drift(args: &Args, reference: &ArrayD<f32>) -> Result<Value> {
         } else {
             let batch = if *s == 1 { 32 } else { 4 };
             let mut engine = Engine::new(&sp)?;
-            let clean = score_all(&mut engine, x.view(), batch)?;
-            let d: Vec<Vec<SampleScores>> = drifted_sets
-                .iter()
-                .map(|xd| score_all(&mut engine, xd.view(), batch))
-                .collect::<Result<_>>()?;
+            let clean = engine.score_all(x.view(), batch)?;
+            let d: Vec<Vec<SampleScores>> =
+                drifted_sets.iter().map(|xd| engine.score_all(xd.view(), batch)).collect::<Result<_>>()?;
             let b = engine.keys().iter().map(|k| k.noise_benchmark).collect();
             (keys_of(&engine), clean, d, b)
         };
@@ -428,7 +419,7 @@ fn drift_scores_fresh(
     let mut drifted: Vec<Vec<SampleScores>> = vec![Vec::new(); drifted_sets.len()];
     for i in 0..n {
         let mut spi = sp.clone();
-        spi.smoothing_seed = sp.smoothing_seed + i as u64;
+        spi.score.smoothing_seed = Some(sp.score.smoothing_seed() + i as u64);
         let mut e = Engine::new(&spi)?;
         let mut views = vec![x.index_axis(Axis(0), i)];
         views.extend(drifted_sets.iter().map(|d| d.index_axis(Axis(0), i)));
@@ -513,11 +504,11 @@ fn engine_curves(
     table: &mut CurveTable,
 ) -> Result<Vec<Value>> {
     let mut e = Engine::new(sp)?;
-    let plain = score_all(&mut e, data.view(), 32)?;
+    let plain = e.score_all(data.view(), 32)?;
     let mut spb = sp.clone();
-    spb.binarize = Some(0.5);
+    spb.score.binarize = Some(0.5);
     let mut eb = Engine::new(&spb)?;
-    let bin = score_all(&mut eb, data, 32)?;
+    let bin = eb.score_all(data, 32)?;
     let layer_index = |name: &str| sp.layers.iter().position(|l| l.name == name).unwrap_or(0);
     let mut out = Vec::new();
     for (ki, key) in e.keys().iter().enumerate() {
@@ -572,7 +563,7 @@ fn alexnet_curves(args: &Args, reference: &ArrayD<f32>, table: &mut CurveTable) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// §6 estimators: exact per-component maps through run_rows, estimators on top
+// Large-D estimators (docs/spec/scores.md#cost): exact per-component maps through run_rows, estimators on top
 // ---------------------------------------------------------------------------------------------
 
 /// Per input, per graph output: the `[D, H, W]` maps of every component (identity cotangent rows),
@@ -907,7 +898,7 @@ fn engine_agreement(
     dims: Option<&[usize]>,
     batch: usize,
 ) -> Result<Value> {
-    let got = score_all(engine, data, batch)?;
+    let got = engine.score_all(data, batch)?;
     let (mut ns_diff, mut vs_diff, mut ns_max, mut bench_diff) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (o, key) in engine.keys().iter().enumerate() {
         let ne: Vec<Array2<f32>> =
@@ -943,14 +934,14 @@ fn digit_estimators(args: &Args, reference: &ArrayD<f32>, table: &mut EstimatorT
     let xs = exact_maps(&mut e, samples.view(), 32, 16)?;
     let exact_check = engine_agreement(&mut e, samples.view(), &xn, &xs, None, 16)?;
     let mut spk = sp.clone();
-    spk.dims = Some(8);
+    spk.score.subset_components = Some(8);
     let mut ek = Engine::new(&spk)?;
-    let dims8 = choose_dims(32, 8, sp.noise_seed);
+    let dims8 = choose_dims(32, 8, sp.estimator_seed());
     let subset_check = engine_agreement(&mut ek, samples.view(), &xn, &xs, Some(&dims8), 16)?;
     subset_errors("digits", &keys, &xn, &xs, &[4, 8, 16, 24], 20, table)?;
     // Hutchinson and the mean map: vanilla with mean channel aggregation.
     let mut spm = spec(Path::new(ENCODER), &DIGIT_LAYERS, &[Method::Vanilla], args.threads);
-    spm.channel_agg = Aggregation::Mean;
+    spm.score.channel_agg = Some(Aggregation::Mean);
     let mut em = Engine::new(&spm)?;
     let mkeys = keys_of(&em);
     let mn = exact_maps(&mut em, noise.view(), 32, 4)?;
@@ -1074,16 +1065,16 @@ fn digit_timing(args: &Args, reference: &ArrayD<f32>, out: &mut Vec<Timing>) -> 
     let layers = "conv2_in+block2_out; vanilla+actgrad+gradcam";
     for (samples, n, batch) in [(1usize, 256usize, 16usize), (1, 32, 1), (16, 64, 4), (50, 32, 4)] {
         let mut sp = spec(Path::new(ENCODER), &DIGIT_LAYERS, &Method::ALL, args.threads);
-        sp.samples = samples;
-        sp.smoothing = if samples > 1 { 0.5 } else { 0.0 };
+        sp.score.smoothing_points = Some(samples);
+        sp.score.smoothing = Some(if samples > 1 { 0.5 } else { 0.0 });
         let t = Clock::start();
         let mut e = Engine::new(&sp)?;
         let setup = Timing::of("digits", "", "Engine::new (compile + session + noise maps)", 1, 1, &t);
         let data = digit_subset(reference, n);
         // One warm-up batch, not timed.
-        score_all(&mut e, data.slice_axis(Axis(0), ndarray::Slice::from(0..batch)), batch)?;
+        e.score_all(data.slice_axis(Axis(0), ndarray::Slice::from(0..batch)), batch)?;
         let t = Clock::start();
-        score_all(&mut e, data.view(), batch)?;
+        e.score_all(data.view(), batch)?;
         let config = format!("exact D=32 S={samples}; {layers}");
         out.push(Timing::of("digits", &config, "score_batch", n, batch, &t));
         out.push(Timing { config, ..setup });
@@ -1140,7 +1131,7 @@ fn resnet18(
     // Exact maps through the default scoring graph (abs channel aggregation), every method.
     let sp = spec(path, &RESNET_LAYERS, &Method::ALL, threads);
     let mut sp_dims = sp.clone();
-    sp_dims.dims = Some(64);
+    sp_dims.score.subset_components = Some(64);
     let t = Clock::start();
     let mut e64 = Engine::new(&sp_dims)?;
     let what = "Engine::new (compile + session + noise maps)";
@@ -1154,7 +1145,7 @@ fn resnet18(
     timing.push(Timing::of("resnet18", config, "identity-row maps", noise.shape()[0] + n, 1, &t));
     // dims = 64 through the engine: timing, and agreement with the emulation on the same subset.
     let t = Clock::start();
-    let dims64 = choose_dims(512, 64, sp.noise_seed);
+    let dims64 = choose_dims(512, 64, sp.estimator_seed());
     let check64 = engine_agreement(&mut e64, inputs.view(), &xn, &xs, Some(&dims64), 1)?;
     let what = "score_batch (+ a negligible check)";
     timing.push(Timing::of("resnet18", "dims=64; 4 layers x 3 methods", what, n, 1, &t));
@@ -1163,7 +1154,7 @@ fn resnet18(
     // Exact scoring through the engine for one sample (n_noise = 2 keeps its start-up short; noise
     // inputs are prefix-stable, so the emulation uses the first 2 of the 4).
     let mut sp2 = sp.clone();
-    sp2.n_noise = 2;
+    sp2.noise.n_noise = Some(2);
     let t = Clock::start();
     let mut ex = Engine::new(&sp2)?;
     let what = "Engine::new (compile + session + noise maps)";
@@ -1211,8 +1202,8 @@ fn resnet18(
 
     // Hutchinson and the mean map: vanilla, mean channel aggregation.
     let mut spm = spec(path, &RESNET_LAYERS, &[Method::Vanilla], threads);
-    spm.channel_agg = Aggregation::Mean;
-    spm.dims = Some(2);
+    spm.score.channel_agg = Some(Aggregation::Mean);
+    spm.score.subset_components = Some(2);
     let mut em = Engine::new(&spm)?;
     let mkeys = keys_of(&em);
     eprintln!("  resnet18: exact maps (mean graph) and Hutchinson probes …");

@@ -1,5 +1,5 @@
 //! The `agent` command line: a thin dispatcher into the library's modules
-//! (contract: `shared/spec/agent.md`, "Command line").
+//! (contract: `docs/spec/agent.md#command-line`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,5 +106,16 @@ fn main() -> ExitCode {
             init_cli_logging();
             report(cli::explain::run(&a).map(|_| 0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's flags are well formed (unique names, …): clap checks this only when a
+    /// subcommand is parsed, so a clash in a flattened settings type would otherwise show up at run time.
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

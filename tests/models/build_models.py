@@ -11,7 +11,8 @@ Writes DIR/<name>.onnx for every selected model and DIR/manifest.json describing
     committed (false for models too big for git, built on demand).
 
 Every model: one float32 input [N, ...] with dynamic batch "N", one rank-2 float32 output [N, D],
-opset 17, ir_version 8, a fixed numpy seed derived from the model name, He-style init.
+opset 17 (rule models built with rule_at may import a later one: 18, 21), ir_version 8 (10 at opset 21),
+a fixed numpy seed derived from the model name, He-style init.
 Each model is checked with onnx.checker and run once with ONNX Runtime on CPU (batch 2).
 """
 
@@ -47,8 +48,9 @@ def seed_of(name):
 class Graph:
     """A tiny helper over onnx.helper that keeps nodes, initializers and unique names."""
 
-    def __init__(self, name, input_shape, input_name="x"):
+    def __init__(self, name, input_shape, input_name="x", opset=OPSET):
         self.name = name
+        self.opset = opset
         self.rng = np.random.default_rng(seed_of(name))
         self.input_name = input_name
         self.input_shape = list(input_shape)
@@ -187,9 +189,10 @@ class Graph:
         for name, dims in outputs:
             outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
         graph = helper.make_graph(self.nodes, self.name, [inp], outs, initializer=self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                               producer_name="tests/models/build_models.py", doc_string=doc)
-        m.ir_version = IR_VERSION
+        # newer opsets need a newer IR version (opset 21: IR 10)
+        m.ir_version = max(IR_VERSION, helper.find_min_ir_version_for(m.opset_import))
         return m
 
     def shape_of(self, tensor):
@@ -218,12 +221,12 @@ def run_ort(model, input_name, x):
 # Rule models: stem conv -> h (the layer) -> op under test -> (Flatten -> Gemm) -> z
 # ======================================================================================
 
-def rule(name, op, desc, d, input_shape=(4, 9, 9)):
+def rule(name, op, desc, d, input_shape=(4, 9, 9), opset=OPSET):
     """Decorator for a rule model: the body gets (g, h) and returns the tensor after the op."""
 
     def deco(body):
         def build():
-            g = Graph(name, input_shape)
+            g = Graph(name, input_shape, opset=opset)
             h = g.stem()
             y = body(g, h)
             z = y if y == "z" else g.to_embedding(y, d)
@@ -537,6 +540,514 @@ def _(g, h):
     return g.op("ReduceSum", [h, g.const("rs_axes", [-1, 1], np.int64)], keepdims=0)
 
 
+@rule("hard_sigmoid", "HardSigmoid",
+      "HardSigmoid alpha 1.2 beta 0.6 (linear for h in (-0.5, 0.33), flat on both sides)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("HardSigmoid", [h], alpha=1.2, beta=0.6)
+
+
+@rule("hard_swish", "HardSwish",
+      "HardSwish(6h - 2): h mapped so all three pieces (0, slope x/3+1/2, 1) are exercised", d=5,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Mul", [h, g.const("six", np.float32(6.0))])
+    return g.op("HardSwish", [g.op("Sub", [a, g.const("two", np.float32(2.0))])])
+
+
+@rule("erf", "Erf", "Erf (exact GELU's core, as opset-17 exporters emit it)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Erf", [h])
+
+
+@rule("gelu_exact", "Gelu", "Gelu approximate none (opset 20 op)", d=4, input_shape=(3, 8, 8),
+      opset=20)
+def _(g, h):
+    return g.op("Gelu", [h])
+
+
+@rule("gelu_tanh", "Gelu", "Gelu approximate tanh (opset 20 op), on 2h", d=3,
+      input_shape=(3, 8, 8), opset=20)
+def _(g, h):
+    return g.op("Gelu", [g.op("Mul", [h, g.const("two", np.float32(2.0))])], approximate="tanh")
+
+
+@rule("mish", "Mish", "Mish (opset 18 op), on 2h", d=4, input_shape=(3, 8, 8), opset=18)
+def _(g, h):
+    return g.op("Mish", [g.op("Mul", [h, g.const("two", np.float32(2.0))])])
+
+
+@rule("prelu", "PRelu", "PRelu with a per-channel slope [4,1,1] in (0.05, 0.3)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("PRelu", [h, g.const("prelu.slope", g.rng.uniform(0.05, 0.3, [4, 1, 1]))])
+
+
+@rule("elu_selu_celu", "Elu/Selu/Celu",
+      "Elu alpha 0.8 + Selu (defaults) + Celu alpha 1.5, each on h", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Elu", [h], alpha=0.8)
+    b = g.op("Selu", [h])
+    c = g.op("Celu", [h], alpha=1.5)
+    return g.op("Sum", [a, b, c])
+
+
+@rule("softsign_thresholded", "Softsign/ThresholdedRelu",
+      "Softsign(h) + ThresholdedRelu(h) with alpha 0.2", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Add", [g.op("Softsign", [h]), g.op("ThresholdedRelu", [h], alpha=0.2)])
+
+
+@rule("silu_exporter", "Sigmoid/Mul",
+      "SiLU as torch.onnx.export writes it: Mul(Sigmoid(h), h) (sigmoid first), then a second SiLU",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Mul", [g.op("Sigmoid", [h]), h])
+    return g.op("Mul", [a, g.op("Sigmoid", [a])])
+
+
+@rule("pow_scalar", "Pow",
+      "Pow(h, 2.0) and Pow(h, int64 3): a float scalar exponent and an integer one", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Pow", [h, g.const("two", np.float32(2.0))])
+    b = g.op("Pow", [h, g.const("three", np.int64(3), np.int64)])
+    return g.op("Add", [a, b])
+
+
+@rule("pow_broadcast", "Pow",
+      "Pow(Sigmoid(h), E) with a constant exponent E [4,1,1] in (0.5, 3) (positive base)", d=5,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    e = g.const("exponent", g.rng.uniform(0.5, 3.0, [4, 1, 1]))
+    return g.op("Pow", [g.op("Sigmoid", [h]), e])
+
+
+@rule("sqrt_reciprocal", "Sqrt/Reciprocal",
+      "Sqrt(Sigmoid(h)) + Reciprocal(Sigmoid(h) + 0.5)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    s = g.op("Sigmoid", [h])
+    a = g.op("Sqrt", [s])
+    b = g.op("Reciprocal", [g.op("Add", [s, g.const("half", np.float32(0.5))])])
+    return g.op("Add", [a, b])
+
+
+@rule("exp_log", "Exp/Log", "Exp(h) * 0.1 + Log(Sigmoid(h))", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Mul", [g.op("Exp", [h]), g.const("tenth", np.float32(0.1))])
+    b = g.op("Log", [g.op("Sigmoid", [h])])
+    return g.op("Add", [a, b])
+
+
+@rule("abs", "Abs", "Abs (kink at 0; coordinates are drawn away from it)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Abs", [h])
+
+
+@rule("max_variadic", "Max",
+      "Max of h, Neg(h) and a constant c [4,1,1] (three inputs, broadcasting)", d=5,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Max", [h, g.op("Neg", [h]), g.const("c_max", g.rng.uniform(0.2, 0.6, [4, 1, 1]))])
+
+
+@rule("min_broadcast", "Min",
+      "Min(h, GlobalAveragePool(h)): [N,C,H,W] against [N,C,1,1], both depend on h", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Min", [h, g.op("GlobalAveragePool", [h])])
+
+
+@rule("max_ties", "Max/ReduceMax",
+      "Ties everywhere: Max(h, h) + ReduceMax(Concat(h, h) on axis 1, axes [1]): each tied input "
+      "gets half the gradient, so the sums are exactly 1 (whole gradient twice would give 2)",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    m = g.op("Max", [h, h])
+    r = g.op("ReduceMax", [g.op("Concat", [h, h], axis=1)], axes=[1], keepdims=1)
+    return g.op("Add", [m, r])
+
+
+@rule("where_const_cond", "Where",
+      "Where(C, h, Sigmoid(h)) with a constant boolean C [8,8] (broadcast over N and channels)",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    c = g.const("cond", g.rng.uniform(0, 1, [8, 8]) > 0.5, np.bool_)
+    return g.op("Where", [c, h, g.op("Sigmoid", [h])])
+
+
+@rule("where_data_cond", "Where",
+      "Where(h > 0.1, h, GlobalAveragePool(h)): the condition depends on h (not differentiated), "
+      "the second branch broadcasts [N,C,1,1]", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    c = g.op("Greater", [h, g.const("thr", np.float32(0.1))])
+    return g.op("Where", [c, h, g.op("GlobalAveragePool", [h])])
+
+
+@rule("cast_float", "Cast",
+      "Cast h to double and back to float, plus Cast(1.5h -> int64 -> float): the integer cast "
+      "carries no gradient", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    dbl = g.op("Cast", [h], to=TensorProto.DOUBLE)
+    back = g.op("Cast", [dbl], to=TensorProto.FLOAT)
+    small = g.op("Mul", [h, g.const("c15", np.float32(1.5))])
+    i = g.op("Cast", [small], to=TensorProto.INT64)
+    return g.op("Add", [back, g.op("Cast", [i], to=TensorProto.FLOAT)])
+
+
+@rule("softmax_axis1", "Softmax", "Softmax over the channel axis 1 of [N,4,8,8], on 2h", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Softmax", [g.op("Mul", [h, g.const("two", np.float32(2.0))])], axis=1)
+
+
+@rule("softmax_last", "Softmax", "Softmax with the default axis (-1, opset 13+ semantics)", d=5,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Softmax", [h])
+
+
+@rule("log_softmax", "LogSoftmax", "LogSoftmax over axis -2", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("LogSoftmax", [h], axis=-2)
+
+
+@rule("reduce_max_attr", "ReduceMax",
+      "ReduceMax over axes [-1] (attribute form, opset 17), keepdims 1", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("ReduceMax", [h], axes=[-1], keepdims=1)
+
+
+@rule("reduce_max_input", "ReduceMax",
+      "ReduceMax over axes [1, 3] (input form, opset 18), keepdims 0", d=3, input_shape=(3, 8, 8),
+      opset=18)
+def _(g, h):
+    return g.op("ReduceMax", [h, g.const("axes", [1, 3], np.int64)], keepdims=0)
+
+
+@rule("reduce_min", "ReduceMin", "ReduceMin over axes [-2] (attribute form, opset 17), keepdims 0",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("ReduceMin", [h], axes=[-2], keepdims=0)
+
+
+@rule("layer_norm_last", "LayerNormalization",
+      "LayerNormalization over the last axis (-1, as transformers on [N,T,C]), scale and bias [8]",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("LayerNormalization", [h, g.const("ln.scale", g.rng.uniform(0.5, 1.5, [8])),
+                                       g.const("ln.bias", g.small([8]))], axis=-1)
+
+
+@rule("layer_norm_axis1", "LayerNormalization",
+      "LayerNormalization over axes 1.. (C,H,W together), scale [4,8,8], no bias, epsilon 1e-3, "
+      "Mean and InvStdDev outputs named by the model", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    y, _, _ = g.op("LayerNormalization",
+                   [h, g.const("ln.scale", g.rng.uniform(0.5, 1.5, [4, 8, 8]))], n_out=3,
+                   axis=1, epsilon=1e-3)
+    return y
+
+
+@rule("group_norm_18", "GroupNormalization",
+      "GroupNormalization opset 18: 2 groups of 2 channels, scale and bias per group [2]", d=4,
+      input_shape=(3, 8, 8), opset=18)
+def _(g, h):
+    return g.op("GroupNormalization", [h, g.const("gn.scale", g.rng.uniform(0.5, 1.5, [2])),
+                                       g.const("gn.bias", g.small([2]))], num_groups=2)
+
+
+@rule("group_norm_21", "GroupNormalization",
+      "GroupNormalization opset 21: 2 groups of 2 channels, scale and bias per channel [4]", d=5,
+      input_shape=(3, 8, 8), opset=21)
+def _(g, h):
+    return g.op("GroupNormalization", [h, g.const("gn.scale", g.rng.uniform(0.5, 1.5, [4])),
+                                       g.const("gn.bias", g.small([4]))], num_groups=2,
+                epsilon=1e-3)
+
+
+@rule("instance_norm", "InstanceNormalization",
+      "InstanceNormalization with scale and bias [4]", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("InstanceNormalization", [h, g.const("in.scale", g.rng.uniform(0.5, 1.5, [4])),
+                                          g.const("in.bias", g.small([4]))])
+# ---- indexing, broadcasting, einsum and attention (rules/index.rs, rules/linalg.rs) ----------
+
+I64_MAX = np.iinfo(np.int64).max
+I64_MIN = np.iinfo(np.int64).min
+
+
+class GraphAtOpset(Graph):
+    """A Graph whose model imports a later opset (e.g. 18 for Split's num_outputs)."""
+
+    def __init__(self, name, input_shape, opset):
+        super().__init__(name, input_shape)
+        self.opset = opset
+
+    def model(self, outputs, doc=""):
+        m = super().model(outputs, doc)
+        m.opset_import[0].version = self.opset
+        if self.opset >= 21:
+            m.ir_version = 10  # the IR version that opset 21 came with
+        return m
+
+
+def rule_at(name, op, desc, d, input_shape=(4, 9, 9), opset=OPSET, layers=None):
+    """Like @rule, with the model's opset and (optionally) more layers: the body returns
+    (tensor after the op, extra layer names)."""
+
+    def deco(body):
+        def build():
+            g = GraphAtOpset(name, input_shape, opset)
+            h = g.stem()
+            y, extra = body(g, h)
+            z = g.to_embedding(y, d)
+            return g, dict(embedding=z, layers=[h] + extra, rule=op, d=d, description=desc)
+
+        register(name)(build)
+        return body
+
+    return deco
+
+
+def i64(g, base, values):
+    return g.const(base, values, np.int64)
+
+
+def batch_dim(g, t):
+    """Shape(t)[0:1] the way exporters write it: Shape -> Gather(0) -> Unsqueeze."""
+    b = g.op("Gather", [g.op("Shape", [t]), i64(g, "zero", 0)], axis=0)
+    return g.op("Unsqueeze", [b, i64(g, "axes0", [0])])
+
+
+@rule("slice_shape_arith", "Slice",
+      "ShuffleNet channel split: Slice(h, 0, C/2) and Slice(h, C/2, INT64_MAX) on axis 1, C/2 computed "
+      "as Shape -> Gather -> Div -> Unsqueeze; halves combined as a*Sigmoid(b)", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    c = g.op("Gather", [g.op("Shape", [h]), i64(g, "one", 1)], axis=0)
+    half = g.op("Unsqueeze", [g.op("Div", [c, i64(g, "two", 2)]), i64(g, "axes0", [0])])
+    ax = i64(g, "axis1", [1])
+    a = g.op("Slice", [h, i64(g, "start0", [0]), half, ax])
+    b = g.op("Slice", [h, half, i64(g, "end_max", [I64_MAX]), ax])
+    return g.op("Mul", [a, g.op("Sigmoid", [b])])
+
+
+@rule("slice_steps", "Slice",
+      "Slice axes [-1, 2, 1]: W 1::3 (interleave, past the end), H -1:-10:-2 (negative step and "
+      "start, clamped end), C -20:3 (clamped start)", d=5)
+def _(g, h):
+    return g.op("Slice", [h, i64(g, "starts", [1, -1, -20]), i64(g, "ends", [I64_MAX, -10, 3]),
+                          i64(g, "axes", [-1, 2, 1]), i64(g, "steps", [3, -2, 1])])
+
+
+@rule("slice_reverse", "Slice",
+      "Slice without axes or steps: starts [0, 1], ends [INT64_MAX, 3] (axis 0 kept whole); then a flip "
+      "of W (INT64_MAX:INT64_MIN:-1) with H 2:100 (clamped end)", d=4, input_shape=(4, 7, 6))
+def _(g, h):
+    a = g.op("Slice", [h, i64(g, "starts", [0, 1]), i64(g, "ends", [I64_MAX, 3])])
+    return g.op("Slice", [a, i64(g, "starts", [I64_MAX, 2]), i64(g, "ends", [I64_MIN, 100]),
+                          i64(g, "axes", [3, 2]), i64(g, "steps", [-1, 1])])
+
+
+@rule("split_input", "Split", "Split axis 1 with split [1, 3] as input; a [N,1,8,8] * b [N,3,8,8]",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    a, b = g.op("Split", [h, i64(g, "split", [1, 3])], n_out=2, axis=1)
+    return g.op("Mul", [a, g.op("Tanh", [b])])
+
+
+@rule("split_unused_output", "Split",
+      "Split axis -1 into 3 equal parts (no split input), only parts 2 and 0 used: Concat(p2, p0); "
+      "part 1 has no cotangent (zeros)", d=4)
+def _(g, h):
+    p0, _p1, p2 = g.op("Split", [h], n_out=3, axis=-1)
+    return g.op("Concat", [p2, p0], axis=-1)
+
+
+@rule_at("split_num_outputs", "Split",
+         "opset 18 Split num_outputs 3 on axis 2 of H=8: parts 3, 3, 2; recombined as "
+         "Concat(Tanh(p2), p0, p1)", d=5, input_shape=(3, 8, 8), opset=18)
+def _(g, h):
+    p0, p1, p2 = g.op("Split", [h], n_out=3, axis=2, num_outputs=3)
+    return g.op("Concat", [g.op("Tanh", [p2]), p0, p1], axis=2), []
+
+
+@rule_at("index_ops_opset21", "Slice/Split/Gather/GatherElements/Expand/Tile",
+         "The indexing rules in one opset 21 graph (the compiler emits opset 21 forms): Slice "
+         "axis 3 ::-2, Split num_outputs 2 on axis 2, Tile [1,1,2,1], Expand to [1,4,8,4], "
+         "GatherElements axis 1 with ArgMax indices, Gather axis 1 indices [3, 0]", d=5,
+         input_shape=(3, 8, 8), opset=21)
+def _(g, h):
+    s = g.op("Slice", [h, i64(g, "starts", [-1]), i64(g, "ends", [I64_MIN]), i64(g, "axes", [3]),
+                       i64(g, "steps", [-2])])  # [N,4,8,4]
+    top, bottom = g.op("Split", [s], n_out=2, axis=2, num_outputs=2)  # [N,4,4,4] each
+    t = g.op("Tile", [top, i64(g, "repeats", [1, 1, 2, 1])])  # [N,4,8,4]
+    e = g.op("Expand", [g.op("ReduceMean", [bottom, i64(g, "axes2", [2])], keepdims=1),
+                        i64(g, "shape", [1, 4, 8, 4])])  # [N,4,8,4]
+    m = g.op("Mul", [t, g.op("Sigmoid", [e])])
+    mx = g.op("GatherElements", [m, g.op("ArgMax", [m], axis=1, keepdims=1)], axis=1)  # [N,1,8,4]
+    picked = g.op("Gather", [m, i64(g, "channels", [3, 0])], axis=1)  # [N,2,8,4]
+    return g.op("Concat", [picked, mx], axis=1), []
+
+
+@rule("gather_tensor_indices", "Gather",
+      "Gather axis -1 with 2-D indices [[2, -1], [0, 2]] (negative, repeated): [N,4,8,8] -> [N,4,8,2,2]",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("Gather", [h, i64(g, "indices", [[2, -1], [0, 2]])], axis=-1)
+
+
+@rule("gather_many_indices", "Gather",
+      "Gather axis 2 of Reshape(h) [N,4,64] with 40 indices (repeats, negatives): 64 x 40 exceeds the "
+      "one-hot limit, so the rule scatters (ScatterElements add)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    r = g.op("Reshape", [h, i64(g, "shape", [0, 4, 64])])
+    idx = g.rng.integers(-64, 64, [40])
+    return g.op("Gather", [r, i64(g, "indices", idx)], axis=2)
+
+
+@rule("gather_scalar_shape_index", "Gather",
+      "Gather axis 2 with a scalar index computed from shapes (H - 3 = 5): removes the axis, "
+      "[N,4,8,8] -> [N,4,8]", d=3, input_shape=(3, 8, 8))
+def _(g, h):
+    hh = g.op("Gather", [g.op("Shape", [h]), i64(g, "two", 2)], axis=0)
+    idx = g.op("Sub", [hh, i64(g, "three", 3)])
+    return g.op("Gather", [h, idx], axis=2)
+
+
+@rule("gather_elements_const", "GatherElements",
+      "GatherElements axis 2 with constant indices [1,4,3,8] (one negative) expanded to the batch "
+      "(Expand to Concat(Shape(h)[0:1], [4,3,8]))", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    idx = g.rng.integers(0, 8, [1, 4, 3, 8])
+    idx[0, 0, 0, 0] = -1
+    shape = g.op("Concat", [batch_dim(g, h), i64(g, "rest", [4, 3, 8])], axis=0)
+    full = g.op("Expand", [i64(g, "indices", idx), shape])
+    return g.op("GatherElements", [h, full], axis=2)
+
+
+@rule("gather_elements_argmax", "GatherElements",
+      "GatherElements axis 1 with data-dependent indices ArgMax(h, axis 1, keepdims): the channel "
+      "maximum", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    idx = g.op("ArgMax", [h], axis=1, keepdims=1)
+    return g.op("GatherElements", [h, idx], axis=1)
+
+
+@rule("expand", "Expand",
+      "Expand Sigmoid(GlobalAveragePool(h)) [N,4,1,1] to shape [1,1,6,8] -> [N,4,6,8], times "
+      "Slice(h) (both depend on h)", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    s = g.op("Sigmoid", [g.op("GlobalAveragePool", [h])])
+    e = g.op("Expand", [s, i64(g, "shape", [1, 1, 6, 8])])
+    hs = g.op("Slice", [h, i64(g, "s", [1]), i64(g, "e", [7]), i64(g, "a", [2])])
+    return g.op("Mul", [e, hs])
+
+
+@rule("tile", "Tile", "Tile repeats [1, 2, 1, 3]: [N,4,5,6] -> [N,8,5,18]", d=4, input_shape=(3, 5, 6))
+def _(g, h):
+    t = g.op("Tile", [h, i64(g, "repeats", [1, 2, 1, 3])])
+    return g.op("Mul", [t, g.const("c_mul", g.rng.uniform(0.5, 1.5, [8, 5, 18]))])
+
+
+@rule("einsum_bmm", "Einsum",
+      "Einsum on A = Reshape(h) [N,4,64]: G = 'bij,bkj->bik'(A, A) (both operands one tensor), "
+      "then implicit output 'bij,jk' (= bik) with a weight [4,5]", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    a = g.op("Reshape", [h, i64(g, "shape", [0, 4, 64])])
+    gram = g.op("Einsum", [a, a], equation="bij,bkj->bik")
+    gram = g.op("Mul", [gram, g.const("scale", np.float32(0.05))])
+    return g.op("Einsum", [gram, g.const("w", g.he([4, 5], 4))], equation="bij,jk")
+
+
+@rule("einsum_ellipsis", "Einsum",
+      "Einsum with ellipses: T = '...ij,...jk->...ik'(h, h) (batched matrix square, [N,4,8,8]), then "
+      "'...chw,ck->...kh'(T, weight [4,3]): w summed within the first operand alone -> [N,3,8]", d=4,
+      input_shape=(3, 8, 8))
+def _(g, h):
+    t = g.op("Einsum", [h, h], equation="...ij,...jk->...ik")
+    t = g.op("Mul", [t, g.const("scale", np.float32(0.3))])
+    return g.op("Einsum", [t, g.const("w", g.he([4, 3], 4))], equation="...chw,ck->...kh")
+
+
+@rule("reshape_runtime_shape", "Reshape",
+      "Reshape [N,4,8,8] -> [N,64,4] with the target computed at run time: "
+      "Concat(Unsqueeze(Gather(Shape(h), 0)), Unsqueeze(Gather(Shape(h),2) * Gather(Shape(h),3)), "
+      "[-1])", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    shp = g.op("Shape", [h])
+    hh = g.op("Gather", [shp, i64(g, "two", 2)], axis=0)
+    ww = g.op("Gather", [shp, i64(g, "three", 3)], axis=0)
+    hw = g.op("Unsqueeze", [g.op("Mul", [hh, ww]), i64(g, "axes0", [0])])
+    target = g.op("Concat", [batch_dim(g, h), hw, i64(g, "minus1", [-1])], axis=0)
+    r = g.op("Reshape", [h, target])
+    return g.op("Mul", [r, g.const("c_mul", g.rng.uniform(0.5, 1.5, [64, 4]))])
+
+
+@rule("matmul_const_first", "MatMul",
+      "MatMul with the constant first, as a token-mixing MLP has it: W [8,8] x h [N,4,8,8] (the "
+      "gradient of the second operand, dB = Wᵀ·dY)", d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    return g.op("MatMul", [g.const("mix.weight", g.he([8, 8], 8)), h])
+
+
+def _attention(name, use_einsum):
+    """A one-block ViT: patch Conv tokens + class token, fused QKV MatMul + Split, heads by runtime
+    Reshape/Transpose, Q·Kᵀ scaled, Softmax over the keys, ·V, merge heads,
+    output projection + residual, class-token Gather, Gemm to the embedding."""
+    g = Graph(name, [3, 8, 8])
+    h = g.stem()  # [N,4,8,8]
+    c, heads, hd = 8, 2, 4
+    p = g.conv(h, 4, c, 2, strides=2, name="patch")  # [N,8,4,4]
+    b = batch_dim(g, p)
+    flat = g.op("Reshape", [p, g.op("Concat", [b, i64(g, "c_m1", [c, -1])], axis=0)])  # [N,8,16]
+    tokens = g.op("Transpose", [flat], perm=[0, 2, 1])  # [N,16,8]
+    cls = g.op("Expand", [g.const("cls_token", g.small([1, 1, c], 0.5)),
+                          g.op("Concat", [b, i64(g, "one_c", [1, c])], axis=0)])
+    seq = g.op("Concat", [cls, tokens], axis=1)  # [N,17,8]
+    tok = g.op("Add", [seq, g.const("pos_embed", g.small([1, 17, c], 0.5))], out="tok")
+    qkv = g.op("MatMul", [tok, g.const("qkv.weight", g.he([c, 3 * c], c, 1.0))])
+    q, k, v = g.op("Split", [qkv, i64(g, "qkv_split", [c, c, c])], n_out=3, axis=-1)
+    t = g.op("Gather", [g.op("Shape", [tok]), i64(g, "one", 1)], axis=0)
+    t = g.op("Unsqueeze", [t, i64(g, "axes0", [0])])
+    head_shape = g.op("Concat", [batch_dim(g, tok), t, i64(g, "heads", [heads, hd])], axis=0)
+
+    def split_heads(x):
+        return g.op("Transpose", [g.op("Reshape", [x, head_shape])], perm=[0, 2, 1, 3])  # [N,2,17,4]
+
+    q, k, v = split_heads(q), split_heads(k), split_heads(v)
+    if use_einsum:
+        s = g.op("Einsum", [q, k], equation="bhqd,bhkd->bhqk")
+    else:
+        s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    a = g.op("Softmax", [g.op("Mul", [s, g.const("scale", np.float32(hd ** -0.5))])], axis=-1)
+    if use_einsum:
+        o = g.op("Einsum", [a, v], equation="bhqk,bhkd->bhqd")
+    else:
+        o = g.op("MatMul", [a, v])
+    o = g.op("Transpose", [o], perm=[0, 2, 1, 3])  # [N,17,2,4]
+    merge = g.op("Concat", [batch_dim(g, o), t, i64(g, "c", [c])], axis=0)
+    o = g.op("Reshape", [o, merge])
+    o = g.op("MatMul", [o, g.const("proj.weight", g.he([c, c], c, 1.0))])
+    x = g.op("Add", [tok, o])
+    cls_out = g.op("Gather", [x, i64(g, "cls_index", 0)], axis=1)  # [N,8]
+    z = g.gemm(cls_out, c, 6, name="head", out="z")
+    qk = "Einsum 'bhqd,bhkd->bhqk' and 'bhqk,bhkd->bhqd'" if use_einsum else "MatMul Q·Kᵀ and A·V"
+    return g, dict(embedding=z, layers=[h, tok], rule="Einsum" if use_einsum else "MatMul", d=6,
+                   description=f"One attention block, 2 heads: patch Conv 2x2/2 tokens, runtime-shape "
+                               f"Reshape/Transpose, class token (Expand + Concat), fused QKV MatMul + "
+                               f"Split, {qk} (both operands on the path), Softmax, "
+                               f"merge heads, projection + residual, class-token Gather. Layers: the stem "
+                               f"and the tokens [N,17,8]")
+
+
+register("attention_matmul")(lambda: _attention("attention_matmul", False))
+register("attention_einsum")(lambda: _attention("attention_einsum", True))
+
+
 # ======================================================================================
 # Whole models
 # ======================================================================================
@@ -746,7 +1257,13 @@ def ops_on_path(graph, layers, embedding):
 
 
 def check(model, entry, verbose=True):
-    onnx.checker.check_model(model, full_check=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        # GroupNormalization-18 (scale per group) is deprecated by opset 21 but is what opset-18
+        # models contain, and ONNX Runtime runs it; nothing else may fail the check.
+        if "GroupNormalization is deprecated" not in str(e):
+            raise
     # run with the layers as extra outputs to record their shapes and magnitudes
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -1,6 +1,14 @@
-//! Helpers for the tests that run the real `agent` binary on the demo model over loopback HTTP:
-//! start and stop it, raw HTTP/1.1 requests, bounded waits, reading a scrape. Every wait is bounded.
+//! What the integration tests share: the test models and ONNX Runtime runs ([`models`]), and for the
+//! tests that run the real `agent` binary on the demo model over loopback HTTP: its configuration
+//! ([`DemoConfig`]), starting and stopping it, raw HTTP/1.1 requests, bounded waits, reading a scrape.
+//! Every wait is bounded.
 #![allow(dead_code)]
+
+mod demo;
+mod models;
+
+pub use demo::*;
+pub use models::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,42 +21,101 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 pub const MODEL: &str = "digits";
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The agent binary, killed when dropped.
-pub struct Daemon {
-    pub child: Child,
-    pub port: u16,
-    pub log: PathBuf,
+/// A child process with its output appended to a log, killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    child: Option<Child>,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Proc {
+    pub fn spawn(cmd: &mut Command, log: &Path, what: &str) -> Proc {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        Proc { child: Some(child) }
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `sig` (as `kill` takes it: `-HUP`, `-TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig} {}", self.pid());
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Prints the end of each log when the test fails.
+pub struct LogsOnFailure(pub Vec<PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for p in &self.0 {
+            eprintln!("\n----- last lines of {} -----\n{}", p.display(), log_tail(p, 60));
+        }
+    }
+}
+
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The agent binary, killed when dropped.
+pub struct Daemon {
+    pub proc: Proc,
+    pub port: u16,
+    pub log: PathBuf,
 }
 
 impl Daemon {
     /// Starts `agent --config cfg` on a free loopback port, its log appended to `log`.
     pub fn start(cfg: &Path, log: &Path) -> Daemon {
-        let port = free_port();
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--config")
-            .arg(cfg)
-            .env("AGENT__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("starting the agent");
-        Daemon { child, port, log: log.to_path_buf() }
+        Daemon::start_on(cfg, log, free_port())
+    }
+
+    /// Starts `agent --config cfg` listening on `127.0.0.1:port`, its log appended to `log`.
+    pub fn start_on(cfg: &Path, log: &Path, port: u16) -> Daemon {
+        let proc = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_agent"))
+                .arg("--config")
+                .arg(cfg)
+                .env("AGENT__SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            log,
+            "the agent",
+        );
+        Daemon { proc, port, log: log.to_path_buf() }
     }
 
     /// Waits for `/readyz` (the baseline may be built first).
@@ -79,22 +146,13 @@ impl Daemon {
     }
 
     pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.proc.kill();
     }
 
     /// SIGTERM, and the exit status within 60 s.
     pub fn term(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.proc.signal("-TERM");
+        wait_for("the agent's exit after SIGTERM", Duration::from_secs(60), || self.proc.exited())
     }
 }
 
@@ -180,39 +238,49 @@ pub fn get(port: u16, path: &str) -> Option<Response> {
 }
 
 /// Polls `f` every 50 ms until it gives a value; panics with the agent's log after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, log: &Path, f: impl FnMut() -> Option<T>) -> T {
+    poll(what, timeout, f).unwrap_or_else(|| {
+        panic!("timed out after {timeout:?} waiting for {what}; agent log (tail):\n{}", log_tail(log, 60))
+    })
+}
+
+/// Polls `f` every 50 ms until it gives a value; panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll(what, timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+fn poll<T>(_what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(60)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            panic!("timed out after {timeout:?} waiting for {what}; agent log (tail):\n{tail}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// Every `(labels, value)` of metric `name` in a text exposition, the labels as written between
+/// the braces (`model="digits",layer="a"`).
+pub fn series(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name).then(|| (rest.trim_end_matches('}').to_string(), value.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
 /// The value of one series: `name` with every `(label, value)` pair given.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n != name || !labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
-            return None;
-        }
-        value.parse().ok()
-    })
+    series(text, name)
+        .into_iter()
+        .find(|(rest, _)| labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+        .map(|(_, v)| v)
 }
 
 /// The demo model's held-out digits, `[256, 1, 28, 28]` in [0, 1].
@@ -221,46 +289,28 @@ pub fn digits() -> Array4<f32> {
     Array4::<f32>::read_npy(f).unwrap()
 }
 
-/// A configuration for the demo model on the CPU (cheap scores: `samples` smoothing points, two
-/// layers), with the baseline built from 16 reference digits into `dir`, and the given sources.
-pub fn config(dir: &Path, samples: usize, engine: &str, sources: &str) -> PathBuf {
+/// A configuration for the demo model on the CPU (cheap scores: `smoothing_points` points, two
+/// layers, vanilla), with the baseline built from 16 reference digits into `dir`, and the given
+/// `[engine]` lines and sources.
+pub fn config(dir: &Path, smoothing_points: usize, engine: &str, sources: &str) -> PathBuf {
     let f = std::fs::File::open(repo_root().join("models/digits/reference.npy")).unwrap();
     let reference = Array4::<f32>::read_npy(f).unwrap();
     let reference = reference.slice_axis(Axis(0), (0..16).into()).to_owned();
     reference.write_npy(std::fs::File::create(dir.join("reference.npy")).unwrap()).unwrap();
-    let text = format!(
-        r#"
-[model]
-name = "{MODEL}"
-path = "{model}"
-embedding = "embedding"
-layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
-methods = ["vanilla"]
-samples = {samples}
-
-[engine]
-providers = ["cpu"]
-{engine}
-
-[baseline]
-path = "{d}/baseline.json"
-reference_dir = "{d}/reference.npy"
-
-[window]
-samples = 64
-
-{sources}
-
-[logging]
-level = "info,agent::daemon::pipeline=debug"
-format = "json"
-"#,
-        model = repo_root().join("models/digits/encoder.onnx").display(),
-        d = dir.display(),
-    );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    DemoConfig {
+        model: format!("methods = [\"vanilla\"]\nsmoothing_points = {smoothing_points}"),
+        engine: format!("providers = [\"cpu\"]\n{engine}"),
+        baseline: format!(
+            "path = \"{d}/baseline.json\"\nreference_dir = \"{d}/reference.npy\"",
+            d = dir.display()
+        ),
+        window: "samples = 64".into(),
+        rest: format!(
+            "{sources}\n\n[logging]\nlevel = \"info,agent::daemon::pipeline=debug\"\nformat = \"json\"\n"
+        ),
+        ..DemoConfig::default()
+    }
+    .write(dir)
 }
 
 /// A V2 inference request body for one digit: FP32, shape `[1, 1, 28, 28]`, flat data.

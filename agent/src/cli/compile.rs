@@ -21,18 +21,19 @@ pub struct CompileArgs {
     /// Intermediate tensor(s) to attribute to; repeat for several.
     #[arg(long = "layer", required = true)]
     pub layers: Vec<String>,
-    /// Attribution method(s); default vanilla.
-    #[arg(long = "method")]
+    /// Attribution method(s), repeatable: vanilla, actgrad, gradcam [default: vanilla].
+    #[arg(long = "method", value_name = "METHOD")]
     pub methods: Vec<Method>,
     /// Channel aggregation in the graph (mean, abs, var), or `none` for raw `[B, K, C, H, W]` maps.
     #[arg(long, default_value = "abs")]
     pub channel_agg: String,
-    /// Smoothing points per sample averaged inside the graph (spec §1); default 1.
-    #[arg(long, default_value_t = 1)]
-    pub samples: usize,
+    /// Smoothing points per sample averaged inside the graph: the model's batch then holds this many
+    /// consecutive points per sample (docs/spec/scores.md#smoothed-attributions).
+    #[arg(long, visible_alias = "samples", value_name = "S", default_value_t = 1)]
+    pub smoothing_points: usize,
     /// How a layer's axes are read: `TENSOR=auto|nchw|nhwc|tokens[,grid=GHxGW][,prefix=N]`
     /// (default auto); repeat per layer.
-    #[arg(long = "layout")]
+    #[arg(long = "layout", value_name = "TENSOR=LAYOUT")]
     pub layouts: Vec<String>,
     /// Where to write the attribution graph.
     #[arg(long)]
@@ -55,7 +56,7 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         layers: args.layers.clone(),
         methods: if args.methods.is_empty() { vec![Method::Vanilla] } else { args.methods.clone() },
         channel_agg,
-        smoothing_samples: args.samples.max(1),
+        smoothing_samples: args.smoothing_points.max(1),
         layouts: specs.iter().map(LayerSpec::layout_request).collect(),
     };
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;

@@ -1,6 +1,6 @@
 //! `agent demo-feed`: the demo's producer. Streams real digits into the watched directory — clean
-//! ones first, then drifted ones `clip(x + λε, 0, 1)` with λ rising (spec §7) — and, when the agent's
-//! address is given, prints its drift gauges after each step, so drift can be watched rising.
+//! ones first, then drifted ones `clip(x + λε, 0, 1)` with λ rising (docs/spec/scores.md#drift) — and, when
+//! the agent's address is given, prints its drift gauges after each step, so drift can be watched rising.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,7 +21,7 @@ pub struct DemoFeedArgs {
     /// Samples to stream: a `[N, 1, 28, 28]` float32 `.npy` in [0, 1].
     #[arg(long, default_value = "models/digits/stream.npy")]
     pub data: PathBuf,
-    /// Files per second.
+    /// Files written per second.
     #[arg(long, default_value_t = 25.0)]
     pub rate: f64,
     /// Clean samples before the drift starts.
@@ -33,6 +33,7 @@ pub struct DemoFeedArgs {
     /// Drift strengths λ, in order.
     #[arg(long, value_delimiter = ',', default_value = "0.3,0.6,0.9")]
     pub lambdas: Vec<f32>,
+    /// Seed of the drift noise ε.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The agent's address (`host:port`), to print its gauges after each step.
@@ -113,18 +114,112 @@ fn scrape(agent: &str) -> Result<String> {
     Ok(buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
+/// The drift gauges of one scrape as a table, one row per (layer, method): the relative drifts and
+/// the KS p-values (two significant digits: at λ = 0.9 they reach 10⁻⁴⁰ and beyond).
 fn print_gauges(text: &str) {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let wanted = [
-            "agent_noise_score_drift{",
-            "agent_variance_score_drift{",
-            "agent_drift_ks_pvalue{",
-            "agent_window_samples{",
-        ];
-        // block2 with vanilla has no drift to show (NS = 0 there, see config/demo.toml).
-        let constant = line.contains("layer=\"block2\"") && line.contains("method=\"vanilla\"");
-        if wanted.iter().any(|w| line.starts_with(w)) && !constant {
-            println!("  {line}");
+    let table = DriftTable::parse(text);
+    if table.rows.is_empty() {
+        println!("  (no drift gauges yet: the window is empty)");
+        return;
+    }
+    println!("  window: {} samples", table.window.map_or("?".into(), |w| format!("{w:.0}")));
+    println!(
+        "  {:<10} {:<8} {:>8} {:>8} {:>11} {:>11}",
+        "layer", "method", "ΔNS", "ΔVS", "KS p (NS)", "KS p (VS)"
+    );
+    for ((layer, method), r) in &table.rows {
+        println!(
+            "  {layer:<10} {method:<8} {:>8} {:>8} {:>11} {:>11}",
+            signed(r.noise_drift),
+            signed(r.variance_drift),
+            pvalue(r.ks_noise),
+            pvalue(r.ks_variance)
+        );
+    }
+}
+
+#[derive(Default)]
+struct DriftRow {
+    noise_drift: Option<f64>,
+    variance_drift: Option<f64>,
+    ks_noise: Option<f64>,
+    ks_variance: Option<f64>,
+}
+
+#[derive(Default)]
+struct DriftTable {
+    window: Option<f64>,
+    rows: std::collections::BTreeMap<(String, String), DriftRow>,
+}
+
+impl DriftTable {
+    /// Reads the gauges it shows from Prometheus text; other lines are ignored.
+    fn parse(text: &str) -> DriftTable {
+        let mut t = DriftTable::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let label = |key: &str| {
+                labels.split(',').find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (k == key).then(|| v.trim_end_matches('}').trim_matches('"').to_string())
+                })
+            };
+            if name == "agent_window_samples" {
+                t.window = Some(value);
+                continue;
+            }
+            let (Some(layer), Some(method)) = (label("layer"), label("method")) else { continue };
+            let row = t.rows.entry((layer, method)).or_default();
+            match (name, label("score").as_deref()) {
+                ("agent_noise_score_drift", _) => row.noise_drift = Some(value),
+                ("agent_variance_score_drift", _) => row.variance_drift = Some(value),
+                ("agent_drift_ks_pvalue", Some("noise")) => row.ks_noise = Some(value),
+                ("agent_drift_ks_pvalue", Some("variance")) => row.ks_variance = Some(value),
+                _ => {}
+            }
         }
+        // Rows without any drift gauge (other per-layer metrics) are not shown.
+        t.rows.retain(|_, r| r.noise_drift.is_some() || r.variance_drift.is_some());
+        t
+    }
+}
+
+fn signed(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:+.3}"))
+}
+
+fn pvalue(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(p) if p >= 0.01 => format!("{p:.2}"),
+        Some(p) => format!("{p:.1e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_table_reads_the_gauges_of_a_scrape() {
+        let text = "# HELP agent_noise_score_drift x\n\
+            agent_noise_score_drift{layer=\"block2\",method=\"actgrad\",model=\"digits\"} 0.173\n\
+            agent_variance_score_drift{layer=\"block2\",method=\"actgrad\",model=\"digits\"} -0.392\n\
+            agent_drift_ks_pvalue{layer=\"block2\",method=\"actgrad\",model=\"digits\",score=\"noise\"} 4.1e-36\n\
+            agent_drift_ks_pvalue{layer=\"block2\",method=\"actgrad\",model=\"digits\",score=\"variance\"} 0.5\n\
+            agent_noise_benchmark{layer=\"conv2_in\",method=\"vanilla\",model=\"digits\"} 0.2\n\
+            agent_window_samples{model=\"digits\"} 100\n";
+        let t = DriftTable::parse(text);
+        assert_eq!(t.window, Some(100.0));
+        assert_eq!(t.rows.len(), 1, "the benchmark-only row is not a drift row");
+        let r = &t.rows[&("block2".to_string(), "actgrad".to_string())];
+        assert_eq!((r.noise_drift, r.variance_drift), (Some(0.173), Some(-0.392)));
+        assert_eq!((r.ks_noise, r.ks_variance), (Some(4.1e-36), Some(0.5)));
+        assert_eq!(
+            (signed(r.noise_drift), pvalue(r.ks_noise), pvalue(r.ks_variance)),
+            ("+0.173".into(), "4.1e-36".into(), "0.50".into())
+        );
     }
 }

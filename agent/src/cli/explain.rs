@@ -1,6 +1,7 @@
 //! `agent explain`: the embedding-aggregated attribution map of one input, per layer, upscaled onto
-//! the input (nearest neighbour, spec §4) and drawn as a heat map over it — the paper's figure 2 for
-//! the user's own model. Rows are methods; the first column is the input, then one panel per layer.
+//! the input (nearest neighbour, docs/spec/scores.md#embedding-aggregation) and drawn as a heat map over it —
+//! the paper's figure 2 for the user's own model. Rows are methods; the first column is the input, then one
+//! panel per layer.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ pub struct ExplainArgs {
     pub model: ModelArgs,
     /// Input file (`.npy`, `.npz`, `.png`, `.jpg`); with a batch, `--sample` picks the sample.
     pub input: PathBuf,
+    /// Which sample of a batch input to explain (0-based).
     #[arg(long, default_value_t = 0)]
     pub sample: usize,
     /// Where to write the PNG.
@@ -76,7 +78,11 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     println!("wrote {} ({} × {} px)", args.out.display(), png.width(), png.height());
     println!("columns: input, {}", layers.join(", "));
     println!("rows: {}", methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "));
-    println!("aggregation: channel {}, embedding {}", spec.channel_agg.as_str(), spec.embedding_agg.as_str());
+    println!(
+        "aggregation: channel {}, embedding {}",
+        spec.score.channel_agg().as_str(),
+        spec.score.embedding_agg().as_str()
+    );
     Ok(())
 }
 

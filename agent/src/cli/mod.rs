@@ -13,78 +13,37 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::config::Config;
-use crate::engine::{EngineSpec, LayerSpec};
+use crate::engine::{EngineSpec, LayerSpec, NoiseSettings, RuntimeSettings, ScoreSettings};
 use crate::runtime::Provider;
-use crate::scores::{Aggregation, Method};
 
 /// Where the engine's settings come from: a configuration file, or flags alone. Flags given
-/// together with `--config` override the file's values.
+/// together with `--config` override the file's values. The score flags are the configuration's own
+/// settings types ([`ScoreSettings`], [`NoiseSettings`], [`RuntimeSettings`]), read as flags.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Configuration file (TOML); its `[model]`, `[noise]` and `[engine]` sections are used.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The ONNX model (without --config).
-    #[arg(long)]
+    #[arg(long, value_name = "M.onnx")]
     pub model: Option<PathBuf>,
-    /// The rank-2 embedding output (without --config).
-    #[arg(long)]
+    /// The rank-2 embedding output `[batch, D]` of the model (without --config).
+    #[arg(long, value_name = "NAME")]
     pub embedding: Option<String>,
-    /// An intermediate tensor to score; repeat for a score curve (`label=tensor` sets the label).
-    #[arg(long = "layer")]
-    pub layers: Vec<String>,
+    /// An intermediate tensor to score, repeatable for a score curve; `label=tensor` sets the label
+    /// used in output and metrics [default with --config: the configured layers].
+    #[arg(long = "layer", value_name = "[LABEL=]TENSOR")]
+    pub layers: Vec<LayerSpec>,
     /// How a layer's axes are read: `LAYER=auto|nchw|nhwc|tokens[,grid=GHxGW][,prefix=N]` (LAYER is
     /// its label or tensor; default auto). Repeat per layer.
-    #[arg(long = "layout")]
+    #[arg(long = "layout", value_name = "LAYER=LAYOUT")]
     pub layouts: Vec<String>,
-    /// Attribution method(s): vanilla, actgrad, gradcam.
-    #[arg(long = "method")]
-    pub methods: Vec<Method>,
-    #[arg(long)]
-    pub channel_agg: Option<Aggregation>,
-    #[arg(long)]
-    pub embedding_agg: Option<Aggregation>,
-    /// Normalise each component's map before the embedding aggregation.
-    #[arg(long)]
-    pub normalize_dims: bool,
-    /// Binarise normalised maps at this threshold before the variance score.
-    #[arg(long)]
-    pub binarize: Option<f32>,
-    /// Noise input file(s) (`.npy`, one sample each) instead of drawn noise.
-    #[arg(long = "noise-input")]
-    pub noise_inputs: Vec<PathBuf>,
-    #[arg(long)]
-    pub noise_seed: Option<u64>,
-    #[arg(long)]
-    pub n_noise: Option<usize>,
-    /// Smoothed estimator: points per sample (default 1: the plain gradient).
-    #[arg(long)]
-    pub samples: Option<usize>,
-    /// Smoothed estimator: noise σ (default 0.5 when --samples > 1).
-    #[arg(long)]
-    pub smoothing: Option<f32>,
-    /// Smoothed estimator: reference input x_ref: black (zeros, default), input, or a `.npy` sample.
-    #[arg(long)]
-    pub smoothing_reference: Option<crate::engine::SmoothingReference>,
-    /// Score a seeded random subset of this many embedding components.
-    #[arg(long)]
-    pub dims: Option<usize>,
-    /// Cotangent rows per ONNX Runtime run.
-    #[arg(long)]
-    pub rows_per_run: Option<usize>,
-    /// The noise score's E map: exact, mean_map (one row), hutchinson (--probes rows).
-    #[arg(long)]
-    pub estimator: Option<crate::engine::Estimator>,
-    #[arg(long)]
-    pub probes: Option<usize>,
-    /// Execution providers in order of preference (default cpu without --config).
-    #[arg(long = "provider")]
-    pub providers: Vec<Provider>,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// libonnxruntime.so to load.
-    #[arg(long)]
-    pub onnxruntime: Option<PathBuf>,
+    #[command(flatten)]
+    pub score: ScoreSettings,
+    #[command(flatten)]
+    pub noise: NoiseSettings,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
 }
 
 impl std::str::FromStr for Provider {
@@ -109,16 +68,12 @@ impl ModelArgs {
     }
 
     /// The engine specification these arguments describe. `score`'s defaults differ from the
-    /// daemon's: one smoothing point (the plain gradient) unless asked otherwise.
+    /// daemon's: one smoothing point (the plain gradient) and the CPU unless asked otherwise.
     pub fn engine_spec(&self) -> Result<EngineSpec> {
         let mut spec = match &self.config {
             Some(path) => {
-                let cfg = Config::load(path)?;
-                let problems = cfg.validate();
-                if !problems.is_empty() {
-                    let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-                    bail!("{} has problems:\n{}", path.display(), list.join("\n"));
-                }
+                let cfg = Config::load_valid(path)?;
+                cfg.warn_deprecated();
                 cfg.to_engine_spec()
             }
             None => {
@@ -132,16 +87,7 @@ impl ModelArgs {
             }
         };
         if !self.layers.is_empty() {
-            spec.layers = self
-                .layers
-                .iter()
-                .map(|l| match l.split_once('=') {
-                    Some((name, tensor)) if !name.is_empty() => {
-                        LayerSpec { name: name.into(), tensor: tensor.into(), ..Default::default() }
-                    }
-                    _ => LayerSpec { name: l.clone(), tensor: l.clone(), ..Default::default() },
-                })
-                .collect();
+            spec.layers = self.layers.clone();
         }
         apply_layouts(&mut spec.layers, &self.layouts)?;
         if let Some(m) = &self.model {
@@ -150,38 +96,9 @@ impl ModelArgs {
         if let Some(e) = &self.embedding {
             spec.embedding = e.clone();
         }
-        if !self.methods.is_empty() {
-            spec.methods = self.methods.clone();
-        }
-        spec.channel_agg = self.channel_agg.unwrap_or(spec.channel_agg);
-        spec.embedding_agg = self.embedding_agg.unwrap_or(spec.embedding_agg);
-        spec.normalize_dims |= self.normalize_dims;
-        spec.binarize = self.binarize.or(spec.binarize);
-        if !self.noise_inputs.is_empty() {
-            spec.noise_inputs = self.noise_inputs.clone();
-        }
-        spec.noise_seed = self.noise_seed.unwrap_or(spec.noise_seed);
-        spec.n_noise = self.n_noise.unwrap_or(spec.n_noise);
-        if self.config.is_none() || self.samples.is_some() {
-            spec.samples = self.samples.unwrap_or(1);
-            spec.smoothing = self.smoothing.unwrap_or(if spec.samples > 1 { 0.5 } else { 0.0 });
-        } else if let Some(s) = self.smoothing {
-            spec.smoothing = s;
-        }
-        if let Some(r) = &self.smoothing_reference {
-            spec.smoothing_reference = r.clone();
-        }
-        spec.dims = self.dims.or(spec.dims);
-        spec.rows_per_run = self.rows_per_run.unwrap_or(spec.rows_per_run);
-        spec.estimator = self.estimator.unwrap_or(spec.estimator);
-        spec.probes = self.probes.unwrap_or(spec.probes);
-        if !self.providers.is_empty() {
-            spec.providers = self.providers.clone();
-        }
-        spec.threads = self.threads.unwrap_or(spec.threads);
-        if let Some(p) = &self.onnxruntime {
-            spec.onnxruntime_path = Some(p.clone());
-        }
+        spec.score = spec.score.overlay(self.score.clone());
+        spec.noise = spec.noise.overlay(self.noise.clone());
+        spec.runtime = spec.runtime.overlay(self.runtime.clone());
         if spec.layers.is_empty() {
             bail!("no layer to score: give --layer TENSOR or configure [[model.layers]]");
         }

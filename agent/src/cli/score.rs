@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use ndarray::{ArrayD, Axis};
+use ndarray::ArrayD;
 
 use super::ModelArgs;
 use crate::engine::Engine;
@@ -18,13 +18,13 @@ use crate::engine::Engine;
 pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// One JSON object per line per input sample, layer and method.
+    /// Print one JSON object per line per input sample, layer and method instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Samples per engine run.
-    #[arg(long, default_value_t = 16)]
+    /// Samples per engine run (each run computes all their maps at once; memory grows with it).
+    #[arg(long, value_name = "N", default_value_t = 16)]
     pub batch_size: usize,
-    /// Input files (`.npy` or `.npz`): one sample each, or a batch.
+    /// Input files (`.npy`, `.npz`, `.png`, `.jpg`): one sample each, or a batch.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }
@@ -87,41 +87,46 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             }
         };
         let mut rows = Vec::new();
-        let mut failed = None;
-        for (ci, chunk) in batch.axis_chunks_iter(Axis(0), args.batch_size.max(1)).enumerate() {
-            match engine.score_batch(chunk) {
-                Ok(scores) => {
-                    for (i, s) in scores.iter().enumerate() {
-                        for (key, v) in engine.keys().iter().zip(&s.scores) {
-                            let view = spec
-                                .layers
-                                .iter()
-                                .position(|l| l.name == key.layer)
-                                .and_then(|i| engine.views().get(i))
-                                .expect("every key is a configured layer");
-                            rows.push(ScoreRow {
-                                input: path.display().to_string(),
-                                sample: ci * args.batch_size.max(1) + i,
-                                layer: key.layer.clone(),
-                                method: key.method.as_str(),
-                                noise_score: v.noise_score,
-                                variance_score: v.variance_score,
-                                noise_benchmark: key.noise_benchmark,
-                                layout: view.layout.as_str(),
-                                map: view.grid,
-                                prefix_tokens: view.prefix_tokens,
-                            });
-                        }
+        let keys = engine.keys().to_vec();
+        // Per key, the view of its layer (how its axes were read), for the JSON rows.
+        let views: Vec<crate::compiler::LayerView> = keys
+            .iter()
+            .map(|k| {
+                let i = spec
+                    .layers
+                    .iter()
+                    .position(|l| l.name == k.layer)
+                    .expect("every key is a configured layer");
+                engine.views()[i].clone()
+            })
+            .collect();
+        let input = path.display().to_string();
+        let result = crate::engine::score_in_chunks(
+            batch.view(),
+            args.batch_size,
+            &mut |b| engine.score_batch(b),
+            &mut |start, scores| {
+                for (i, s) in scores.iter().enumerate() {
+                    for ((key, v), view) in keys.iter().zip(&s.scores).zip(&views) {
+                        rows.push(ScoreRow {
+                            input: input.clone(),
+                            sample: start + i,
+                            layer: key.layer.clone(),
+                            method: key.method.as_str(),
+                            noise_score: v.noise_score,
+                            variance_score: v.variance_score,
+                            noise_benchmark: key.noise_benchmark,
+                            layout: view.layout.as_str(),
+                            map: view.grid,
+                            prefix_tokens: view.prefix_tokens,
+                        });
                     }
                 }
-                Err(e) => {
-                    failed = Some(format!("{}: scoring failed: {e:#}", path.display()));
-                    break;
-                }
-            }
-        }
-        if let Some(f) = failed {
-            failures.push(f);
+                Ok(())
+            },
+        );
+        if let Err(e) = result {
+            failures.push(format!("{input}: scoring failed: {e:#}"));
             continue;
         }
         scored += batch.shape()[0];

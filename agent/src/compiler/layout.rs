@@ -4,13 +4,14 @@
 //! stored that way (`nchw`); transformer layers are `[T, C]` token sequences (`tokens`) and some
 //! models keep their spatial stages channels-last (`nhwc`, e.g. timm's Swin `[H, W, C]`).
 //!
-//! The choice (spec `docs/spec/token-layers.md`): a layer is *viewed* as `[C, gh, gw]` inside the
-//! attribution graph, right after the reverse pass — the gradient `[B, K, T, C]` is transposed to
-//! `[B, K, C, T]`, the prefix tokens (class token, registers) are sliced off and the patch tokens are
-//! reshaped to the grid, and the layer tensor itself gets the same view for `actgrad`/`gradcam`. Every
-//! later step (channel aggregation, smoothing, the map's height and width, scores, baselines, `agent
-//! explain`) then sees an ordinary channels-first map and is the same code for every layout. A view
-//! costs one Transpose, one Slice and one Reshape per layer; nothing in the reverse pass changes.
+//! The choice (spec: `docs/spec/attribution-graph.md#layer-layouts`): a layer is *viewed* as
+//! `[C, gh, gw]` inside the attribution graph, right after the reverse pass — the gradient
+//! `[B, K, T, C]` is transposed to `[B, K, C, T]`, the prefix tokens (class token, registers) are
+//! sliced off and the patch tokens are reshaped to the grid, and the layer tensor itself gets the same
+//! view for `actgrad`/`gradcam`. Every later step (channel aggregation, smoothing, the map's height
+//! and width, scores, baselines, `agent explain`) then sees an ordinary channels-first map and is the
+//! same code for every layout. A view costs one Transpose, one Slice and one Reshape per layer;
+//! nothing in the reverse pass changes.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -254,7 +255,7 @@ pub fn resolve(
     })
 }
 
-/// Auto-detection (rule written out in `docs/spec/token-layers.md`).
+/// Auto-detection (rule written out in `docs/spec/attribution-graph.md#layer-layouts`).
 fn detect(graph: &GraphProto, layer: &str, rest: &[i64], input_hw: Option<(i64, i64)>) -> Result<LayerView> {
     let ev = evidence(graph, layer);
     let view = |layout, channels: i64, grid: [i64; 2], prefix, reason: String| LayerView {

@@ -126,10 +126,13 @@ pub const NON_DIFFERENTIABLE: &[&str] = &[
 
 /// Every entry, family by family (a new family adds its `RULES` here).
 const FAMILIES: &[&[OpRule]] = &[
+    rules::activation::RULES,
     rules::elementwise::RULES,
+    rules::index::RULES,
     rules::linalg::RULES,
     rules::norm::RULES,
     rules::shape::RULES,
+    rules::softmax::RULES,
     rules::spatial::RULES,
 ];
 

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineSpec, LayerSpec, Layout, Normalization};
-use crate::runtime::Provider;
-use crate::scores::{Aggregation, Method};
+use crate::engine::{
+    EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings,
+};
 
 pub use validate::Problem;
 
@@ -40,7 +40,16 @@ pub struct Config {
     /// The file this configuration was read from (for messages); not a key.
     #[serde(skip)]
     pub file: PathBuf,
+    /// Old key names found in the file or the environment: they still work; each command says so
+    /// where its user sees it ([`Config::warn_deprecated`], `agent check`).
+    #[serde(skip)]
+    pub deprecated: Vec<Problem>,
 }
+
+/// Keys renamed so that each name says one thing: (section, old key, new key). The old names are
+/// still read (a serde alias), with a warning.
+const RENAMED: &[(&str, &str, &str)] =
+    &[("model", "samples", "smoothing_points"), ("model", "dims", "subset_components")];
 
 /// `[model]`: the ONNX model and what to score in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,41 +63,10 @@ pub struct ModelConfig {
     pub embedding: String,
     /// Layers in network order.
     pub layers: Vec<LayerConfig>,
-    #[serde(default = "default_methods")]
-    pub methods: Vec<Method>,
-    #[serde(default = "default_channel_agg")]
-    pub channel_agg: Aggregation,
-    #[serde(default = "default_embedding_agg")]
-    pub embedding_agg: Aggregation,
-    #[serde(default)]
-    pub normalize_dims: bool,
-    /// Variance-score binarisation threshold; absent = off.
-    #[serde(default)]
-    pub binarize: Option<f32>,
-    /// Score a seeded random subset of this many embedding components; absent = all.
-    #[serde(default)]
-    pub dims: Option<usize>,
-    /// Smoothed estimator: noisy copies per sample and their standard deviation. Absent `smoothing`
-    /// is 0.5 with `samples > 1` and 0 with `samples = 1`, so `samples = 1` alone is the plain
-    /// gradient (spec §1: `S = 1, σ = 0`), not one random point.
-    #[serde(default = "default_samples")]
-    pub samples: usize,
-    #[serde(default)]
-    pub smoothing: Option<f32>,
-    #[serde(default)]
-    pub smoothing_seed: u64,
-    /// Reference input of the smoothed estimator: "black" (zeros, default), "input", or a `.npy` path.
-    #[serde(default)]
-    pub smoothing_reference: crate::engine::SmoothingReference,
-    /// The noise score's `E` map: "exact" (default), "mean_map" or "hutchinson" (spec §6).
-    #[serde(default)]
-    pub estimator: crate::engine::Estimator,
-    /// Hutchinson probes (default 64).
-    #[serde(default = "crate::engine::default_probes")]
-    pub probes: usize,
-    /// Cotangent rows per ONNX Runtime run.
-    #[serde(default = "default_rows_per_run")]
-    pub rows_per_run: usize,
+    /// How each sample is scored: methods, aggregations, smoothing, estimator (defaults and
+    /// meanings on [`ScoreSettings`]).
+    #[serde(flatten)]
+    pub score: ScoreSettings,
     #[serde(default)]
     pub preprocessing: PreprocessingConfig,
 }
@@ -128,12 +106,9 @@ pub struct PreprocessingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Execution providers in order of preference.
-    #[serde(default = "default_providers")]
-    pub providers: Vec<Provider>,
-    /// Intra-op threads; 0 = ONNX Runtime's default.
-    #[serde(default)]
-    pub threads: usize,
+    /// Providers, threads and the runtime library (defaults and meanings on [`RuntimeSettings`]).
+    #[serde(flatten)]
+    pub runtime: RuntimeSettings,
     /// Most samples per engine run.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -143,23 +118,10 @@ pub struct EngineConfig {
     /// Inputs waiting for the engine; sources block when it is full.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
-    /// `libonnxruntime.so` to load; absent = `ORT_DYLIB_PATH`, project-local install, system.
-    #[serde(default)]
-    pub onnxruntime_path: Option<PathBuf>,
 }
 
-/// `[noise]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoiseConfig {
-    #[serde(default = "default_n_noise")]
-    pub n_noise: usize,
-    #[serde(default)]
-    pub seed: u64,
-    /// Explicit noise inputs (`.npy`); when given, `n_noise` and `seed` are not used.
-    #[serde(default)]
-    pub inputs: Vec<PathBuf>,
-}
+/// `[noise]` (defaults and meanings on [`NoiseSettings`]).
+pub type NoiseConfig = NoiseSettings;
 
 /// `[baseline]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,28 +214,6 @@ pub enum LogFormat {
 const fn default_max_image_pixels() -> u64 {
     plugins::decode::DEFAULT_MAX_IMAGE_PIXELS
 }
-fn default_methods() -> Vec<Method> {
-    vec![Method::Vanilla]
-}
-const fn default_channel_agg() -> Aggregation {
-    Aggregation::Abs
-}
-const fn default_embedding_agg() -> Aggregation {
-    Aggregation::Var
-}
-const fn default_samples() -> usize {
-    16
-}
-/// σ when `smoothing` is not set.
-pub fn default_smoothing(samples: usize) -> f32 {
-    if samples > 1 { 0.5 } else { 0.0 }
-}
-const fn default_rows_per_run() -> usize {
-    32
-}
-fn default_providers() -> Vec<Provider> {
-    vec![Provider::Cuda, Provider::Cpu]
-}
 const fn default_batch_size() -> usize {
     8
 }
@@ -283,11 +223,8 @@ const fn default_max_batch_delay_ms() -> u64 {
 const fn default_queue_capacity() -> usize {
     64
 }
-const fn default_n_noise() -> usize {
-    4
-}
 const fn default_reservoir_samples() -> usize {
-    2048
+    crate::drift::DEFAULT_RESERVOIR_SIZE
 }
 fn default_listen() -> String {
     "127.0.0.1:9717".to_string()
@@ -299,12 +236,10 @@ fn default_level() -> String {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            providers: default_providers(),
-            threads: 0,
+            runtime: RuntimeSettings::default(),
             batch_size: default_batch_size(),
             max_batch_delay_ms: default_max_batch_delay_ms(),
             queue_capacity: default_queue_capacity(),
-            onnxruntime_path: None,
         }
     }
 }
@@ -336,12 +271,6 @@ impl PreprocessingConfig {
             channels: self.channels,
             max_pixels: self.max_image_pixels,
         }
-    }
-}
-
-impl Default for NoiseConfig {
-    fn default() -> Self {
-        NoiseConfig { n_noise: default_n_noise(), seed: 0, inputs: Vec::new() }
     }
 }
 
@@ -394,9 +323,47 @@ impl Config {
             )
             .build()
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let mut cfg: Config = raw.try_deserialize().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let file = path.display().to_string();
+        let deprecated = RENAMED
+            .iter()
+            .filter(|(section, old, _)| raw.get_table(section).is_ok_and(|t| t.contains_key(*old)))
+            .map(|(section, old, new)| Problem {
+                file: file.clone(),
+                key: format!("{section}.{old}"),
+                why: format!("renamed to {section}.{new}; the old name still works for now"),
+            })
+            .collect();
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| anyhow!("{file}: {e}"))?;
         cfg.file = path.to_path_buf();
+        cfg.deprecated = deprecated;
         Ok(cfg)
+    }
+
+    /// Reads `path` (with the process environment's overrides) and refuses it, listing every
+    /// problem, unless it is valid: how the daemon, its reload and the file verbs read a
+    /// configuration (`agent check` lists the problems instead of refusing).
+    pub fn load_valid(path: &Path) -> Result<Config> {
+        Config::load_valid_except(path, None)
+    }
+
+    /// [`Config::load_valid`], except that problems of the section `skip` (a top-level key such as
+    /// `"baseline"`) are not held against it: `agent baseline` makes the baseline that is missing.
+    pub fn load_valid_except(path: &Path, skip: Option<&str>) -> Result<Config> {
+        let cfg = Config::load(path)?;
+        let skipped = |p: &Problem| skip.is_some_and(|s| p.key == s || p.key.starts_with(&format!("{s}.")));
+        let list: Vec<String> =
+            cfg.validate().iter().filter(|p| !skipped(p)).map(|p| format!("  {p}")).collect();
+        if !list.is_empty() {
+            anyhow::bail!("invalid configuration {}:\n{}", path.display(), list.join("\n"));
+        }
+        Ok(cfg)
+    }
+
+    /// Logs a warning per old key name in use (see [`Config::deprecated`]); called once logging is up.
+    pub fn warn_deprecated(&self) {
+        for p in &self.deprecated {
+            tracing::warn!("{p}");
+        }
     }
 
     /// Every problem with this configuration (empty = valid); see [`Problem`].
@@ -412,26 +379,10 @@ impl Config {
             model_name: m.name.clone(),
             embedding: m.embedding.clone(),
             layers: m.layers.clone(),
-            methods: m.methods.clone(),
-            channel_agg: m.channel_agg,
-            embedding_agg: m.embedding_agg,
-            normalize_dims: m.normalize_dims,
-            binarize: m.binarize,
-            n_noise: self.noise.n_noise,
-            noise_seed: self.noise.seed,
-            noise_inputs: self.noise.inputs.clone(),
+            score: m.score.clone(),
+            noise: self.noise.clone(),
             normalization: m.preprocessing.normalization(),
-            samples: m.samples,
-            smoothing: m.smoothing.unwrap_or_else(|| default_smoothing(m.samples)),
-            smoothing_seed: m.smoothing_seed,
-            smoothing_reference: m.smoothing_reference.clone(),
-            dims: m.dims,
-            estimator: m.estimator,
-            probes: m.probes,
-            rows_per_run: m.rows_per_run,
-            providers: self.engine.providers.clone(),
-            threads: self.engine.threads,
-            onnxruntime_path: self.engine.onnxruntime_path.clone(),
+            runtime: self.engine.runtime.clone(),
         }
     }
 }

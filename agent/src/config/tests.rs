@@ -2,6 +2,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::runtime::Provider;
+use crate::scores::Aggregation;
 use plugins::sources::http::FeedMode;
 
 /// A valid configuration whose files exist under `dir`.
@@ -44,22 +46,25 @@ fn parses_with_defaults() {
     let p = write(d.path(), &valid(d.path()));
     let cfg = Config::load_with_env(&p, HashMap::new()).unwrap();
     assert_eq!(cfg.validate(), vec![]);
-    assert_eq!(cfg.model.samples, 16);
-    assert_eq!(cfg.to_engine_spec().smoothing, 0.5);
+    assert_eq!(cfg.model.score.smoothing_points(), 16);
+    assert_eq!(cfg.to_engine_spec().score.smoothing(), 0.5);
     // `samples = 1` alone is the plain gradient, not one random point with σ = 0.5.
     let one =
         Config::load_with_env(&p, HashMap::from([("AGENT__MODEL__SAMPLES".into(), "1".into())])).unwrap();
-    assert_eq!((one.to_engine_spec().samples, one.to_engine_spec().smoothing), (1, 0.0));
-    assert_eq!(cfg.model.channel_agg, Aggregation::Abs);
-    assert_eq!(cfg.model.embedding_agg, Aggregation::Var);
-    assert_eq!(cfg.engine.providers, vec![Provider::Cuda, Provider::Cpu]);
-    assert_eq!(cfg.noise.n_noise, 4);
+    assert_eq!(
+        (one.to_engine_spec().score.smoothing_points(), one.to_engine_spec().score.smoothing()),
+        (1, 0.0)
+    );
+    assert_eq!(cfg.model.score.channel_agg(), Aggregation::Abs);
+    assert_eq!(cfg.model.score.embedding_agg(), Aggregation::Var);
+    assert_eq!(cfg.engine.runtime.providers(), [Provider::Cuda, Provider::Cpu]);
+    assert_eq!(cfg.noise.n_noise(), 4);
     assert_eq!(cfg.server.listen, "127.0.0.1:9717");
     assert_eq!(cfg.model.layers[0].tensor, "/pool1/MaxPool_output_0");
     let spec = cfg.to_engine_spec();
     assert_eq!(spec.layers.len(), 2);
     assert_eq!(spec.model_name, "digits");
-    assert_eq!(spec.samples, 16);
+    assert_eq!(spec.score.smoothing_points(), 16);
     match &cfg.sources[0] {
         SourceConfig::Dir(dir) => assert_eq!(dir.name, "dir"),
         other => panic!("{other:?}"),
@@ -182,7 +187,7 @@ fn environment_overrides_keys() {
     let cfg = Config::load_with_env(&p, env).unwrap();
     assert_eq!(cfg.server.listen, "0.0.0.0:9999");
     assert_eq!(cfg.engine.batch_size, 3);
-    assert_eq!(cfg.engine.providers, vec![Provider::Cpu]);
+    assert_eq!(cfg.engine.runtime.providers(), [Provider::Cpu]);
 }
 
 #[test]
@@ -220,4 +225,26 @@ fn shipped_configurations_parse() {
         let cfg = Config::load_with_env(&p, HashMap::new()).unwrap_or_else(|e| panic!("{f}: {e:#}"));
         assert_eq!(cfg.model.layers.len(), 2, "{f}");
     }
+}
+
+#[test]
+fn renamed_keys_still_work_with_a_deprecation() {
+    let d = tempfile::tempdir().unwrap();
+    let text = valid(d.path())
+        .replace("embedding = \"embedding\"", "embedding = \"embedding\"\nsamples = 4\ndims = 8");
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    assert_eq!((cfg.model.score.smoothing_points(), cfg.model.score.subset_components), (4, Some(8)));
+    let keys: Vec<&str> = cfg.deprecated.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["model.samples", "model.dims"]);
+    assert!(cfg.deprecated[0].why.contains("model.smoothing_points"), "{:?}", cfg.deprecated);
+    assert_eq!(cfg.validate(), vec![]);
+    // The new names carry no warning; the old one given through the environment does.
+    let text = valid(d.path())
+        .replace("embedding = \"embedding\"", "embedding = \"embedding\"\nsmoothing_points = 4");
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    assert!(cfg.deprecated.is_empty(), "{:?}", cfg.deprecated);
+    let env = HashMap::from([("AGENT__MODEL__DIMS".to_string(), "8".to_string())]);
+    let cfg = Config::load_with_env(&write(d.path(), &valid(d.path())), env).unwrap();
+    assert_eq!(cfg.model.score.subset_components, Some(8));
+    assert_eq!(cfg.deprecated.len(), 1);
 }

@@ -68,22 +68,22 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             p.add(format!("model.layers[{i}].layout"), why);
         }
     }
-    if m.methods.is_empty() {
+    if m.score.methods.as_ref().is_some_and(|m| m.is_empty()) {
         p.add("model.methods", "empty; use one or more of vanilla, actgrad, gradcam");
     }
-    if m.samples == 0 {
-        p.add("model.samples", "must be at least 1");
+    if m.score.smoothing_points == Some(0) {
+        p.add("model.smoothing_points", "must be at least 1");
     }
-    if m.smoothing.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
+    if m.score.smoothing.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
         p.add("model.smoothing", "must be a finite number ≥ 0");
     }
-    if m.dims == Some(0) {
-        p.add("model.dims", "must be at least 1 (or absent to score every component)");
+    if m.score.subset_components == Some(0) {
+        p.add("model.subset_components", "must be at least 1 (or absent to score every component)");
     }
-    if m.rows_per_run == 0 {
+    if m.score.rows_per_run == Some(0) {
         p.add("model.rows_per_run", "must be at least 1");
     }
-    if let Some(t) = m.binarize
+    if let Some(t) = m.score.binarize
         && !(t > 0.0 && t < 1.0)
     {
         p.add("model.binarize", "threshold must lie strictly between 0 and 1");
@@ -118,7 +118,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     }
 
     let e = &cfg.engine;
-    if e.providers.is_empty() {
+    if e.runtime.providers.as_ref().is_some_and(|p| p.is_empty()) {
         p.add("engine.providers", "empty; use [\"cuda\", \"cpu\"] or [\"cpu\"]");
     }
     if e.batch_size == 0 {
@@ -127,14 +127,14 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if e.queue_capacity == 0 {
         p.add("engine.queue_capacity", "must be at least 1");
     }
-    if let Some(lib) = &e.onnxruntime_path
+    if let Some(lib) = &e.runtime.onnxruntime_path
         && !lib.is_file()
     {
         p.add("engine.onnxruntime_path", format!("{} does not exist", lib.display()));
     }
 
     let n = &cfg.noise;
-    if n.inputs.is_empty() && n.n_noise < 2 {
+    if n.inputs.is_empty() && n.n_noise() < 2 {
         p.add("noise.n_noise", "must be at least 2 (the benchmark compares pairs of noise inputs)");
     }
     for (i, f) in n.inputs.iter().enumerate() {

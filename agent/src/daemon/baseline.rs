@@ -1,15 +1,114 @@
-//! Building a baseline from reference data: at daemon start-up, and `agent baseline`.
+//! The reference baseline's files and their use: building one from reference data (at daemon
+//! start-up, and `agent baseline`), reading, writing and checking it against the running engine. The
+//! statistics themselves are `crate::drift`'s; this module adds the I/O and the rebuild command.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ndarray::{ArrayD, Axis};
 
-use super::Scorer;
-use super::monitor::{baseline_samples, save_baseline, unix_now};
+use super::{Scorer, unix_now};
 use crate::config::Config;
-use crate::drift::{Baseline, BaselineBuilder, BaselineMeta};
+use crate::drift::{Baseline, BaselineBuilder, BaselineError, BaselineMeta};
+use crate::engine::ScoreKey;
 use plugins::decode::{DecodeOptions, decode_file};
+
+/// How to make a fresh baseline, for messages that refuse one.
+const REBUILD: &str = "rebuild it with `agent baseline --config FILE --reference DIR --out BASELINE`";
+
+/// Reads a baseline file (JSON).
+pub fn load(path: &Path) -> Result<Baseline> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading baseline {}", path.display()))?;
+    Baseline::from_json(&text).map_err(|e| match e {
+        BaselineError::Format { .. } => anyhow::anyhow!("baseline {}: {e}; {REBUILD}", path.display()),
+        e => anyhow::Error::new(e).context(format!("baseline {}", path.display())),
+    })
+}
+
+/// Writes a baseline atomically (temporary file, fsync, rename).
+pub fn save(b: &Baseline, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let text = b.to_json()?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing baseline {}", path.display()))?;
+    Ok(())
+}
+
+/// Refuses a baseline made for another model, other score settings, or other (layer, method) pairs.
+/// `hint` is the rebuild command for this configuration, appended to the message.
+pub fn check(
+    b: &Baseline,
+    model_sha256: &str,
+    settings_hash: &str,
+    keys: &[ScoreKey],
+    hint: &str,
+) -> Result<()> {
+    b.check_compatible(model_sha256, settings_hash)
+        .map_err(|e| anyhow::anyhow!("{e}; {REBUILD}; here: {hint}"))?;
+    let ours: Vec<(&str, _)> = keys.iter().map(|k| (k.layer.as_str(), k.method)).collect();
+    let theirs: Vec<(&str, _)> = b.entries.iter().map(|e| (e.layer.as_str(), e.method)).collect();
+    if ours != theirs {
+        bail!("the baseline covers {theirs:?}, the configuration scores {ours:?}; {REBUILD}");
+    }
+    Ok(())
+}
+
+/// Reference samples a baseline was built from.
+pub fn samples(b: &Baseline) -> u64 {
+    b.entries.first().map(|e| e.noise_score.count).unwrap_or(0)
+}
+
+/// The daemon's baseline at start-up: `baseline.path` when it exists (refusing a stale one), else
+/// built from `baseline.reference_dir` (and saved to `baseline.path` when set).
+pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
+    let b = &cfg.baseline;
+    if let Some(path) = &b.path
+        && path.is_file()
+    {
+        let hint = format!(
+            "`agent baseline --config {} --reference DIR --out {}`{}",
+            cfg.file.display(),
+            path.display(),
+            if b.reference_dir.is_some() {
+                ", or delete the file to rebuild it from baseline.reference_dir"
+            } else {
+                ""
+            }
+        );
+        let base = load(path)?;
+        check(&base, scorer.model_sha256(), scorer.settings_hash(), scorer.keys(), &hint)
+            .with_context(|| format!("baseline {}", path.display()))?;
+        tracing::info!(path = %path.display(), samples = samples(&base), "baseline loaded");
+        return Ok(base);
+    }
+    let Some(reference) = &b.reference_dir else {
+        bail!("no baseline: set baseline.path to an existing file or baseline.reference_dir");
+    };
+    tracing::info!(reference = %reference.display(), "building the baseline from reference data");
+    let opts = decode_options(cfg, scorer.input_shape());
+    let mut last_log = Instant::now();
+    let base = build(scorer, reference, &opts, cfg.engine.batch_size, b.reservoir_samples, &mut |d, t| {
+        if last_log.elapsed() > Duration::from_secs(5) {
+            last_log = Instant::now();
+            tracing::info!(done = d, total = t, "scoring reference data");
+        }
+    })?;
+    if let Some(path) = &b.path {
+        save(&base, path)?;
+        tracing::info!(path = %path.display(), samples = samples(&base), "baseline built and saved");
+    }
+    Ok(base)
+}
 
 /// The reference inputs: one batch file, or every input file (`.npy`, `.npz`, `.png`, `.jpg`,
 /// `.jpeg`) of a directory (sorted).
@@ -71,37 +170,32 @@ pub fn build(
     let mut done = 0u64;
     progress(0, total);
     for batch in &batches {
-        let n = batch.len_of(Axis(0));
-        let mut start = 0;
-        while start < n {
-            let end = (start + batch_size.max(1)).min(n);
-            let chunk = batch.slice_axis(Axis(0), (start..end).into());
-            for s in scorer.score_batch(chunk)? {
-                builder.push(&s).map_err(anyhow::Error::msg)?;
-                done += 1;
-            }
-            start = end;
-            progress(done, total);
-        }
+        crate::engine::score_in_chunks(
+            batch.view(),
+            batch_size,
+            &mut |b| scorer.score_batch(b),
+            &mut |_, scores| {
+                for s in &scores {
+                    builder.push(s)?;
+                }
+                done += scores.len() as u64;
+                progress(done, total);
+                Ok(())
+            },
+        )?;
     }
     if done == 0 {
         bail!("the reference data {} holds no sample", reference.display());
     }
-    builder.finish().map_err(anyhow::Error::msg)
+    Ok(builder.finish()?)
 }
 
 /// `agent baseline --config FILE --reference DIR --out BASELINE`, with a progress bar.
 pub fn command(config: &Path, reference: &Path, out: &Path) -> Result<()> {
-    let cfg = Config::load(config)?;
-    let problems: Vec<String> = cfg
-        .validate()
-        .into_iter()
-        // The baseline being built may not exist yet; that is the point of this command.
-        .filter(|p| !p.key.starts_with("baseline"))
-        .map(|p| p.to_string())
-        .collect();
-    if !problems.is_empty() {
-        bail!("the configuration has problems:\n{}", problems.join("\n"));
+    // The baseline being built may not exist yet; that is the point of this command.
+    let cfg = Config::load_valid_except(config, Some("baseline"))?;
+    for p in &cfg.deprecated {
+        eprintln!("warning: {p}");
     }
     let mut engine = crate::engine::Engine::new(&cfg.to_engine_spec())?;
     let opts = decode_options(&cfg, engine.input_shape());
@@ -125,12 +219,7 @@ pub fn command(config: &Path, reference: &Path, out: &Path) -> Result<()> {
         },
     )?;
     bar.finish();
-    save_baseline(&b, out)?;
-    println!(
-        "wrote {} ({} samples, {} layer/method pairs)",
-        out.display(),
-        baseline_samples(&b),
-        b.entries.len()
-    );
+    save(&b, out)?;
+    println!("wrote {} ({} samples, {} layer/method pairs)", out.display(), samples(&b), b.entries.len());
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::monitor::{baseline_samples, check_baseline, load_baseline};
+use super::baseline::{check as check_baseline, load as load_baseline, samples as baseline_samples};
 use crate::config::Config;
 use crate::engine::Engine;
 
@@ -12,13 +12,16 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
         Ok(c) => c,
         Err(e) => return Err(vec![format!("{e:#}")]),
     };
+    for p in &cfg.deprecated {
+        eprintln!("warning: {p}");
+    }
     let mut out: Vec<String> = cfg.validate().iter().map(|p| p.to_string()).collect();
     let file = cfg.file.display().to_string();
     // The model checks need a readable model and ONNX Runtime; without them they add nothing useful.
     if out.iter().any(|p| p.contains(": model.") || p.contains(": engine.")) {
         return Err(out);
     }
-    if let Err(e) = crate::runtime::environment(cfg.engine.onnxruntime_path.as_deref()) {
+    if let Err(e) = crate::runtime::environment(cfg.engine.runtime.onnxruntime_path.as_deref()) {
         out.push(format!("{file}: engine.onnxruntime_path: {e:#}"));
         return Err(out);
     }

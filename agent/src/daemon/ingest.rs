@@ -6,8 +6,8 @@
 //! between two pipelines answers 503 with `Retry-After`, and a configuration without an ingest source
 //! answers 404.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,53 +19,13 @@ use axum::routing::post;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+pub use super::endpoint::{IngestEndpoint, IngestState};
 use super::state::AppState;
-use plugins::decode::DecodeOptions;
-use plugins::sources::ingest::{IngestAck, IngestConfig, decode_request, is_response_event};
+use plugins::sources::ingest::{IngestAck, decode_request, is_response_event};
 use plugins::sources::{Ack, Delivery};
 
 /// Bodies above this are decoded on the blocking pool rather than on a runtime worker.
 const INLINE_DECODE_BYTES: usize = 256 * 1024;
-
-/// A running pipeline's ingest endpoint.
-pub struct IngestEndpoint {
-    pub cfg: IngestConfig,
-    /// `[model] name`, always accepted in `/v2/models/{name}/infer`.
-    pub model: String,
-    /// The engine's queue; taken away by [`IngestEndpoint::close`], so that a request still reading
-    /// its body does not keep a draining engine waiting.
-    tx: RwLock<Option<mpsc::Sender<Delivery>>>,
-    pub opts: DecodeOptions,
-    seq: AtomicU64,
-}
-
-impl IngestEndpoint {
-    pub fn new(cfg: IngestConfig, model: String, tx: mpsc::Sender<Delivery>, opts: DecodeOptions) -> Self {
-        IngestEndpoint { cfg, model, tx: RwLock::new(Some(tx)), opts, seq: AtomicU64::new(0) }
-    }
-
-    /// Drops the endpoint's sender: later requests are answered 503.
-    pub fn close(&self) {
-        self.tx.write().expect("ingest lock").take();
-    }
-
-    fn accepts(&self, name: &str) -> bool {
-        name == self.model || self.cfg.models.iter().any(|m| m == name)
-    }
-}
-
-/// What the routes answer with.
-#[derive(Default)]
-pub enum IngestState {
-    /// No ingest source configured: 404.
-    #[default]
-    Off,
-    /// Configured, its pipeline starting or reloading: 503.
-    Starting {
-        name: String,
-    },
-    Open(Arc<IngestEndpoint>),
-}
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()

@@ -10,9 +10,12 @@
 
 pub mod baseline;
 pub mod check;
+mod endpoint;
+mod engine_loop;
 pub mod ingest;
 pub mod monitor;
 mod pipeline;
+mod publish;
 pub mod server;
 pub mod state;
 
@@ -20,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ndarray::ArrayViewD;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -63,6 +66,10 @@ impl Scorer for Engine {
     fn settings_hash(&self) -> &str {
         Engine::settings_hash(self)
     }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Builds a scorer on the engine thread.
@@ -109,21 +116,11 @@ fn reload_logging(cfg: &Config) {
     }
 }
 
-/// Loads and validates a configuration, or fails listing every problem.
-pub fn load_valid(path: &Path) -> Result<Config> {
-    let cfg = Config::load(path)?;
-    let problems = cfg.validate();
-    if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        bail!("invalid configuration:\n{}", list.join("\n"));
-    }
-    Ok(cfg)
-}
-
 /// `agent run --config FILE`.
 pub fn command(config: &Path) -> Result<()> {
-    let cfg = load_valid(config)?;
+    let cfg = Config::load_valid(config)?;
     init_logging(&cfg);
+    cfg.warn_deprecated();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -161,8 +158,11 @@ pub async fn run_with_state(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
             _ = hup.recv() => {
-                let new = match load_valid(&path) {
-                    Ok(new) => new,
+                let new = match Config::load_valid(&path) {
+                    Ok(new) => {
+                        new.warn_deprecated();
+                        new
+                    }
                     Err(e) => {
                         tracing::error!("configuration reload rejected, the running configuration stays:\n{e:#}");
                         state.telemetry.config_reloads.with_label_values(&["failure"]).inc();

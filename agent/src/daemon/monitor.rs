@@ -1,69 +1,14 @@
 //! Drift bookkeeping on the engine thread: one window of recent per-sample scores per (layer, method,
-//! score) against the reference baseline (spec §7), all statistics from `agent::drift`.
+//! score) against the reference baseline (docs/spec/scores.md#drift), all statistics from `agent::drift`.
 
-use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::WindowConfig;
 use crate::drift::{self, Baseline, Window};
 use crate::engine::{SampleScores, ScoreKey};
-
-/// Reads a baseline file (JSON).
-pub fn load_baseline(path: &Path) -> Result<Baseline> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading baseline {}", path.display()))?;
-    Baseline::from_json(&text).map_err(|e| anyhow!("baseline {}: {e}", path.display()))
-}
-
-/// Writes a baseline atomically (temporary file, fsync, rename).
-pub fn save_baseline(b: &Baseline, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let text = b.to_json().map_err(anyhow::Error::msg)?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing baseline {}", path.display()))?;
-    Ok(())
-}
-
-/// Refuses a baseline made for another model, other score settings, or other (layer, method) pairs.
-/// `hint` is the rebuild command for this configuration, appended to the message.
-pub fn check_baseline(
-    b: &Baseline,
-    model_sha256: &str,
-    settings_hash: &str,
-    keys: &[ScoreKey],
-    hint: &str,
-) -> Result<()> {
-    b.check_compatible(model_sha256, settings_hash).map_err(|e| anyhow!("{e}; here: {hint}"))?;
-    let ours: Vec<(&str, _)> = keys.iter().map(|k| (k.layer.as_str(), k.method)).collect();
-    let theirs: Vec<(&str, _)> = b.entries.iter().map(|e| (e.layer.as_str(), e.method)).collect();
-    if ours != theirs {
-        bail!(
-            "the baseline covers {theirs:?}, the configuration scores {ours:?}; rebuild it with \
-             `agent baseline --config FILE --reference DIR --out BASELINE`"
-        );
-    }
-    Ok(())
-}
-
-/// Reference samples a baseline was built from.
-pub fn baseline_samples(b: &Baseline) -> u64 {
-    b.entries.first().map(|e| e.noise_score.count).unwrap_or(0)
-}
-
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
 
 /// What the metrics and the status page show for one (layer, method) pair.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,8 +39,9 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(keys: &[ScoreKey], window: &WindowConfig, baseline: Option<Baseline>) -> Result<Monitor> {
-        let make = || Window::new(window.samples, window.secs.map(|s| s as f64)).map_err(anyhow::Error::msg);
-        let windows = keys.iter().map(|_| Ok([make()?, make()?])).collect::<Result<Vec<_>>>()?;
+        let make = || Window::new(window.samples, window.secs.map(|s| s as f64));
+        let windows =
+            keys.iter().map(|_| Ok([make()?, make()?])).collect::<Result<Vec<_>, drift::WindowError>>()?;
         Ok(Monitor { keys: keys.to_vec(), windows, baseline, origin: Instant::now() })
     }
 
@@ -163,6 +109,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::baseline::{check as check_baseline, samples as baseline_samples};
     use crate::drift::{BaselineBuilder, BaselineMeta};
     use crate::engine::LayerScores;
     use crate::scores::Method;
@@ -192,6 +139,10 @@ mod tests {
         assert!(check_baseline(&base, "m", "h", &key(), "x").is_ok());
         let e = check_baseline(&base, "m", "other", &key(), "x").unwrap_err().to_string();
         assert!(e.contains("agent baseline"), "{e}");
+        assert!(
+            e.contains("stale") && e.contains("agent baseline --config FILE --reference DIR --out BASELINE"),
+            "{e}"
+        );
         let w = WindowConfig { samples: Some(2), secs: None };
         let mut m = Monitor::new(&key(), &w, Some(base)).unwrap();
         let t = Instant::now();
@@ -206,6 +157,18 @@ mod tests {
         let (d, p) = v.ks_noise.unwrap();
         assert!((d - 2.0 / 3.0).abs() < 1e-12 && (0.0..=1.0).contains(&p));
         assert_eq!(m.window_len(t), 2);
+    }
+
+    /// A baseline file of another format is refused with the rebuild command.
+    #[test]
+    fn unknown_format_is_refused_with_the_rebuild_command() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("baseline.json");
+        crate::daemon::baseline::save(&baseline(&[0.5]), &path).unwrap();
+        let future = std::fs::read_to_string(&path).unwrap().replace("\"format\": 1", "\"format\": 99");
+        std::fs::write(&path, future).unwrap();
+        let e = crate::daemon::baseline::load(&path).unwrap_err().to_string();
+        assert!(e.contains("agent baseline") && e.contains("format 99"), "{e}");
     }
 
     #[test]

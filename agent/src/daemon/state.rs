@@ -6,7 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use serde::Serialize;
 
-use super::ingest::IngestState;
+use super::endpoint::IngestState;
 use super::monitor::KeyView;
 use crate::config::Config;
 use crate::telemetry::Telemetry;

@@ -8,6 +8,7 @@ use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::WriteNpyExt;
 
 use super::*;
+use anyhow::bail;
 
 /// The real engine, with one fault injected: a batch holding a sample whose mean exceeds 10 fails,
 /// as an engine error would (the real engine cannot be made to fail on demand), so the retry-alone
@@ -66,7 +67,7 @@ path = "{m}"
 embedding = "embedding"
 layers = [{{ name = "a", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "b", tensor = "/pool2/MaxPool_output_0" }}]
 methods = ["vanilla"]
-samples = 1
+smoothing_points = 1
 smoothing = 0.0
 rows_per_run = 32
 [engine]
@@ -216,7 +217,7 @@ fn a_stale_baseline_is_refused_with_the_rebuild_command() {
         created_unix_secs: 0,
     };
     let stale = crate::drift::BaselineBuilder::new(meta, &[], 1, 0).finish().unwrap();
-    monitor::save_baseline(&stale, &d.path().join("baseline.json")).unwrap();
+    baseline::save(&stale, &d.path().join("baseline.json")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let err = rt.block_on(Pipeline::start(&cfg, Arc::new(AppState::new()), flaky_factory())).err().unwrap();
     let msg = format!("{err:#}");

@@ -1,20 +1,39 @@
-//! The reference baseline (spec §7): what "normal" scores look like, stored beside the model hash.
+//! The reference baseline (docs/spec/scores.md#drift): what "normal" scores look like, stored beside the
+//! model hash.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::welford::RunningStats;
-use crate::engine::{SampleScores, ScoreKey};
-use crate::scores::Method;
+use crate::scores::{Method, SampleScores, ScoreKey};
 
 /// Version of the JSON layout; a file with another version is refused rather than misread.
 pub const BASELINE_FORMAT: u32 = 1;
 
-/// Default bound on the stored reference scores per (layer, method, score): enough for quantiles to
-/// about ±1 % and a KS reference side whose own sampling error (≈ 1.36/√4096 ≈ 0.02 in `D` at 5 %) is
-/// small next to the window's, while keeping the file at a few hundred kB per pair.
-pub const DEFAULT_RESERVOIR_SIZE: usize = 4096;
+/// Default bound on the stored reference scores per (layer, method, score) (`[baseline]
+/// reservoir_samples`): enough for quantiles to about ±1 % (one standard error at the median, 0.5/√2048) and a KS reference side whose own
+/// sampling error (≈ 1.36/√2048 ≈ 0.03 in `D` at 5 %) is small next to that of a window of a few
+/// hundred samples, while keeping the file at about a hundred kB per pair.
+pub const DEFAULT_RESERVOIR_SIZE: usize = 2048;
+
+/// Why a baseline cannot be built, read or used. The messages say what is wrong; how to rebuild a
+/// baseline is the caller's to add (it knows the command line and the configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("the baseline is stale: it was built for {0}")]
+    Stale(String),
+    #[error("baseline format {found} is not supported (this agent reads format {BASELINE_FORMAT})")]
+    Format { found: u32 },
+    #[error("not a baseline file: {0}")]
+    NotABaseline(#[source] serde_json::Error),
+    #[error("cannot serialise the baseline: {0}")]
+    Serialise(#[source] serde_json::Error),
+    #[error("{scores} scores for {keys} (layer, method) pairs")]
+    Misaligned { scores: usize, keys: usize },
+    #[error("no finite reference score for layer {layer:?}, method {method}")]
+    NoFiniteScore { layer: String, method: &'static str },
+}
 
 /// One score's reference distribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +107,7 @@ impl Baseline {
         samples: &[SampleScores],
         reservoir_size: usize,
         seed: u64,
-    ) -> Result<Baseline, String> {
+    ) -> Result<Baseline, BaselineError> {
         let mut b = BaselineBuilder::new(meta, keys, reservoir_size, seed);
         for s in samples {
             b.push(s)?;
@@ -98,7 +117,7 @@ impl Baseline {
 
     /// Refuses a baseline built for another model or other score settings: comparing scores computed
     /// differently would raise (or hide) drift that is not there.
-    pub fn check_compatible(&self, model_sha256: &str, settings_hash: &str) -> Result<(), String> {
+    pub fn check_compatible(&self, model_sha256: &str, settings_hash: &str) -> Result<(), BaselineError> {
         let mut why = Vec::new();
         if self.meta.model_sha256 != model_sha256 {
             why.push(format!("model sha256 {} (running: {model_sha256})", self.meta.model_sha256));
@@ -109,30 +128,22 @@ impl Baseline {
         if why.is_empty() {
             return Ok(());
         }
-        Err(format!(
-            "the baseline is stale: it was built for {}; rebuild it with \
-             `agent baseline --config FILE --reference DIR --out BASELINE`",
-            why.join(" and ")
-        ))
+        Err(BaselineError::Stale(why.join(" and ")))
     }
 
     pub fn entry(&self, layer: &str, method: Method) -> Option<&BaselineEntry> {
         self.entries.iter().find(|e| e.layer == layer && e.method == method)
     }
 
-    pub fn to_json(&self) -> Result<String, String> {
-        serde_json::to_string_pretty(self).map_err(|e| format!("cannot serialise the baseline: {e}"))
+    pub fn to_json(&self) -> Result<String, BaselineError> {
+        serde_json::to_string_pretty(self).map_err(BaselineError::Serialise)
     }
 
     /// Parses a baseline and refuses an unknown format version.
-    pub fn from_json(text: &str) -> Result<Baseline, String> {
-        let b: Baseline = serde_json::from_str(text).map_err(|e| format!("not a baseline file: {e}"))?;
+    pub fn from_json(text: &str) -> Result<Baseline, BaselineError> {
+        let b: Baseline = serde_json::from_str(text).map_err(BaselineError::NotABaseline)?;
         if b.format != BASELINE_FORMAT {
-            return Err(format!(
-                "baseline format {} is not supported (this agent reads format {BASELINE_FORMAT}); rebuild it with \
-                 `agent baseline --config FILE --reference DIR --out BASELINE`",
-                b.format
-            ));
+            return Err(BaselineError::Format { found: b.format });
         }
         Ok(b)
     }
@@ -166,13 +177,9 @@ impl BaselineBuilder {
     }
 
     /// Adds one sample's scores, aligned with the keys.
-    pub fn push(&mut self, sample: &SampleScores) -> Result<(), String> {
+    pub fn push(&mut self, sample: &SampleScores) -> Result<(), BaselineError> {
         if sample.scores.len() != self.keys.len() {
-            return Err(format!(
-                "{} scores for {} (layer, method) pairs",
-                sample.scores.len(),
-                self.keys.len()
-            ));
+            return Err(BaselineError::Misaligned { scores: sample.scores.len(), keys: self.keys.len() });
         }
         for (i, s) in sample.scores.iter().enumerate() {
             self.noise[i].push(s.noise_score);
@@ -182,17 +189,16 @@ impl BaselineBuilder {
     }
 
     /// Errors when a pair has no finite score at all (an empty reference set, or a broken layer).
-    pub fn finish(self) -> Result<Baseline, String> {
+    pub fn finish(self) -> Result<Baseline, BaselineError> {
         let mut entries = Vec::with_capacity(self.keys.len());
         for ((key, ns), vs) in self.keys.into_iter().zip(self.noise).zip(self.variance) {
             let (noise_score, variance_score) = match (ns.finish(), vs.finish()) {
                 (Some(n), Some(v)) => (n, v),
                 _ => {
-                    return Err(format!(
-                        "no finite reference score for layer {:?}, method {}",
-                        key.layer,
-                        key.method.as_str()
-                    ));
+                    return Err(BaselineError::NoFiniteScore {
+                        layer: key.layer,
+                        method: key.method.as_str(),
+                    });
                 }
             };
             entries.push(BaselineEntry {
@@ -264,7 +270,7 @@ impl Summarizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::LayerScores;
+    use crate::scores::LayerScores;
 
     fn keys() -> Vec<ScoreKey> {
         vec![
@@ -328,17 +334,17 @@ mod tests {
         assert!(text.contains("\"model_sha256\": \"abc\""));
         assert_eq!(Baseline::from_json(&text).unwrap(), b);
         let future = text.replace("\"format\": 1", "\"format\": 99");
-        assert!(Baseline::from_json(&future).unwrap_err().contains("agent baseline"));
+        let err = Baseline::from_json(&future).unwrap_err().to_string();
+        assert!(err.contains("format 99 is not supported"), "{err}");
     }
 
     #[test]
     fn stale_baselines_are_refused_with_the_rebuild_command() {
         let b = Baseline::from_samples(meta(), &keys(), &[sample(0.5, 0.1)], 8, 0).unwrap();
         assert!(b.check_compatible("abc", "s1").is_ok());
-        let err = b.check_compatible("def", "s1").unwrap_err();
+        let err = b.check_compatible("def", "s1").unwrap_err().to_string();
         assert!(err.contains("stale") && err.contains("model sha256 abc (running: def)"), "{err}");
-        assert!(err.contains("agent baseline --config FILE --reference DIR --out BASELINE"));
-        assert!(b.check_compatible("abc", "s2").unwrap_err().contains("settings hash"));
+        assert!(b.check_compatible("abc", "s2").unwrap_err().to_string().contains("settings hash"));
     }
 
     #[test]

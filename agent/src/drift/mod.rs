@@ -1,6 +1,9 @@
-//! Pure statistics for rolling drift monitoring (spec §7): the reference baseline, the rolling window,
-//! relative drift and the Kolmogorov–Smirnov test. No I/O: the daemon reads and writes baseline files
-//! and feeds windows; everything here is deterministic and tested with literals.
+//! Pure statistics for rolling drift monitoring (docs/spec/scores.md#drift): the reference baseline, the
+//! rolling window, relative drift and the Kolmogorov–Smirnov test. No I/O: the daemon reads and writes
+//! baseline files and feeds windows; everything here is deterministic and tested with literals.
+//!
+//! Depends on nothing in the crate but the pure types of `scores` (ARCHITECTURE.md, "Invariants";
+//! checked by the `layers` test in `lib.rs`): no engine, no configuration, no command-line text.
 
 pub mod baseline;
 pub mod ks;
@@ -8,12 +11,12 @@ pub mod welford;
 pub mod window;
 
 pub use baseline::{
-    BASELINE_FORMAT, Baseline, BaselineBuilder, BaselineEntry, BaselineMeta, DEFAULT_RESERVOIR_SIZE,
-    ScoreSummary,
+    BASELINE_FORMAT, Baseline, BaselineBuilder, BaselineEntry, BaselineError, BaselineMeta,
+    DEFAULT_RESERVOIR_SIZE, ScoreSummary,
 };
 pub use ks::{KsResult, kolmogorov_q, ks_two_sample};
 pub use welford::RunningStats;
-pub use window::Window;
+pub use window::{Window, WindowError};
 
 /// Relative drift, paper §4.4: `Δ = (ref − window)/ref`, for the noise score and the variance score
 /// alike. Positive: the window scores lower than the reference.

@@ -2,6 +2,17 @@
 
 use std::collections::VecDeque;
 
+/// A window that cannot bound itself.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WindowError {
+    #[error("a window needs window_samples, window_secs or both")]
+    Unbounded,
+    #[error("window_samples must be at least 1")]
+    NoSamples,
+    #[error("window_secs must be positive and finite, got {0}")]
+    BadSecs(f64),
+}
+
 /// The last `window_samples` samples and/or the samples of the last `window_secs` seconds.
 ///
 /// A sample must satisfy both bounds that are set. At least one bound is required: a window with
@@ -22,17 +33,17 @@ pub struct Window {
 impl Window {
     /// Errors when both bounds are `None`, `window_samples = 0`, or `window_secs` is not a positive
     /// finite number.
-    pub fn new(window_samples: Option<usize>, window_secs: Option<f64>) -> Result<Self, String> {
+    pub fn new(window_samples: Option<usize>, window_secs: Option<f64>) -> Result<Self, WindowError> {
         if window_samples.is_none() && window_secs.is_none() {
-            return Err("a window needs window_samples, window_secs or both".into());
+            return Err(WindowError::Unbounded);
         }
         if window_samples == Some(0) {
-            return Err("window_samples must be at least 1".into());
+            return Err(WindowError::NoSamples);
         }
         if let Some(s) = window_secs
             && !(s > 0.0 && s.is_finite())
         {
-            return Err(format!("window_secs must be positive and finite, got {s}"));
+            return Err(WindowError::BadSecs(s));
         }
         Ok(Window { window_samples, window_secs, samples: VecDeque::new() })
     }

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::compiler::{LayerLayout, LayoutRequest};
 use crate::runtime::Provider;
-use crate::scores::{Aggregation, Method};
 
-/// A layer to monitor: a short label for metrics and the ONNX tensor it names.
+/// A layer to monitor: a short label for metrics and the ONNX tensor it names. The configuration's
+/// `[[model.layers]]` entries are this type, and `--layer` flags parse into it ([`std::str::FromStr`]),
+/// so a per-layer setting is added here once.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
@@ -20,8 +21,8 @@ pub struct LayerSpec {
     /// The intermediate tensor in the ONNX graph.
     pub tensor: String,
     /// How the tensor's axes are read: `auto` (default), `nchw`, `nhwc` or `tokens`
-    /// (docs/spec/token-layers.md). Left out of the serialised form at its default, so the settings
-    /// hash of configurations written before layouts existed is unchanged.
+    /// (docs/spec/attribution-graph.md#layer-layouts). Left out of the serialised form at its
+    /// default, so the settings hash of configurations written before layouts existed is unchanged.
     #[serde(default, skip_serializing_if = "is_auto")]
     pub layout: LayerLayout,
     /// Token layers: the patch grid `[gh, gw]` (default: inferred).
@@ -43,12 +44,25 @@ impl LayerSpec {
     }
 }
 
+/// `--layer TENSOR` or `--layer label=TENSOR`.
+impl std::str::FromStr for LayerSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.split_once('=') {
+            Some((name, tensor)) if !name.is_empty() => {
+                LayerSpec { name: name.into(), tensor: tensor.into(), ..Default::default() }
+            }
+            _ => LayerSpec { name: s.into(), tensor: s.into(), ..Default::default() },
+        })
+    }
+}
+
 /// Mean/std normalisation applied after scaling to `[0, 1]`, per channel of the model's layout; the
 /// same type and function ([`plugins::decode::normalize`]) for noise inputs and decoded data.
 pub use plugins::decode::{Layout, Normalization};
 
-/// The noise score's `E` map (spec §6). The variance score always comes from per-component maps: all
-/// `D`, or the `dims` subset.
+/// The noise score's `E` map (docs/spec/scores.md#cost). The variance score always comes from
+/// per-component maps: all `D`, or the `dims` subset.
 ///
 /// - `exact`: `E` aggregates the same per-component maps (all `D`, or the `dims` subset).
 /// - `mean_map`: `E = mean_j M_j` from ONE cotangent row `1/D`, exact for the `mean` embedding
@@ -77,12 +91,9 @@ impl std::str::FromStr for Estimator {
     }
 }
 
-pub fn default_probes() -> usize {
-    64
-}
-
-/// `x_ref` of the smoothed estimator (spec §1): written `"black"` (zeros, the default), `"input"` (each
-/// input itself, so `x̃ = x + t·σ·ε`: only the noise is scaled by `t`), or the path of a `.npy` sample.
+/// `x_ref` of the smoothed estimator (docs/spec/scores.md#smoothed-attributions): written `"black"` (zeros,
+/// the default), `"input"` (each input itself, so `x̃ = x + t·σ·ε`: only the noise is scaled by `t`), or the
+/// path of a `.npy` sample.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum SmoothingReference {
@@ -129,96 +140,69 @@ pub struct EngineSpec {
     pub embedding: String,
     /// Layers in network order (the score curve's order).
     pub layers: Vec<LayerSpec>,
-    pub methods: Vec<Method>,
-    pub channel_agg: Aggregation,
-    pub embedding_agg: Aggregation,
-    pub normalize_dims: bool,
-    /// Variance-score binarisation threshold (paper Fig. 5), off when `None`.
-    pub binarize: Option<f32>,
-    /// Noise inputs drawn at start-up (`U[0,1]` in the raw input domain) ...
-    pub n_noise: usize,
-    pub noise_seed: u64,
-    /// ... or given explicitly as `.npy` files (then `n_noise`/`noise_seed` are not used).
-    pub noise_inputs: Vec<PathBuf>,
+    /// How each sample is scored.
+    pub score: ScoreSettings,
+    /// The noise inputs.
+    pub noise: NoiseSettings,
     /// Normalisation of raw `[0,1]` values (applied to noise inputs; decoders apply it to images).
     pub normalization: Normalization,
-    /// Smoothed estimator (spec §1): `samples = 1, smoothing = 0` is the plain gradient.
-    pub samples: usize,
-    pub smoothing: f32,
-    pub smoothing_seed: u64,
-    /// Reference input `x_ref` of the smoothed estimator.
-    #[serde(default)]
-    pub smoothing_reference: SmoothingReference,
-    /// Score a seeded random subset of this many embedding components (spec §6); `None` = all `D`.
-    pub dims: Option<usize>,
-    /// How the embedding-aggregated map `E` of the noise score is obtained (spec §6).
-    #[serde(default)]
-    pub estimator: Estimator,
-    /// Hutchinson probes (with `estimator = hutchinson`).
-    #[serde(default = "default_probes")]
-    pub probes: usize,
-    /// Cotangent rows per ONNX Runtime run (`K`).
-    pub rows_per_run: usize,
     /// Providers in order of preference, threads, runtime library.
-    pub providers: Vec<Provider>,
-    pub threads: usize,
-    pub onnxruntime_path: Option<PathBuf>,
+    pub runtime: RuntimeSettings,
 }
 
 impl EngineSpec {
-    /// The specification with the spec's defaults for everything but the model, its embedding and
-    /// the layers (none yet): vanilla, `abs`/`var` aggregations, 4 noise inputs with seed 0, the plain
-    /// gradient (`samples = 1`), exact scores, 32 rows per run, CPU.
+    /// Seed of the component subset and the Hutchinson probes: its own setting, else the noise
+    /// seed (which seeded both before they had their own).
+    pub fn estimator_seed(&self) -> u64 {
+        self.score.estimator_seed.unwrap_or_else(|| self.noise.seed())
+    }
+
+    /// The specification with the defaults of [`ScoreSettings`] and [`NoiseSettings`] for
+    /// everything but the model, its embedding and the layers (none yet), except that it runs the
+    /// plain gradient (`smoothing_points = 1`) on the CPU: what a one-off scoring without a configuration wants.
     pub fn new(model_path: &std::path::Path, embedding: &str) -> EngineSpec {
         EngineSpec {
             model_path: model_path.to_path_buf(),
             model_name: model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             embedding: embedding.to_string(),
             layers: vec![],
-            methods: vec![Method::Vanilla],
-            channel_agg: Aggregation::Abs,
-            embedding_agg: Aggregation::Var,
-            normalize_dims: false,
-            binarize: None,
-            n_noise: 4,
-            noise_seed: 0,
-            noise_inputs: vec![],
+            score: ScoreSettings { smoothing_points: Some(1), ..ScoreSettings::default() },
+            noise: NoiseSettings::default(),
             normalization: Normalization::default(),
-            samples: 1,
-            smoothing: 0.0,
-            smoothing_seed: 0,
-            smoothing_reference: SmoothingReference::Black,
-            dims: None,
-            estimator: Estimator::Exact,
-            probes: default_probes(),
-            rows_per_run: 32,
-            providers: vec![Provider::Cpu],
-            threads: 0,
-            onnxruntime_path: None,
+            runtime: RuntimeSettings { providers: Some(vec![Provider::Cpu]), ..RuntimeSettings::default() },
         }
     }
 }
 
-/// One sample's scores for one (layer, method) pair.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LayerScores {
-    pub noise_score: f64,
-    pub variance_score: f64,
-}
+/// The per-sample results live with the scores (pure types), so that `drift` reads them without
+/// depending on the engine.
+pub use crate::scores::{LayerScores, SampleScores, ScoreKey};
 
-/// One sample's scores, aligned with [`Engine::keys`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SampleScores {
-    pub scores: Vec<LayerScores>,
-}
-
-/// A (layer, method) pair the engine scores, with its noise benchmark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoreKey {
-    pub layer: String,
-    pub method: Method,
-    pub noise_benchmark: f64,
+/// Scores `batch` (`[N, …]`) `chunk` samples at a time through `score`, checks that each chunk gives
+/// one result per sample, and hands each chunk's results to `on_chunk` with the index of its first
+/// sample: the one loop for "score all of these" (the daemon's micro-batches and its baseline,
+/// `agent score`, the reproduction), whatever does the scoring ([`Engine`], or the daemon's `Scorer`).
+pub fn score_in_chunks(
+    batch: ndarray::ArrayViewD<f32>,
+    chunk: usize,
+    score: &mut dyn FnMut(ndarray::ArrayViewD<f32>) -> anyhow::Result<Vec<SampleScores>>,
+    on_chunk: &mut dyn FnMut(usize, Vec<SampleScores>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let n = batch.len_of(ndarray::Axis(0));
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk.max(1)).min(n);
+        let scores = score(batch.slice_axis(ndarray::Axis(0), (start..end).into()))?;
+        if scores.len() != end - start {
+            anyhow::bail!("the engine returned {} results for {} samples", scores.len(), end - start);
+        }
+        on_chunk(start, scores)?;
+        start = end;
+    }
+    Ok(())
 }
 
 mod session;
+mod settings;
 pub use session::{Engine, normalize};
+pub use settings::{NoiseSettings, RuntimeSettings, ScoreSettings};

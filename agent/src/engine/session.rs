@@ -25,8 +25,8 @@ pub struct Engine {
     provider: Provider,
     input_name: String,
     input_shape: Vec<usize>,
-    /// Embedding components scored (all `D`, or a seeded subset).
-    dims: Vec<usize>,
+    /// Indices of the embedding components scored (all `D`, or a seeded subset).
+    components: Vec<usize>,
     /// The estimator's extra cotangent rows (`1/D` row, or Hutchinson probes); none for `exact`.
     extra_rows: Array2<f32>,
     /// `x_ref` of the smoothed estimator when it is a file.
@@ -39,20 +39,20 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(spec: &EngineSpec) -> Result<Engine> {
-        let (env, rt) = runtime::environment(spec.onnxruntime_path.as_deref())?;
+        let (env, rt) = runtime::environment(spec.runtime.onnxruntime_path.as_deref())?;
         tracing::debug!(runtime = %rt.path.display(), "ONNX Runtime loaded");
         let bytes = std::fs::read(&spec.model_path)
             .with_context(|| format!("reading model {}", spec.model_path.display()))?;
         let model_sha256 = compiler::sha256_hex(&bytes);
-        if spec.samples == 0 || spec.rows_per_run == 0 {
-            bail!("samples and rows_per_run must be at least 1");
+        if spec.score.smoothing_points() == 0 || spec.score.rows_per_run() == 0 {
+            bail!("smoothing_points and rows_per_run must be at least 1");
         }
         let opts = CompileOptions {
             embedding: spec.embedding.clone(),
             layers: spec.layers.iter().map(|l| l.tensor.clone()).collect(),
-            methods: spec.methods.clone(),
-            channel_agg: Some(spec.channel_agg),
-            smoothing_samples: spec.samples,
+            methods: spec.score.methods().to_vec(),
+            channel_agg: Some(spec.score.channel_agg()),
+            smoothing_samples: spec.score.smoothing_points(),
             layouts: spec.layers.iter().map(|l| l.layout_request()).collect(),
         };
         let model = crate::onnx::decode(&bytes)
@@ -68,15 +68,19 @@ impl Engine {
         let input_name = graph.inputs[0].name.clone();
         let input_shape: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
         let d = graph.embedding_dim;
-        let dims = match spec.dims {
-            Some(k) if k < d => scores::choose_dims(d, k, spec.noise_seed),
-            Some(0) => bail!("dims must be at least 1"),
+        let components = match spec.score.subset_components {
+            Some(k) if k < d => scores::choose_dims(d, k, spec.estimator_seed()),
+            Some(0) => bail!("subset_components must be at least 1"),
             _ => (0..d).collect(),
         };
         let extra_rows = estimator_rows(spec, d)?;
-        let so = SessionOptions { providers: spec.providers.clone(), threads: spec.threads, device_id: 0 };
+        let so = SessionOptions {
+            providers: spec.runtime.providers().to_vec(),
+            threads: spec.runtime.threads(),
+            device_id: 0,
+        };
         let (session, provider) = runtime::session(env, &graph.to_bytes(), &so)?;
-        let requested = spec.providers.first().copied().unwrap_or(Provider::Cpu);
+        let requested = spec.runtime.providers().first().copied().unwrap_or(Provider::Cpu);
         if provider != requested {
             tracing::warn!(
                 requested = requested.as_str(),
@@ -84,10 +88,10 @@ impl Engine {
                 "execution provider fell back"
             );
         }
-        tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_dims = dims.len(), "engine ready");
+        tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_components = components.len(), "engine ready");
         let settings_hash = with_views(settings_hash(spec, &model_sha256)?, &graph.views);
         let input_dims: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
-        let smoothing_reference = match &spec.smoothing_reference {
+        let smoothing_reference = match &spec.score.smoothing_reference() {
             super::SmoothingReference::File(p) => {
                 Some(load_noise(p, &input_dims).context("smoothing reference")?)
             }
@@ -100,7 +104,7 @@ impl Engine {
             provider,
             input_name,
             input_shape,
-            dims,
+            components,
             extra_rows,
             smoothing_reference,
             keys: Vec::new(),
@@ -122,7 +126,7 @@ impl Engine {
         self.provider
     }
     pub fn requested_provider(&self) -> Provider {
-        self.spec.providers.first().copied().unwrap_or(Provider::Cpu)
+        self.spec.runtime.providers().first().copied().unwrap_or(Provider::Cpu)
     }
     pub fn model_sha256(&self) -> &str {
         &self.model_sha256
@@ -147,13 +151,13 @@ impl Engine {
     /// Noise inputs: the given files, or `n_noise` draws of `U[0,1]` in the raw input domain passed
     /// through the configured normalisation. Their maps are computed once and reused for every sample.
     fn prepare_noise(&mut self) -> Result<()> {
-        let inputs: Vec<ArrayD<f32>> = if self.spec.noise_inputs.is_empty() {
-            scores::noise_inputs(&self.input_shape, self.spec.n_noise, self.spec.noise_seed)
+        let inputs: Vec<ArrayD<f32>> = if self.spec.noise.inputs.is_empty() {
+            scores::noise_inputs(&self.input_shape, self.spec.noise.n_noise(), self.spec.noise.seed())
                 .into_iter()
                 .map(|x| normalize(x, &self.spec.normalization))
                 .collect()
         } else {
-            self.spec.noise_inputs.iter().map(|p| load_noise(p, &self.input_shape)).collect::<Result<_>>()?
+            self.spec.noise.inputs.iter().map(|p| load_noise(p, &self.input_shape)).collect::<Result<_>>()?
         };
         if inputs.len() < 2 {
             bail!(
@@ -199,6 +203,16 @@ impl Engine {
                 Ok(SampleScores { scores })
             })
             .collect()
+    }
+
+    /// Scores every sample of `batch`, `chunk` at a time (see [`super::score_in_chunks`]).
+    pub fn score_all(&mut self, batch: ArrayViewD<f32>, chunk: usize) -> Result<Vec<SampleScores>> {
+        let mut out = Vec::with_capacity(batch.len_of(Axis(0)));
+        super::score_in_chunks(batch, chunk, &mut |b| self.score_batch(b), &mut |_, s| {
+            out.extend(s);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Runs the graph once on a batch with arbitrary cotangent rows `[K, D]` (random probes, a
@@ -254,11 +268,11 @@ impl Engine {
                         let a = ScoreAccumulator::new(
                             o.height,
                             o.width,
-                            self.spec.embedding_agg,
-                            self.spec.normalize_dims,
-                            self.spec.binarize,
+                            self.spec.score.embedding_agg(),
+                            self.spec.score.normalize_dims,
+                            self.spec.score.binarize,
                         );
-                        if self.dims.len() < d { a.subset_of(d) } else { a }
+                        if self.components.len() < d { a.subset_of(d) } else { a }
                     })
                     .collect()
             })
@@ -267,18 +281,18 @@ impl Engine {
             .map(|_| outputs.iter().map(|o| HutchinsonAccumulator::new(o.height, o.width, d)).collect())
             .collect();
         let mut mean_map: Vec<Vec<Option<Array2<f32>>>> = vec![vec![None; outputs.len()]; b];
-        let components = self.dims.len();
-        let total = components + self.extra_rows.nrows();
+        let n_components = self.components.len();
+        let total = n_components + self.extra_rows.nrows();
         let names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
         let mut start = 0;
         while start < total {
-            let end = (start + self.spec.rows_per_run).min(total);
+            let end = (start + self.spec.score.rows_per_run()).min(total);
             let mut v = Array2::<f32>::zeros((end - start, d));
             for r in start..end {
-                if r < components {
-                    v[[r - start, self.dims[r]]] = 1.0;
+                if r < n_components {
+                    v[[r - start, self.components[r]]] = 1.0;
                 } else {
-                    v.row_mut(r - start).assign(&self.extra_rows.row(r - components));
+                    v.row_mut(r - start).assign(&self.extra_rows.row(r - n_components));
                 }
             }
             let feeds = ort::inputs![
@@ -287,7 +301,7 @@ impl Engine {
             ];
             let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
             // Rows [0, split) of this chunk are component rows, the rest estimator rows.
-            let split = components.clamp(start, end) - start;
+            let split = n_components.clamp(start, end) - start;
             for (oi, name) in names.iter().enumerate() {
                 let m = out[name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
@@ -299,7 +313,7 @@ impl Engine {
                     }
                     if split < end - start {
                         let part = rows.slice(ndarray::s![split.., .., ..]);
-                        match self.spec.estimator {
+                        match self.spec.score.estimator() {
                             Estimator::MeanMap => {
                                 mean_map[s][oi] = Some(part.index_axis(Axis(0), 0).to_owned())
                             }
@@ -316,7 +330,7 @@ impl Engine {
             let mut per = Vec::with_capacity(outputs.len());
             for oi in 0..outputs.len() {
                 let mut m = acc[s][oi].finish().map_err(|e| anyhow!("{e}"))?;
-                match self.spec.estimator {
+                match self.spec.score.estimator() {
                     Estimator::Exact => {}
                     Estimator::MeanMap => {
                         m.embedding = mean_map[s][oi].take().context("internal: no mean map")?
@@ -334,8 +348,9 @@ impl Engine {
 
     /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself).
     fn points(&self, batch: ArrayViewD<f32>) -> Result<ArrayD<f32>> {
-        let s = self.spec.samples;
-        if s == 1 && self.spec.smoothing == 0.0 {
+        let s = self.spec.score.smoothing_points();
+        let sigma = self.spec.score.smoothing();
+        if s == 1 && sigma == 0.0 {
             return Ok(batch.to_owned());
         }
         let mut parts = Vec::with_capacity(batch.shape()[0]);
@@ -345,14 +360,14 @@ impl Engine {
             // samples get independent draws. One shared draw set for every sample would shift a whole
             // window by whatever that set happens to do (measured: the drift Spearman then ranged
             // from +0.08 to −0.16 with the seed; docs/REPRODUCTION.md).
-            let reference = match &self.spec.smoothing_reference {
+            let reference = match self.spec.score.smoothing_reference() {
                 super::SmoothingReference::Black => None,
                 super::SmoothingReference::Input => Some(x.view()),
                 super::SmoothingReference::File(_) => self.smoothing_reference.as_ref().map(|r| r.view()),
             };
-            let seed = sample_seed(self.spec.smoothing_seed, x.view());
-            let p = scores::smoothing_points(x.view(), s, self.spec.smoothing, reference, seed)
-                .map_err(|e| anyhow!("{e}"))?;
+            let seed = sample_seed(self.spec.score.smoothing_seed(), x.view());
+            let p =
+                scores::smoothing_points(x.view(), s, sigma, reference, seed).map_err(|e| anyhow!("{e}"))?;
             parts.push(p);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
@@ -376,34 +391,35 @@ fn sample_seed(seed: u64, x: ArrayViewD<f32>) -> u64 {
 /// and `hutchinson` need maps linear in the cotangent (`mean` channel aggregation of `vanilla` or
 /// `actgrad`) and un-normalised components, aggregated by `mean` and `var` respectively.
 fn estimator_rows(spec: &EngineSpec, d: usize) -> Result<Array2<f32>> {
-    let (name, agg) = match spec.estimator {
+    let sc = &spec.score;
+    let (name, agg) = match sc.estimator() {
         Estimator::Exact => return Ok(Array2::zeros((0, d))),
         Estimator::MeanMap => ("mean_map", Aggregation::Mean),
         Estimator::Hutchinson => ("hutchinson", Aggregation::Var),
     };
     let mut problems = Vec::new();
-    if spec.embedding_agg != agg {
+    if sc.embedding_agg() != agg {
         problems.push(format!("embedding_agg = \"{}\"", agg.as_str()));
     }
-    if spec.channel_agg != Aggregation::Mean {
+    if sc.channel_agg() != Aggregation::Mean {
         problems.push("channel_agg = \"mean\"".to_string());
     }
-    if spec.normalize_dims {
+    if sc.normalize_dims {
         problems.push("normalize_dims = false".to_string());
     }
-    if spec.methods.iter().any(|m| !matches!(m, Method::Vanilla | Method::ActGrad)) {
+    if sc.methods().iter().any(|m| !matches!(m, Method::Vanilla | Method::ActGrad)) {
         problems.push("methods among vanilla and actgrad".to_string());
     }
     if !problems.is_empty() {
         bail!("estimator \"{name}\" needs {}", problems.join(", "));
     }
-    Ok(match spec.estimator {
+    Ok(match sc.estimator() {
         Estimator::MeanMap => Array2::from_elem((1, d), 1.0 / d as f32),
         _ => {
-            if spec.probes < 2 {
+            if sc.probes() < 2 {
                 bail!("estimator \"hutchinson\" needs probes ≥ 2");
             }
-            scores::hutchinson_probes(d, spec.probes, spec.noise_seed)
+            scores::hutchinson_probes(d, sc.probes(), spec.estimator_seed())
         }
     })
 }
@@ -425,44 +441,83 @@ fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
     Ok(a.index_axis(Axis(0), 0).to_owned().into_dimensionality::<IxDyn>()?)
 }
 
-/// Hash of the model and of every setting that changes a score (spec §7): a baseline made under a
-/// different hash is refused.
+/// Hash of the model and of every setting that changes a score (docs/spec/scores.md#drift): a
+/// baseline made under a different hash is refused. Every settings type is destructured here, so a new
+/// field does not compile until it is either hashed or listed as not changing a score.
 fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
+    let EngineSpec {
+        model_path: _, // the model's content is hashed instead (`model_sha256`)
+        model_name: _, // a metric label
+        embedding,
+        layers,
+        score,
+        noise,
+        normalization,
+        runtime: _, // where the graph runs changes no score
+    } = spec;
+    let super::ScoreSettings {
+        normalize_dims,
+        binarize,
+        subset_components,
+        estimator_seed,
+        // Hashed below through their accessors, which apply the defaults.
+        methods: _,
+        channel_agg: _,
+        embedding_agg: _,
+        smoothing_points: _,
+        smoothing: _,
+        smoothing_seed: _,
+        smoothing_reference: _,
+        estimator: _,
+        probes: _,
+        // How many cotangent rows share a run changes no score.
+        rows_per_run: _,
+    } = score;
+    // `n_noise` and `seed` through their accessors below.
+    let super::NoiseSettings { n_noise: _, seed: _, inputs } = noise;
     let mut noise_files = Vec::new();
-    for p in &spec.noise_inputs {
+    for p in inputs {
         noise_files.push(compiler::sha256_hex(
             &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         ));
     }
-    let reference_file = match &spec.smoothing_reference {
+    let reference_file = match score.smoothing_reference() {
         super::SmoothingReference::File(p) => {
-            compiler::sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+            compiler::sha256_hex(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
         }
-        other => String::from(other.clone()),
+        other => String::from(other),
     };
-    let v = serde_json::json!({
+    // The defaulted fields enter through their accessors, so leaving a key out and writing its
+    // default give the same hash. The JSON keys keep their first names ("samples", "dims") so that
+    // renaming a setting does not invalidate existing baselines.
+    let mut v = serde_json::json!({
         "model": model_sha256,
-        "embedding": spec.embedding,
-        "layers": spec.layers,
-        "methods": spec.methods,
-        "channel_agg": spec.channel_agg,
-        "embedding_agg": spec.embedding_agg,
-        "normalize_dims": spec.normalize_dims,
-        "binarize": spec.binarize,
-        "n_noise": if spec.noise_inputs.is_empty() { spec.n_noise } else { 0 },
-        "noise_seed": spec.noise_seed,
+        "embedding": embedding,
+        "layers": layers,
+        "methods": score.methods(),
+        "channel_agg": score.channel_agg(),
+        "embedding_agg": score.embedding_agg(),
+        "normalize_dims": normalize_dims,
+        "binarize": binarize,
+        "n_noise": if inputs.is_empty() { noise.n_noise() } else { 0 },
+        "noise_seed": noise.seed(),
         "noise_files": noise_files,
-        "normalization": spec.normalization,
-        "samples": spec.samples,
-        "smoothing": spec.smoothing,
-        "smoothing_seed": spec.smoothing_seed,
+        "normalization": normalization,
+        "samples": score.smoothing_points(),
+        "smoothing": score.smoothing(),
+        "smoothing_seed": score.smoothing_seed(),
         "smoothing_draws": "per-sample",
         "smoothing_reference": reference_file,
-        "dims": spec.dims,
-        "estimator": spec.estimator,
-        "probes": if spec.estimator == Estimator::Hutchinson { spec.probes } else { 0 },
+        "dims": subset_components,
+        "estimator": score.estimator(),
+        "probes": if score.estimator() == Estimator::Hutchinson { score.probes() } else { 0 },
         "compiler": compiler::COMPILER_VERSION,
     });
+    // Set explicitly, the estimator seed joins the hash; absent, it is the noise seed, already
+    // hashed, so baselines made before it had its own key stay valid.
+    if let Some(seed) = estimator_seed {
+        v["estimator_seed"] = serde_json::json!(seed);
+    }
     Ok(compiler::sha256_hex(v.to_string().as_bytes()))
 }
 

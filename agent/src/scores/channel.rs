@@ -1,4 +1,5 @@
-//! Channel aggregation `φ_C` (spec §2): one `[H, W]` map per embedding component.
+//! Channel aggregation `φ_C` (docs/spec/scores.md#channel-aggregation): one `[H, W]` map per embedding
+//! component.
 //!
 //! In production the attribution graph folds the channels itself; this is the reference path that tests
 //! and tools use to check the graph against.

@@ -1,4 +1,5 @@
-//! Seeded random inputs: the smoothed estimator's points (spec §1) and the noise inputs (spec §5).
+//! Seeded random inputs: the smoothed estimator's points (docs/spec/scores.md#smoothed-attributions) and the
+//! noise inputs (docs/spec/scores.md#scores).
 //!
 //! Both use ChaCha8 (`rand_chacha`) seeded with `seed_from_u64`, whose stream is fixed by the crate
 //! version, so a configured seed reproduces the same draws on every machine.

@@ -1,4 +1,5 @@
-//! Embedding aggregation `φ_E` (spec §4): `D` per-component maps → one map `E` per input.
+//! Embedding aggregation `φ_E` (docs/spec/scores.md#embedding-aggregation): `D` per-component maps → one map
+//! `E` per input.
 
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
 
@@ -22,7 +23,8 @@ enum State {
 ///
 /// The attribution graph hands rows over in chunks of `K`; each row is folded in on arrival, so memory
 /// is `O(H·W)` whatever `D` is, and the result does not depend on `K` (bit-identical to
-/// [`embedding_aggregate`]). With `normalize_dims` every row is min–max normalised first (spec §3).
+/// [`embedding_aggregate`]). With `normalize_dims` every row is min–max normalised first
+/// (docs/spec/scores.md#normalisation).
 #[derive(Debug, Clone)]
 pub struct EmbeddingAccumulator {
     height: usize,
@@ -53,8 +55,8 @@ impl EmbeddingAccumulator {
         }
     }
 
-    /// Declares that the rows pushed are a random subset (spec §6, [`super::choose_dims`]) of `d`
-    /// components: `var` then applies [`subset_variance_factor`] at [`finish`](Self::finish);
+    /// Declares that the rows pushed are a random subset (docs/spec/scores.md#cost, [`super::choose_dims`])
+    /// of `d` components: `var` then applies [`subset_variance_factor`] at [`finish`](Self::finish);
     /// `mean` and `abs` need no correction.
     pub fn subset_of(mut self, d: usize) -> Self {
         self.population = Some(d);

@@ -1,4 +1,5 @@
-//! Estimator (b) of spec §6 for large `D`: Hutchinson probes for the per-pixel variance over `j`.
+//! Estimator (b) of docs/spec/scores.md#cost for large `D`: Hutchinson probes for the per-pixel variance over
+//! `j`.
 //!
 //! Instead of `D` identity cotangents the engine runs the graph with `K` probe rows `u_k` and gets one
 //! map `m_k = Σ_j u_{k,j} M_j` per probe (the graph is linear in the cotangent). With

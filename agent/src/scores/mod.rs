@@ -1,4 +1,4 @@
-//! The paper's scores, pure and I/O-free (spec: `shared/spec/scores.md`).
+//! The paper's scores, pure and I/O-free (their definitions: `docs/spec/scores.md`).
 //!
 //! Layout of a per-sample, per-layer attribution: `[D, H, W]`, one channel-aggregated map per embedding
 //! component (exactly what the attribution graph outputs for one sample, `K` rows at a time).
@@ -8,7 +8,8 @@
 //! - [`embedding`], [`variance`], [`stream`]: `φ_E`, the variance score, and streaming accumulators that
 //!   take the graph's `[K, H, W]` chunks and give bit-identical results to the whole-array functions.
 //! - [`noise`]: the noise score and its benchmark.
-//! - [`subset`], [`hutchinson`]: the two large-`D` estimators of spec §6, with measured errors.
+//! - [`subset`], [`hutchinson`]: the two large-`D` estimators of docs/spec/scores.md#cost, with measured
+//! errors.
 //! - [`draws`]: the smoothed estimator's points and the noise inputs, from seeded generators.
 
 pub mod channel;
@@ -36,6 +37,27 @@ pub use variance::{VarianceAccumulator, variance_score};
 
 use serde::{Deserialize, Serialize};
 
+/// One sample's scores for one (layer, method) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerScores {
+    pub noise_score: f64,
+    pub variance_score: f64,
+}
+
+/// One sample's scores, aligned with the engine's keys (`Engine::keys`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleScores {
+    pub scores: Vec<LayerScores>,
+}
+
+/// A (layer, method) pair the engine scores, with its noise benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreKey {
+    pub layer: String,
+    pub method: Method,
+    pub noise_benchmark: f64,
+}
+
 /// Why a score could not be computed. Typed rather than NaN so that a misconfiguration (no noise
 /// inputs, a wrong shape from the graph) stops the engine with a message instead of exporting NaN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +76,7 @@ pub enum ScoreError {
     InvalidParameter(String),
 }
 
-/// Attribution method (spec §1).
+/// Attribution method (docs/spec/scores.md#attribution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
@@ -91,7 +113,8 @@ impl std::str::FromStr for Method {
     }
 }
 
-/// An aggregation over channels (`φ_C`, spec §2) or over embedding components (`φ_E`, spec §4).
+/// An aggregation over channels (`φ_C`, docs/spec/scores.md#channel-aggregation) or over embedding components
+/// (`φ_E`, docs/spec/scores.md#embedding-aggregation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {

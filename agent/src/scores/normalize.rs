@@ -1,4 +1,5 @@
-//! Min–max normalisation of one map (spec §3) and the variance score's optional binarisation.
+//! Min–max normalisation of one map (docs/spec/scores.md#normalisation) and the variance score's optional
+//! binarisation.
 
 use ndarray::{Array2, ArrayView2};
 

@@ -45,7 +45,7 @@ impl ScoreAccumulator {
         }
     }
 
-    /// The rows pushed are a random subset of `d` components (spec §6); see
+    /// The rows pushed are a random subset of `d` components (docs/spec/scores.md#cost); see
     /// [`super::subset_variance_factor`].
     pub fn subset_of(self, d: usize) -> Self {
         ScoreAccumulator {

@@ -1,4 +1,5 @@
-//! Estimator (a) of spec §6 for large `D`: score a seeded random subset of `K` of the `D` components.
+//! Estimator (a) of docs/spec/scores.md#cost for large `D`: score a seeded random subset of `K` of the `D`
+//! components.
 //!
 //! Measured on the real models against the exact scores (docs/REPRODUCTION.md, "Estimator errors"):
 //! the variance score's mean relative error is 3–8 % at `K = 16` of `D = 32` (digit encoder) and

@@ -10,10 +10,10 @@ use super::subset::subset_variance_factor;
 
 /// Streams `[k, H, W]` chunks of raw per-component maps into `VS`.
 ///
-/// Every row is min–max normalised (always, spec §3), optionally binarised, and folded into per-pixel
-/// Welford moments; `VS` is the mean over pixels of the population variance over components. Since
-/// every normalised value lies in `[0, 1]`, Popoviciu's inequality bounds each per-pixel variance, and
-/// hence `VS`, by `1/4`, independently of `D`.
+/// Every row is min–max normalised (always, docs/spec/scores.md#normalisation), optionally binarised, and
+/// folded into per-pixel Welford moments; `VS` is the mean over pixels of the population variance over
+/// components. Since every normalised value lies in `[0, 1]`, Popoviciu's inequality bounds each per-pixel
+/// variance, and hence `VS`, by `1/4`, independently of `D`.
 #[derive(Debug, Clone)]
 pub struct VarianceAccumulator {
     height: usize,
@@ -39,8 +39,9 @@ impl VarianceAccumulator {
         }
     }
 
-    /// Declares the rows a random subset of `d` components (spec §6): [`finish`](Self::finish) applies
-    /// [`subset_variance_factor`], which makes `VS` an unbiased estimate of the all-components score.
+    /// Declares the rows a random subset of `d` components (docs/spec/scores.md#cost):
+    /// [`finish`](Self::finish) applies [`subset_variance_factor`], which makes `VS` an unbiased estimate of
+    /// the all-components score.
     pub fn subset_of(mut self, d: usize) -> Self {
         self.population = Some(d);
         self

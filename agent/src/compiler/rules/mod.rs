@@ -4,10 +4,13 @@
 //! A rule receives the cotangents of the node's gradient-carrying outputs in flat form `[B·K, out…]`
 //! and returns the cotangents of the inputs that need one, also in flat form.
 
+pub mod activation;
 pub mod elementwise;
+pub mod index;
 pub mod linalg;
 pub mod norm;
 pub mod shape;
+pub mod softmax;
 pub mod spatial;
 
 use anyhow::{Result, anyhow};

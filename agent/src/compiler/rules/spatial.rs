@@ -33,7 +33,7 @@ pub const RULES: &[OpRule] = &[
         aux_outputs: &[1],
         ..OpRule::unary(
             "MaxPool",
-            "`ScatterElements(0, Indices, dY, reduction = add)` over the forward's `Indices` output",
+            "masks from the forward's `Indices` per kernel offset, then one grouped `ConvTranspose` with one-hot kernels (no scatter)",
             |cx, n, dy, _| Ok(one(max_pool(cx, n, dy.y()?)?)),
         )
     },
@@ -147,9 +147,75 @@ pub fn conv(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     let (x, y) = spatial_shapes(ctx, node)?;
     let kernel = kernel_of(ctx, node, x.len() - 1)?;
     let w = window(node, kernel, &x[1..])?;
+    let group = node.attr_int("group").unwrap_or(1);
+    if let Some(dx) = conv_stride1(ctx, node, dy, &w, &x, &y, group)? {
+        return Ok(dx);
+    }
     let mut attrs = transposed_attrs(&w, &x[1..], &y[1..]);
-    attrs.push(attr::int("group", node.attr_int("group").unwrap_or(1)));
+    attrs.push(attr::int("group", group));
     Ok(ctx.b.op("ConvTranspose", &[dy, &node.input[1]], attrs))
+}
+
+/// For stride 1 the input gradient is itself a convolution: the cotangent, padded by
+/// `d·(k − 1) − pad` on each side, correlated with the kernel flipped in space and with its channel
+/// axes swapped per group. ONNX Runtime's `Conv` kernels are several times faster than its
+/// `ConvTranspose` on the `[B·K, …]` batches the rules produce. `None` when this form does not apply
+/// (strides, or pads larger than the dilated kernel).
+fn conv_stride1(
+    ctx: &mut Backward,
+    node: &NodeProto,
+    dy: &str,
+    w: &Window,
+    x: &[i64],
+    y: &[i64],
+    group: i64,
+) -> Result<Option<String>> {
+    let n = w.kernel.len();
+    if w.strides.iter().any(|&s| s != 1) {
+        return Ok(None);
+    }
+    let (mut begin, mut end) = (vec![0; n], vec![0; n]);
+    for i in 0..n {
+        let reach = w.dilations[i] * (w.kernel[i] - 1);
+        begin[i] = reach - w.begin[i];
+        // The output must come back to the input's size exactly.
+        end[i] = x[i + 1] - y[i + 1] + reach - begin[i];
+        if begin[i] < 0 || end[i] < 0 {
+            return Ok(None);
+        }
+    }
+    let wshape = ctx.shape(&node.input[1])?;
+    if wshape.batched || wshape.rest.len() != n + 2 {
+        return Ok(None);
+    }
+    let (c_out, c_in_g) = (wshape.rest[0], wshape.rest[1]);
+    let c_out_g = c_out / group;
+    // W [C_out, C_in/g, k…] → [g, C_out/g, C_in/g, k…] → swap the channel axes → [C_in, C_out/g, k…].
+    let mut grouped = vec![group, c_out_g, c_in_g];
+    grouped.extend(&w.kernel);
+    let wg = ctx.b.reshape_const(&node.input[1], &grouped);
+    let mut perm: Vec<i64> = vec![0, 2, 1];
+    perm.extend(3..3 + n as i64);
+    let wt = ctx.b.op("Transpose", &[&wg], vec![attr::ints("perm", &perm)]);
+    let mut swapped = vec![group * c_in_g, c_out_g];
+    swapped.extend(&w.kernel);
+    let wt = ctx.b.reshape_const(&wt, &swapped);
+    // Flip every spatial axis (Slice with step −1).
+    let starts = ctx.b.const_i64(&vec![-1; n]);
+    let ends = ctx.b.const_i64(&vec![i64::MIN; n]);
+    let axes = ctx.b.const_i64(&(2..2 + n as i64).collect::<Vec<_>>());
+    let steps = ctx.b.const_i64(&vec![-1; n]);
+    let flipped = ctx.b.op("Slice", &[&wt, &starts, &ends, &axes, &steps], vec![]);
+    let mut pads = begin;
+    pads.extend(end);
+    let attrs = vec![
+        attr::ints("kernel_shape", &w.kernel),
+        attr::ints("strides", &vec![1; n]),
+        attr::ints("dilations", &w.dilations),
+        attr::ints("pads", &pads),
+        attr::int("group", group),
+    ];
+    Ok(Some(ctx.b.op("Conv", &[dy, &flipped], attrs)))
 }
 
 /// `dX = Conv(dY, W)` with the same attributes.
@@ -185,43 +251,170 @@ pub fn conv_transpose(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<
     Ok(ctx.b.op("Conv", &[dy, &node.input[1]], attrs))
 }
 
-/// Routes each output's cotangent to the input element its `Indices` point at, adding where
-/// overlapping windows chose the same element.
+/// Routes each output's cotangent back to the input element its `Indices` point at, without a
+/// scatter (ONNX Runtime's CPU `ScatterElements` with `reduction = add` runs sequentially).
+///
+/// For each kernel offset `o` a mask `M[b, c, o, p] = (Indices[b, c, p] mod HW == pos[o, p])` says
+/// whether window `p` took its maximum at offset `o` (`pos` holds that element's within-channel
+/// index, or −1 where the offset falls into the padding). The masked cotangents
+/// `dY[b, k, c, p] · M[b, c, o, p]`, laid out as `C·k²` channels, go through one grouped
+/// `ConvTranspose` (group `C`, the forward's strides, dilations and pads) whose kernel is one-hot at
+/// offset `o`: it adds each window's cotangent onto the element at that offset, overlapping windows
+/// included. The mask is computed once per batch on the forward side and broadcast over `K`; the tie
+/// break is ONNX Runtime's own (its `Indices`).
 pub fn max_pool(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     if node.attr_int("storage_order").unwrap_or(0) != 0 {
         bail!("node {} (MaxPool) uses storage_order = 1; not supported", node.display_name());
     }
     let (x, y) = spatial_shapes(ctx, node)?;
+    let kernel =
+        node.attr_ints("kernel_shape").ok_or_else(|| anyhow!("MaxPool without kernel_shape"))?.to_vec();
+    let w = window(node, kernel, &x[1..])?;
+    if w.strides == w.kernel && w.dilations.iter().all(|&d| d == 1) && w.begin.iter().all(|&p| p == 0) {
+        return Ok(max_pool_tiled(ctx, node, dy, &x, &y, &w.kernel));
+    }
+    let (c, xs, ys) = (x[0], &x[1..], &y[1..]);
+    let x_hw: i64 = xs.iter().product();
+    let y_hw: i64 = ys.iter().product();
+    let offsets: i64 = w.kernel.iter().product();
+    // pos[o, p]: the within-channel flat index of window p's element at kernel offset o, −1 outside.
+    let mut pos = Vec::with_capacity((offsets * y_hw) as usize);
+    for o in 0..offsets {
+        let kidx = unflatten(o, &w.kernel);
+        for p in 0..y_hw {
+            let out = unflatten(p, ys);
+            let mut flat = 0i64;
+            let mut inside = true;
+            for i in 0..xs.len() {
+                let at = out[i] * w.strides[i] - w.begin[i] + kidx[i] * w.dilations[i];
+                inside &= (0..xs[i]).contains(&at);
+                flat = flat * xs[i] + at;
+            }
+            pos.push(if inside { flat } else { -1 });
+        }
+    }
     // The compiler names the Indices output (registry `aux_outputs`) when the model left it out.
+    // Indices count over the whole tensor (batch and channel included): reduce them modulo H·W.
     let indices = node.output[1].clone();
-    let (x_size, y_size): (i64, i64) = (x.iter().product(), y.iter().product());
-    // Indices count over the whole tensor (batch included); reduce them to within-sample offsets.
-    let per = ctx.b.const_i64(&[x_size]);
-    let local = ctx.b.op("Mod", &[&indices, &per], vec![]);
-    let local = ctx.b.reshape_const(&local, &[-1, 1, y_size]);
-    let local_shape = ctx.b.shape(&local);
-    let b = ctx.b.slice1(&local_shape, 0, 1);
-    let tail = ctx.b.const_i64(&[y_size]);
-    let k = ctx.kdim.clone();
-    let expand_to = ctx.b.concat0(&[&b, &k, &tail]);
-    let idx = ctx.b.op("Expand", &[&local, &expand_to], vec![]);
-    let idx = ctx.b.reshape_const(&idx, &[-1, y_size]);
-    let upd = ctx.b.reshape_const(dy, &[-1, y_size]);
-    let rows = ctx.b.shape(&upd);
-    let rows = ctx.b.slice1(&rows, 0, 1);
-    let width = ctx.b.const_i64(&[x_size]);
-    let zshape = ctx.b.concat0(&[&rows, &width]);
-    let zeros = ctx.b.op(
-        "ConstantOfShape",
-        &[&zshape],
-        vec![attr::tensor("value", onnx::tensor_f32("", &[1], &[0.0]))],
+    let hw = ctx.b.const_i64(&[x_hw]);
+    let local = ctx.b.op("Mod", &[&indices, &hw], vec![]);
+    let local = ctx.b.reshape_const(&local, &[-1, c, 1, y_hw]);
+    let pos_name = ctx.b.fresh("maxpool_pos");
+    ctx.b.initializers.push(onnx::tensor_i64(&pos_name, &[offsets, y_hw], &pos));
+    let hit = ctx.b.op("Equal", &[&local, &pos_name], vec![]);
+    let mask = ctx.b.op("Cast", &[&hit], vec![attr::int("to", data_type::FLOAT as i64)]);
+    let mask = ctx.b.unsqueeze(&mask, &[1]); // [B, 1, C, k, P]
+    let g = ctx.split(dy, &[c, 1, y_hw]); // [B, K, C, 1, P]
+    let masked = ctx.b.mul(&g, &mask); // [B, K, C, k, P]
+    let mut flat_shape = vec![-1, c * offsets];
+    flat_shape.extend(ys);
+    let masked = ctx.b.reshape_const(&masked, &flat_shape);
+    let mut wdims = vec![c * offsets, 1];
+    wdims.extend(&w.kernel);
+    let per: usize = w.kernel.iter().product::<i64>() as usize;
+    let mut onehot = vec![0.0f32; (c * offsets) as usize * per];
+    for ch in 0..(c * offsets) as usize {
+        onehot[ch * per + ch % offsets as usize] = 1.0;
+    }
+    let onehot = ctx.b.const_f32(&wdims, &onehot);
+    let mut attrs = transposed_attrs(&w, xs, ys);
+    attrs.push(attr::int("group", c));
+    Ok(ctx.b.op("ConvTranspose", &[&masked, &onehot], attrs))
+}
+
+/// Non-overlapping windows (stride = kernel, no leading pad) tile the input: window `p`'s offset `o`
+/// is input element `p·k + o` per axis, so the routing is a reshape. The `Indices`, upsampled by
+/// repetition over each window, are compared with every element's own index (mask, once per
+/// batch); the cotangent, repeated the same way, is multiplied by it and reshaped onto the input grid,
+/// then cut or zero-padded where the windows' tiling is longer or shorter than the input.
+fn max_pool_tiled(ctx: &mut Backward, node: &NodeProto, dy: &str, x: &[i64], y: &[i64], k: &[i64]) -> String {
+    let (c, xs, ys) = (x[0], &x[1..], &y[1..]);
+    let n = xs.len();
+    let x_hw: i64 = xs.iter().product();
+    // [.., y1, 1, y2, 1, …] interleaved shape, the tiled one [.., y1·k1, y2·k2, …].
+    let mut interleaved = vec![c];
+    let mut expanded = vec![c];
+    for i in 0..n {
+        interleaved.extend([ys[i], 1]);
+        expanded.extend([ys[i], k[i]]);
+    }
+    let tiled: Vec<i64> = (0..n).map(|i| ys[i] * k[i]).collect();
+    // Each tiled element's index within its channel of the input (−1 where the tiling overhangs).
+    let mut own = Vec::with_capacity(tiled.iter().product::<i64>() as usize);
+    for t in 0..tiled.iter().product::<i64>() {
+        let at = unflatten(t, &tiled);
+        let inside = (0..n).all(|i| at[i] < xs[i]);
+        own.push(if inside { (0..n).fold(0, |f, i| f * xs[i] + at[i]) } else { -1 });
+    }
+    let hw = ctx.b.const_i64(&[x_hw]);
+    let local = ctx.b.op("Mod", &[&node.output[1], &hw], vec![]);
+    let mut lead = vec![-1];
+    lead.extend(&interleaved);
+    let local = ctx.b.reshape_const(&local, &lead);
+    let mut full = vec![1];
+    full.extend(&expanded);
+    let full = ctx.b.const_i64(&full);
+    let up = ctx.b.op("Expand", &[&local, &full], vec![]);
+    let own_name = ctx.b.fresh("maxpool_own");
+    let mut own_dims = vec![1];
+    own_dims.extend(&expanded[1..]);
+    ctx.b.initializers.push(onnx::tensor_i64(&own_name, &own_dims, &own));
+    let hit = ctx.b.op("Equal", &[&up, &own_name], vec![]);
+    let mask = ctx.b.op("Cast", &[&hit], vec![attr::int("to", data_type::FLOAT as i64)]);
+    let mut per_sample = vec![-1, 1, c];
+    per_sample.extend(&tiled);
+    let mask = ctx.b.reshape_const(&mask, &per_sample); // [B, 1, C, y1·k1, …]
+    // The cotangent repeated over each window: `Resize` nearest with integer scales (floor of i / k).
+    let mut scales = vec![1.0f32, 1.0];
+    scales.extend(k.iter().map(|&v| v as f32));
+    let scales = ctx.b.const_f32(&[scales.len() as i64], &scales);
+    let up = ctx.b.op(
+        "Resize",
+        &[dy, "", &scales],
+        vec![
+            attr::string("mode", "nearest"),
+            attr::string("coordinate_transformation_mode", "asymmetric"),
+            attr::string("nearest_mode", "floor"),
+        ],
     );
-    let dx = ctx.b.op(
-        "ScatterElements",
-        &[&zeros, &idx, &upd],
-        vec![attr::int("axis", 1), attr::string("reduction", "add")],
-    );
-    Ok(ctx.flat(&dx, &x))
+    let mut split = vec![c];
+    split.extend(&tiled);
+    let up = ctx.split(&up, &split); // [B, K, C, y1·k1, …]
+    let routed = ctx.b.mul(&up, &mask);
+    let mut flat = vec![-1, c];
+    flat.extend(&tiled);
+    let routed = ctx.b.reshape_const(&routed, &flat);
+    // Tiling vs input, per axis: cut what overhangs, zero-pad what the floor-mode windows left out.
+    let (cut, short): (Vec<i64>, Vec<i64>) =
+        (0..n).map(|i| (tiled[i].min(xs[i]), (xs[i] - tiled[i]).max(0))).unzip();
+    let routed = if cut != tiled {
+        let starts = ctx.b.const_i64(&vec![0; n]);
+        let ends = ctx.b.const_i64(&cut);
+        let axes = ctx.b.const_i64(&(2..2 + n as i64).collect::<Vec<_>>());
+        ctx.b.op("Slice", &[&routed, &starts, &ends, &axes], vec![])
+    } else {
+        routed
+    };
+    if short.iter().any(|&s| s > 0) {
+        let mut pads = vec![0i64; 2 * (n + 2)];
+        for i in 0..n {
+            pads[n + 2 + 2 + i] = short[i];
+        }
+        let pads = ctx.b.const_i64(&pads);
+        ctx.b.op("Pad", &[&routed, &pads], vec![])
+    } else {
+        routed
+    }
+}
+
+/// Row-major multi-index of `flat` in a tensor of `dims`.
+fn unflatten(mut flat: i64, dims: &[i64]) -> Vec<i64> {
+    let mut idx = vec![0; dims.len()];
+    for i in (0..dims.len()).rev() {
+        idx[i] = flat % dims[i];
+        flat /= dims[i];
+    }
+    idx
 }
 
 /// Grouped transposed convolution with a ones kernel, after dividing by each window's divisor.

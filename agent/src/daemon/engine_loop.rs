@@ -1,0 +1,162 @@
+//! The engine thread's loop: it takes deliveries off the bounded queue, micro-batches them (up to
+//! `batch_size` samples, waiting at most `max_batch_delay_ms` for a batch to fill), scores them,
+//! records the scores in the drift windows and the per-sample histograms, acknowledges each input,
+//! and publishes the window gauges.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use ndarray::{Axis, concatenate};
+use tokio::sync::mpsc;
+
+use super::monitor::Monitor;
+use super::publish::publish_window;
+use super::state::AppState;
+use super::{Scorer, unix_now};
+use crate::config::Config;
+use plugins::decode::{RejectReason, Rejection};
+use plugins::sources::{Delivery, Outcome};
+
+/// The engine thread's loop: micro-batches until every source is gone and the queue is empty.
+pub(super) fn serve(
+    mut scorer: Box<dyn Scorer>,
+    mut monitor: Monitor,
+    mut rx: mpsc::Receiver<Delivery>,
+    rt: tokio::runtime::Handle,
+    state: &AppState,
+    cfg: &Config,
+) {
+    let model = cfg.model.name.as_str();
+    let batch_size = cfg.engine.batch_size.max(1);
+    let delay = Duration::from_millis(cfg.engine.max_batch_delay_ms);
+    loop {
+        // Wake up at least every second so that a time-bounded window expires on the gauges too.
+        let first = match rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await })
+        {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(_) => {
+                publish_window(state, model, &mut monitor);
+                continue;
+            }
+        };
+        let mut items = vec![first];
+        let mut n: usize = items[0].batch.len_of(Axis(0));
+        let deadline = tokio::time::Instant::now() + delay;
+        while n < batch_size {
+            match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                Ok(Some(d)) => {
+                    n += d.batch.len_of(Axis(0));
+                    items.push(d);
+                }
+                _ => break,
+            }
+        }
+        state.telemetry.queue_depth.with_label_values(&[model]).set(rx.len() as i64);
+        process(&mut *scorer, &mut monitor, items, state, model, batch_size);
+        publish_window(state, model, &mut monitor);
+    }
+    state.telemetry.queue_depth.with_label_values(&[model]).set(0);
+    tracing::info!("engine queue drained");
+}
+
+/// Scores `items` together; when that fails, each alone, so one bad input does not reject the others.
+fn process(
+    scorer: &mut dyn Scorer,
+    monitor: &mut Monitor,
+    items: Vec<Delivery>,
+    state: &AppState,
+    model: &str,
+    batch_size: usize,
+) {
+    let views: Vec<_> = items.iter().map(|d| d.batch.view()).collect();
+    let joined = concatenate(Axis(0), &views).map_err(|e| anyhow!("{e}"));
+    let scored = joined.and_then(|b| score_chunks(scorer, &b, batch_size, state, model));
+    match scored {
+        Ok(all) => {
+            let mut it = all.into_iter();
+            for d in items {
+                let n = d.batch.len_of(Axis(0));
+                let scores: Vec<_> = it.by_ref().take(n).collect();
+                finish_scored(monitor, d, &scores, state, model);
+            }
+        }
+        Err(e) if items.len() > 1 => {
+            tracing::warn!(error = %e, "batch failed; scoring its inputs one by one");
+            for d in items {
+                process(scorer, monitor, vec![d], state, model, batch_size);
+            }
+        }
+        Err(e) => {
+            let d = items.into_iter().next().expect("one item");
+            let r = Rejection::new(RejectReason::Engine, &d.input, format!("{e:#}"));
+            tracing::warn!(source = %d.source, reason = "engine", "rejected: {}", r.message);
+            if let Err(e) = d.ack.finish(&Outcome::Rejected(r)) {
+                tracing::error!(source = %d.source, error = %e, "cannot acknowledge a rejected input");
+                state.telemetry.source_errors.with_label_values(&[&d.source, "io"]).inc();
+            }
+            state.telemetry.rejected(model, RejectReason::Engine);
+        }
+    }
+}
+
+/// Scores a batch `batch_size` samples per engine run, timing each run.
+fn score_chunks(
+    scorer: &mut dyn Scorer,
+    batch: &ndarray::ArrayD<f32>,
+    batch_size: usize,
+    state: &AppState,
+    model: &str,
+) -> anyhow::Result<Vec<crate::engine::SampleScores>> {
+    let mut out = Vec::with_capacity(batch.len_of(Axis(0)));
+    let t = &state.telemetry;
+    let secs = std::cell::Cell::new(0.0);
+    crate::engine::score_in_chunks(
+        batch.view(),
+        batch_size,
+        &mut |b| {
+            let t0 = Instant::now();
+            let scores = scorer.score_batch(b);
+            secs.set(t0.elapsed().as_secs_f64());
+            scores
+        },
+        &mut |_, scores| {
+            t.inference_duration_seconds.with_label_values(&[model]).observe(secs.get());
+            t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
+            out.extend(scores);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// Records an input's scores, then acknowledges it (durably), then counts it.
+fn finish_scored(
+    monitor: &mut Monitor,
+    d: Delivery,
+    scores: &[crate::engine::SampleScores],
+    state: &AppState,
+    model: &str,
+) {
+    let now = Instant::now();
+    let keys: Vec<(String, &'static str)> = {
+        let snap = monitor.snapshot(now);
+        snap.iter().map(|k| (k.layer.clone(), k.method.as_str())).collect()
+    };
+    for s in scores {
+        monitor.record(now, s);
+        for ((layer, method), v) in keys.iter().zip(&s.scores) {
+            let l = [model, layer.as_str(), method];
+            state.telemetry.noise_score_per_sample.with_label_values(&l).observe(v.noise_score);
+            state.telemetry.variance_score_per_sample.with_label_values(&l).observe(v.variance_score);
+        }
+    }
+    let samples = scores.len() as u64;
+    if let Err(e) = d.ack.finish(&Outcome::Scored { samples }) {
+        tracing::error!(source = %d.source, input = %d.input, error = %e, "cannot acknowledge a scored input");
+        state.telemetry.source_errors.with_label_values(&[&d.source, "io"]).inc();
+    }
+    state.telemetry.samples_scored.with_label_values(&[model]).inc_by(samples);
+    state.telemetry.last_sample_timestamp_seconds.with_label_values(&[model]).set(unix_now());
+    tracing::debug!(source = %d.source, input = %d.input, samples, "scored");
+}

@@ -1,0 +1,110 @@
+//! What the engine thread publishes: the metrics and status fields fixed for a pipeline's life, and
+//! after each batch the window gauges and the status page's per-layer view.
+
+use super::Scorer;
+use std::time::Instant;
+
+use super::baseline;
+use super::monitor::Monitor;
+use super::state::{AppState, BaselineInfo};
+use crate::config::Config;
+use crate::drift::Baseline;
+
+/// Metrics that do not change while a pipeline runs.
+pub(super) fn publish_static(state: &AppState, cfg: &Config, scorer: &dyn Scorer, base: Option<&Baseline>) {
+    let t = &state.telemetry;
+    let model = cfg.model.name.as_str();
+    let (provider, requested) = (scorer.provider().as_str(), scorer.requested_provider().as_str());
+    t.execution_provider_info.reset();
+    t.execution_provider_info.with_label_values(&[model, provider, requested]).set(1);
+    // A reload starts a new window and may change the model, layers or methods: no per-key gauge of
+    // the previous pipeline survives it (counters and histograms do).
+    for g in [
+        &t.noise_score,
+        &t.variance_score,
+        &t.noise_benchmark,
+        &t.baseline_noise_score,
+        &t.baseline_variance_score,
+        &t.noise_score_drift,
+        &t.variance_score_drift,
+        &t.drift_ks_statistic,
+        &t.drift_ks_pvalue,
+        &t.baseline_created_timestamp_seconds,
+    ] {
+        g.reset();
+    }
+    if provider != requested {
+        tracing::warn!(
+            provider,
+            requested,
+            "running on another execution provider than the first preference"
+        );
+    } else {
+        tracing::info!(provider, "execution provider");
+    }
+    t.queue_capacity.with_label_values(&[model]).set(cfg.engine.queue_capacity as i64);
+    if let Some(b) = base {
+        t.baseline_created_timestamp_seconds.with_label_values(&[model]).set(b.meta.created_unix_secs as f64);
+        for k in &b.entries {
+            let l = [model, k.layer.as_str(), k.method.as_str()];
+            t.baseline_noise_score.with_label_values(&l).set(k.noise_score.mean);
+            t.baseline_variance_score.with_label_values(&l).set(k.variance_score.mean);
+        }
+    }
+    for k in scorer.keys() {
+        t.noise_benchmark
+            .with_label_values(&[model, k.layer.as_str(), k.method.as_str()])
+            .set(k.noise_benchmark);
+    }
+    let mut st = state.status.write().expect("status lock");
+    st.provider = Some(provider.to_string());
+    st.requested_provider = Some(requested.to_string());
+    st.queue_capacity = cfg.engine.queue_capacity;
+    st.baseline = base.map(|b| BaselineInfo {
+        path: cfg.baseline.path.clone(),
+        created_unix_secs: b.meta.created_unix_secs as f64,
+        samples: baseline::samples(b),
+        settings_hash: b.meta.settings_hash.clone(),
+    });
+}
+
+/// Window gauges and the status page's per-layer view.
+pub(super) fn publish_window(state: &AppState, model: &str, monitor: &mut Monitor) {
+    let now = Instant::now();
+    let view = monitor.snapshot(now);
+    let t = &state.telemetry;
+    for k in &view {
+        let l = [model, k.layer.as_str(), k.method.as_str()];
+        let set = |g: &prometheus::GaugeVec, v: Option<f64>| match v {
+            Some(v) => g.with_label_values(&l).set(v),
+            None => {
+                let _ = g.remove_label_values(&l);
+            }
+        };
+        set(&t.noise_score, k.noise_score);
+        set(&t.variance_score, k.variance_score);
+        set(&t.noise_score_drift, k.noise_score_drift);
+        set(&t.variance_score_drift, k.variance_score_drift);
+        // Without a test result (empty window: after a reload, or when a time-bounded window
+        // expires) the series go away, like the other window gauges, instead of keeping an old
+        // p-value that would hold a distribution-drift alert firing.
+        for (score, ks) in [("noise", k.ks_noise), ("variance", k.ks_variance)] {
+            let l4 = [model, k.layer.as_str(), k.method.as_str(), score];
+            match ks {
+                Some((stat, p)) => {
+                    t.drift_ks_statistic.with_label_values(&l4).set(stat);
+                    t.drift_ks_pvalue.with_label_values(&l4).set(p);
+                }
+                None => {
+                    let _ = t.drift_ks_statistic.remove_label_values(&l4);
+                    let _ = t.drift_ks_pvalue.remove_label_values(&l4);
+                }
+            }
+        }
+    }
+    let n = monitor.window_len(now);
+    t.window_samples.with_label_values(&[model]).set(n as i64);
+    let mut st = state.status.write().expect("status lock");
+    st.layers = view;
+    st.window_samples = n;
+}
