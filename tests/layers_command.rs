@@ -80,3 +80,34 @@ fn lists_embedding_candidates_and_token_layouts_without_an_embedding() {
     assert_eq!(code, 1);
     assert!(stderr.contains("\"block1\" must be rank 2"), "{stderr}");
 }
+
+/// Auto-detection on models exported by PyTorch (tests/models/arch): timm ViT blocks are tokens with
+/// the class token as prefix (and 4 registers more in vit_reg), Swin stages are channels last, and
+/// the convolutional stem stays channels first.
+#[test]
+fn reads_exported_transformer_layers() {
+    for (file, tensor, layout, map) in [
+        ("arch/vit.onnx", "/blocks/blocks.1/Add_1_output_0", "tokens", "4x4+1"),
+        ("arch/vit.onnx", "/patch_embed/proj/Conv_output_0", "nchw", "4x4"),
+        ("arch/vit_reg.onnx", "/blocks/blocks.1/Add_1_output_0", "tokens", "4x4+5"),
+        ("arch/swin.onnx", "/layers/layers.1/blocks/blocks.1/Reshape_9_output_0", "nhwc", "8x8"),
+        (
+            "arch/swin.onnx",
+            "/layers/layers.0/blocks/blocks.0/norm2/LayerNormalization_output_0",
+            "tokens",
+            "16x16",
+        ),
+    ] {
+        let (code, stdout, stderr) = layers(&["--model", &model(file), "--json"]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let t = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == tensor);
+        let t = t.unwrap_or_else(|| panic!("{file}: {tensor} not listed"));
+        let grid = format!("{}x{}", t["grid"][0], t["grid"][1]);
+        let got = match t["prefix_tokens"].as_u64().unwrap() {
+            0 => grid,
+            p => format!("{grid}+{p}"),
+        };
+        assert_eq!((t["layout"].as_str().unwrap(), got.as_str()), (layout, map), "{file} {tensor}: {t}");
+    }
+}

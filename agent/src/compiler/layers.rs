@@ -62,7 +62,8 @@ pub struct LayersReport {
     pub embedding_candidates: Vec<EmbeddingCandidate>,
     /// Ancestors of the embedding with a layer's rank, in graph order.
     pub tensors: Vec<TensorInfo>,
-    /// Tensors left out because their shape does not follow the batch (one line each).
+    /// Tensors whose shape does not follow the batch on axis 0 (one line each); a path through one
+    /// is reported blocked at the node that reads or writes it.
     pub skipped: Vec<String>,
 }
 
@@ -78,8 +79,14 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
         .filter(|o| !o.is_empty() && ix.id.get(o.as_str()).is_some_and(|&i| from_inputs[i]))
         .cloned()
         .collect();
-    let (probe, skipped) =
+    let (probe, odd) =
         probe::probe_lenient(model, &candidates, true).context("probing the model's tensors")?;
+    // A tensor whose batch is not on axis 0 blocks every path through it: the compiler refuses it.
+    let mut off_axis = vec![None; ix.producer.len()];
+    for (t, why) in &odd {
+        off_axis[ix.id[t.as_str()]] = Some(why.clone());
+    }
+    let skipped: Vec<String> = odd.into_iter().map(|(_, why)| why).collect();
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let embedding_candidates: Vec<EmbeddingCandidate> = candidates
         .iter()
@@ -125,7 +132,7 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
             continue;
         }
         let tid = ix.id[t.as_str()];
-        let Some(blocked) = ix.path_check(graph, tid, emb) else { continue };
+        let Some(blocked) = ix.path_check(graph, tid, emb, &off_axis) else { continue };
         let Ok(view) = layout::resolve(graph, t, &s.rest, &LayoutRequest::default(), hw) else { continue };
         let node_index = ix.producer[tid].expect("candidates are node outputs");
         let n = &graph.node[node_index];
@@ -221,7 +228,13 @@ impl<'a> Index<'a> {
 
     /// `None` when `t` is not an ancestor of `emb`; `Some(None)` when every node on the way has a
     /// rule; `Some(Some(blocker))` naming the node (nearest the embedding) the compiler would refuse.
-    fn path_check(&self, graph: &GraphProto, t: usize, emb: usize) -> Option<Option<Blocker>> {
+    fn path_check(
+        &self,
+        graph: &GraphProto,
+        t: usize,
+        emb: usize,
+        off_axis: &[Option<String>],
+    ) -> Option<Option<Blocker>> {
         let first = self.producer[t].map_or(0, |p| p + 1);
         let active = self.active_from(graph, std::iter::once(t), first);
         if !active[emb] {
@@ -258,6 +271,10 @@ impl<'a> Index<'a> {
                     return block(format!("the compiler cannot differentiate through its input {slot}"));
                 }
                 needed[x] = true;
+            }
+            let on_path = self.node_out[i].iter().chain(ins.iter().map(|(_, x)| x));
+            if let Some(why) = on_path.filter_map(|&x| off_axis.get(x).and_then(Option::as_ref)).next() {
+                return block(why.clone());
             }
         }
         Some(None)

@@ -103,20 +103,20 @@ const MAX_VALUE_ELEMENTS: usize = 64;
 pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
     let (probe, mut odd) = probe_lenient(model, tensors, false)?;
     match odd.drain(..).next() {
-        Some(why) => Err(anyhow!(why)),
+        Some((_, why)) => Err(anyhow!(why)),
         None => Ok(probe),
     }
 }
 
 /// [`probe`], but a tensor whose shape does not follow the batch on axis 0 is left out of the
-/// shapes and described in the second list instead of failing the probe (for `agent layers`, which
+/// shapes and listed (name, problem) instead of failing the probe (for `agent layers`, which
 /// probes every tensor of a model). `shapes_only` exposes each tensor's `Shape` instead of its
 /// values, so the runtime can free activations as usual (no values are then kept).
 pub fn probe_lenient(
     model: &ModelProto,
     tensors: &[String],
     shapes_only: bool,
-) -> Result<(Probe, Vec<String>)> {
+) -> Result<(Probe, Vec<(String, String)>)> {
     let mut m = model.clone();
     let g = m.graph.as_mut().context("model has no graph")?;
     let inputs = model_inputs(g)?;
@@ -187,8 +187,11 @@ pub fn probe_lenient(
             }
             ProbedShape { batched: false, rest: a.clone() }
         } else {
-            odd.push(format!(
-                "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on axis 0 and fixed other sizes"
+            odd.push((
+                t.clone(),
+                format!(
+                    "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on axis 0 and fixed other sizes"
+                ),
             ));
             continue;
         };
