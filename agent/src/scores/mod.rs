@@ -9,7 +9,7 @@
 //!   take the graph's `[K, H, W]` chunks and give bit-identical results to the whole-array functions.
 //! - [`noise`]: the noise score and its benchmark.
 //! - [`subset`], [`hutchinson`]: the two large-`D` estimators of docs/spec/scores.md#cost, with measured
-//! errors.
+//!   errors.
 //! - [`draws`]: the smoothed estimator's points and the noise inputs, from seeded generators.
 
 pub mod channel;
