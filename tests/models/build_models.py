@@ -1044,6 +1044,37 @@ def _attention(name, use_einsum):
                                f"and the tokens [N,17,8]")
 
 
+@rule("batch_moved_axis", "Transpose/Gather",
+      "timm's qkv layout: Reshape [N,16,2,2,4] then Transpose perm [2,0,3,1,4] puts the batch on axis 1; "
+      "Gather axis 0 unbinds q and k, q.kT, Softmax, ReduceMean axes [1] (positive axes on a moved batch)",
+      d=4, input_shape=(3, 8, 8))
+def _(g, h):
+    t = g.op("Reshape", [h, i64(g, "qk_shape", [-1, 16, 2, 2, 4])])  # [N,16,2(qk),2(heads),4]
+    t = g.op("Transpose", [t], perm=[2, 0, 3, 1, 4])  # [2, N, 2, 16, 4]
+    q = g.op("Gather", [t, i64(g, "i0", 0)], axis=0)  # [N,2,16,4]
+    k = g.op("Gather", [t, i64(g, "i1", 1)], axis=0)
+    s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [N,2,16,16]
+    a = g.op("Softmax", [s], axis=-1)
+    return g.op("ReduceMean", [a], axes=[1], keepdims=0)  # [N,16,16]
+
+
+@rule("batch_merged_windows", "Reshape/Softmax",
+      "Swin's window partition: [N,8,8,4] into 2x2 windows of 4x4 as [N*4,16,4] (batch merged with the "
+      "window count), MatMul, Softmax axis 1 and a constant [1,16,4] bias on the merged tensor, windows "
+      "merged back", d=5, input_shape=(3, 8, 8))
+def _(g, h):
+    x = g.op("Transpose", [h], perm=[0, 2, 3, 1])  # [N,8,8,4]
+    x = g.op("Reshape", [x, i64(g, "win6", [-1, 2, 4, 2, 4, 4])])
+    x = g.op("Transpose", [x], perm=[0, 1, 3, 2, 4, 5])  # [N,2,2,4,4,4]
+    w = g.op("Reshape", [x, i64(g, "win3", [-1, 16, 4])])  # [N*4,16,4]
+    w = g.op("MatMul", [w, g.const("win.weight", g.he([4, 4], 4, 1.0))])
+    w = g.op("Softmax", [w], axis=1)
+    w = g.op("Add", [w, g.const("win.bias", g.small([1, 16, 4], 0.5))])
+    x = g.op("Reshape", [w, i64(g, "unwin6", [-1, 2, 2, 4, 4, 4])])
+    x = g.op("Transpose", [x], perm=[0, 1, 3, 2, 4, 5])
+    return g.op("Reshape", [x, i64(g, "unwin4", [-1, 8, 8, 4])])
+
+
 register("attention_matmul")(lambda: _attention("attention_matmul", False))
 register("attention_einsum")(lambda: _attention("attention_einsum", True))
 

@@ -16,7 +16,8 @@ use crate::onnx::{self, proto::*};
 
 pub struct Backward<'a> {
     pub b: GraphBuilder,
-    pub shapes: &'a HashMap<String, ProbedShape>,
+    /// Probed shapes, plus the canonical aliases added on the way (`canonical.rs`).
+    pub shapes: HashMap<String, ProbedShape>,
     pub consts: HashMap<String, TensorProto>,
     /// `[1]` int64 holding `K` (rows of the cotangent input).
     pub kdim: String,
@@ -33,7 +34,7 @@ impl Backward<'_> {
             return Ok(s.clone());
         }
         if let Some(c) = self.consts.get(t) {
-            return Ok(ProbedShape { batched: false, rest: c.dims.clone() });
+            return Ok(ProbedShape { batched: false, rest: c.dims.clone(), layout: None });
         }
         Err(anyhow!("internal: no shape known for tensor {t:?}"))
     }

@@ -92,7 +92,7 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
         .iter()
         .filter_map(|t| {
             let s = probe.shapes.get(t)?;
-            (s.batched && s.rest.len() == 1).then(|| EmbeddingCandidate {
+            (s.batched && s.layout.is_none() && s.rest.len() == 1).then(|| EmbeddingCandidate {
                 name: t.clone(),
                 dim: s.rest[0],
                 graph_output: outputs.contains(t.as_str()),
@@ -105,7 +105,7 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
                 bail!("embedding {e:?} is not a tensor of the model");
             }
             match probe.shapes.get(e) {
-                Some(s) if s.batched && s.rest.len() == 1 => {}
+                Some(s) if s.batched && s.layout.is_none() && s.rest.len() == 1 => {}
                 Some(s) => bail!("embedding {e:?} must be rank 2 [batch, D]; it has dims {:?}", s.rest),
                 None => bail!("embedding {e:?} does not depend on the model's input"),
             }
@@ -128,7 +128,9 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
     let mut tensors = Vec::new();
     for t in &candidates {
         let Some(s) = probe.shapes.get(t) else { continue };
-        if !s.batched || s.rest.is_empty() || s.rest.len() > 3 || *t == embedding {
+        // A layer carries the batch on axis 0 (a moved or merged batch, e.g. inside attention, is
+        // not a map of the sample).
+        if !s.batched || s.layout.is_some() || s.rest.is_empty() || s.rest.len() > 3 || *t == embedding {
             continue;
         }
         let tid = ix.id[t.as_str()];

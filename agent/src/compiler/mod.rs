@@ -7,6 +7,7 @@
 //! operators are emitted (opset ≥ 17), so ONNX Runtime's inference builds run it on CPU and CUDA.
 
 mod builder;
+mod canonical;
 mod ctx;
 mod graph;
 pub mod layers;
@@ -141,7 +142,7 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     let kshape = b.shape(COTANGENT);
     let kdim = b.slice1(&kshape, 0, 1);
     let mut cx =
-        ctx::Backward { b, shapes: &probe.shapes, consts, kdim, opset, probed_values: &probe.values };
+        ctx::Backward { b, shapes: probe.shapes.clone(), consts, kdim, opset, probed_values: &probe.values };
     let mut grads = backward(&mut cx, &graph, &analysis, &opts.embedding, d)?;
     let (outputs, graph_outputs) = attribution_outputs(&mut cx, &mut grads, opts, &views, d)?;
 
@@ -231,8 +232,12 @@ fn probe_targets(
     for &i in &analysis.path_nodes {
         let n = &graph.node[i];
         let Some(rule) = registry::lookup(&n.op_type) else { continue };
-        to_probe.extend(rule.reads.of(n.input.len()).into_iter().map(|s| n.input[s].clone()));
+        // Every input: the rules read shapes of some and values of small shape-arithmetic ones
+        // (pads, axes, indices computed at run time).
+        to_probe.extend(n.input.iter().cloned());
         to_probe.extend(rule.grad_outputs.of(n.output.len()).into_iter().map(|s| n.output[s].clone()));
+        // Auxiliary outputs too: their layouts follow the data's (canonical views need them).
+        to_probe.extend(rule.aux_outputs.iter().filter_map(|&s| n.output.get(s).cloned()));
     }
     to_probe.extend(opts.layers.iter().cloned());
     let mut seen = HashSet::new();
@@ -244,12 +249,12 @@ fn probe_targets(
 /// The embedding's width `D`, after checking the embedding and layer shapes.
 fn check_shapes(shapes: &HashMap<String, probe::ProbedShape>, opts: &CompileOptions) -> Result<i64> {
     let emb = &shapes[&opts.embedding];
-    if !emb.batched || emb.rest.len() != 1 {
+    if !emb.batched || emb.rest.len() != 1 || emb.layout.is_some() {
         bail!("embedding {:?} must be rank 2 [batch, D]; it has shape {}", opts.embedding, describe(emb));
     }
     for l in &opts.layers {
         let s = &shapes[l];
-        if !s.batched || s.rest.is_empty() || s.rest.len() > 3 {
+        if !s.batched || s.rest.is_empty() || s.rest.len() > 3 || s.layout.is_some() {
             bail!(
                 "layer {l:?} must be [batch, C], [batch, C, L], [batch, T, C], [batch, C, H, W] or [batch, H, W, C]; it has shape {}",
                 describe(s)
@@ -291,10 +296,11 @@ fn backward(
             continue;
         }
         let wanted: Vec<bool> = node.input.iter().map(|x| analysis.needed.contains(x)).collect();
-        let node_grads =
-            (rule.vjp)(cx, node, &rules::Cotangents { by_output }, &wanted).with_context(|| {
-                format!("building the gradient of node {} ({})", node.display_name(), node.op_type)
-            })?;
+        let at = || format!("building the gradient of node {} ({})", node.display_name(), node.op_type);
+        // Nodes on tensors whose batch is moved or merged act on canonical views (canonical.rs).
+        let rewritten = canonical::canonical_node(cx, node).with_context(at)?;
+        let view = rewritten.as_ref().unwrap_or(node);
+        let node_grads = (rule.vjp)(cx, view, &rules::Cotangents { by_output }, &wanted).with_context(at)?;
         for (slot, g) in node_grads {
             let x = &node.input[slot];
             // A layer that is also an intermediate keeps its total gradient; the sum is taken once,

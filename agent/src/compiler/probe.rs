@@ -15,10 +15,67 @@ use crate::onnx::{self, proto::*};
 /// A tensor's shape as the probe saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbedShape {
-    /// True when axis 0 is the batch axis.
+    /// True when the tensor carries the batch (on some axis).
     pub batched: bool,
-    /// Dims after the batch axis (batched) or all dims (not batched).
+    /// Batched: the dims of the tensor's *canonical* view `[B, rest…]` (see [`BatchLayout`]);
+    /// not batched: all dims.
     pub rest: Vec<i64>,
+    /// Where the batch sits when it is not simply axis 0 (`None`: axis 0, unmerged — the canonical
+    /// view is the tensor itself).
+    pub layout: Option<BatchLayout>,
+}
+
+/// A batched tensor whose batch is not plain axis 0: transformer exports move it
+/// (`reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)` puts it on axis 1) or merge it with another
+/// factor (window partitions `[B·nW, …]`, heads `[B·h, …]`). Its canonical view moves the batch to
+/// the front and splits a merged axis `B·m` into `[B, m]` (batch-major, which the probe verifies);
+/// rules see only canonical views.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLayout {
+    /// The physical axis that holds the batch.
+    pub axis: usize,
+    /// `m` when that axis is `B·m` (1 when it is the batch alone).
+    pub factor: i64,
+    /// Physical rank.
+    pub rank: usize,
+}
+
+impl BatchLayout {
+    /// The canonical axis of physical axis `p` (the batch axis itself maps to the factor's axis,
+    /// which only exists when `factor > 1`).
+    pub fn canonical_axis(&self, p: usize) -> Option<usize> {
+        use std::cmp::Ordering::*;
+        match p.cmp(&self.axis) {
+            Less => Some(p + 1),
+            Equal => (self.factor > 1).then_some(self.axis + 1),
+            Greater => Some(if self.factor > 1 { p + 1 } else { p }),
+        }
+    }
+}
+
+/// Reads shapes at batch 2 and 3 as a batched layout: exactly one axis changes, as `2m` → `3m`.
+fn batched_layout(a: &[i64], b: &[i64]) -> Option<(usize, i64)> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    let &[i] = differ.as_slice() else { return None };
+    (a[i] % 2 == 0 && b[i] % 3 == 0 && a[i] / 2 == b[i] / 3 && a[i] > 0).then_some((i, a[i] / 2))
+}
+
+/// Whether samples 1 and 2 of a batch-3 run (fed identical inputs) have identical slices in the
+/// batch-major view of axis `axis` with factor `m` — the proof that the batch is the major factor.
+fn batch_major(data: &[f64], dims: &[i64], axis: usize, m: i64) -> bool {
+    let pre: i64 = dims[..axis].iter().product();
+    let post: i64 = dims[axis + 1..].iter().product::<i64>() * m;
+    let (pre, post) = (pre as usize, post as usize);
+    (0..pre).all(|i| {
+        let base = i * 3 * post;
+        (0..post).all(|j| {
+            let (x, y) = (data[base + post + j], data[base + 2 * post + j]);
+            (x - y).abs() <= 1e-4 * (1.0 + x.abs()) || (x.is_nan() && y.is_nan())
+        })
+    })
 }
 
 /// A model input as the probe feeds it.
@@ -71,7 +128,11 @@ fn probe_inputs(
         shape.extend(i.rest.iter().map(|&d| d as usize));
         let v: ort::value::DynValue = match i.elem_type {
             data_type::FLOAT => {
-                let a = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.random::<f32>());
+                let mut a = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.random::<f32>());
+                if batch >= 3 {
+                    let one = a.index_axis(ndarray::Axis(0), 1).to_owned();
+                    a.index_axis_mut(ndarray::Axis(0), 2).assign(&one);
+                }
                 ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?.into_dyn()
             }
             data_type::INT64 => {
@@ -156,6 +217,7 @@ pub fn probe_lenient(
     let mut runs = Vec::new();
     for batch in [2usize, 3] {
         let feeds = probe_inputs(&inputs, batch, batch as u64)?;
+        // At batch 3, samples 1 and 2 are identical (see `batch_major`).
         let outputs = session
             .run(feeds)
             .map_err(|e| anyhow!("the shape probe (batch {batch}) failed in ONNX Runtime: {e}"))?;
@@ -164,33 +226,62 @@ pub fn probe_lenient(
             let v = &outputs[out.as_str()];
             if shapes_only {
                 let (_, dims) = v.try_extract_tensor::<i64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
-                seen.insert(t.clone(), (dims.to_vec(), None));
+                seen.insert(t.clone(), (dims.to_vec(), None, Vec::new()));
                 continue;
             }
             let (shape, data) = v.try_extract_tensor::<f64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
+            let dims: Vec<i64> = shape.iter().copied().collect();
             let small = (data.len() <= MAX_VALUE_ELEMENTS).then(|| data.to_vec());
-            seen.insert(t.clone(), (shape.iter().copied().collect::<Vec<i64>>(), small));
+            // At batch 3, keep only the batch-major verdict for each possible batched layout.
+            let major = if batch == 3 {
+                (0..dims.len())
+                    .filter(|&i| dims[i] % 3 == 0 && dims[i] > 0)
+                    .map(|i| (i, batch_major(data, &dims, i, dims[i] / 3)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            seen.insert(t.clone(), (dims, small, major));
         }
         runs.push(seen);
     }
     let mut out = Probe { shapes: HashMap::new(), values: HashMap::new() };
     let mut odd = Vec::new();
     for t in tensors {
-        let ((a, va), (b, vb)) = (&runs[0][t], &runs[1][t]);
-        let shape = if a.len() == b.len() && !a.is_empty() && a[0] == 2 && b[0] == 3 && a[1..] == b[1..] {
-            ProbedShape { batched: true, rest: a[1..].to_vec() }
+        let ((a, va, _), (b, vb, major)) = (&runs[0][t], &runs[1][t]);
+        let shape = if let Some((axis, m)) = batched_layout(a, b) {
+            // A plain batch axis is taken as it is (integer outputs such as pool indices count over
+            // the whole batch, so their slices differ); a moved or merged one must prove itself.
+            // Without values (`shapes_only`) a moved or merged axis is taken unproven; the compiler
+            // proves it when a path runs through the tensor.
+            if !shapes_only && (axis != 0 || m != 1) && !major.iter().any(|&(i, ok)| i == axis && ok) {
+                odd.push((
+                    t.clone(),
+                    format!(
+                        "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3, but axis {axis} does not hold the samples batch-major (identical samples give different slices): the compiler cannot tell which elements belong to which sample"
+                    ),
+                ));
+                continue;
+            }
+            let mut rest: Vec<i64> = a[..axis].to_vec();
+            if m > 1 {
+                rest.push(m);
+            }
+            rest.extend(&a[axis + 1..]);
+            let layout = (axis != 0 || m != 1).then_some(BatchLayout { axis, factor: m, rank: a.len() });
+            ProbedShape { batched: true, rest, layout }
         } else if a == b {
             if let (Some(va), Some(vb)) = (va, vb)
                 && va == vb
             {
                 out.values.insert(t.clone(), va.clone());
             }
-            ProbedShape { batched: false, rest: a.clone() }
+            ProbedShape { batched: false, rest: a.clone(), layout: None }
         } else {
             odd.push((
                 t.clone(),
                 format!(
-                    "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on axis 0 and fixed other sizes"
+                    "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on one axis and fixed other sizes"
                 ),
             ));
             continue;

@@ -2,10 +2,9 @@
 //! that says what the compiler supports.
 //!
 //! An entry sits beside its rule (in `rules/<family>.rs`) and says which inputs a gradient flows
-//! through, which outputs carry one, which forward tensors the rule reads (so the probe learns their
-//! shapes), which auxiliary outputs the forward node must expose, and the rule itself. The path
-//! analysis, the probe, the refusal message, README's operator list and the spec's rule table are all
-//! read from here, and `tests/registry.rs` proves every entry on a committed model against reference
+//! through, which outputs carry one, which auxiliary outputs the forward node must expose, and the
+//! rule itself. The path analysis, the refusal message, README's operator list and the spec's rule
+//! table are all read from here, and `tests/registry.rs` proves every entry on a committed model against reference
 //! gradients.
 
 use anyhow::Result;
@@ -54,9 +53,6 @@ pub struct OpRule {
     pub grad_inputs: Slots,
     /// Outputs that carry a gradient; the rest (pool indices, saved statistics) do not.
     pub grad_outputs: Slots,
-    /// Forward inputs whose shapes the rule reads (probed before the rule runs); outputs in
-    /// `grad_outputs` are always probed.
-    pub reads: Slots,
     /// Optional outputs the rule needs the forward node to produce (e.g. `MaxPool`'s indices); the
     /// compiler names them when the model left them out.
     pub aux_outputs: &'static [usize],
@@ -76,7 +72,6 @@ impl OpRule {
             op,
             grad_inputs: Slots::Only(&[0]),
             grad_outputs: Slots::Only(&[0]),
-            reads: Slots::Only(&[0]),
             aux_outputs: &[],
             min_inputs: 1,
             stops: None,
@@ -85,10 +80,9 @@ impl OpRule {
         }
     }
 
-    /// The same rule with gradients through (and shapes read of) these inputs.
+    /// The same rule with gradients through these inputs.
     pub const fn inputs(mut self, slots: Slots, min_inputs: usize) -> Self {
         self.grad_inputs = slots;
-        self.reads = slots;
         self.min_inputs = min_inputs;
         self
     }

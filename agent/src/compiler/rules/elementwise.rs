@@ -50,7 +50,6 @@ pub const RULES: &[OpRule] = &[
     .inputs(Slots::All, 1),
     OpRule {
         grad_inputs: Slots::Only(&[1, 2]),
-        reads: Slots::All,
         min_inputs: 3,
         ..OpRule::unary(
             "Where",

@@ -13,7 +13,6 @@ use crate::onnx::{attr, proto::*};
 pub const RULES: &[OpRule] = &[
     OpRule {
         // starts/ends/axes/steps are read as values (constants or probed shape arithmetic).
-        reads: Slots::Only(&[0, 1, 2, 3, 4]),
         min_inputs: 3,
         ..OpRule::unary(
             "Slice",
@@ -30,7 +29,6 @@ pub const RULES: &[OpRule] = &[
         )
     },
     OpRule {
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary(
             "Gather",
@@ -39,7 +37,6 @@ pub const RULES: &[OpRule] = &[
         )
     },
     OpRule {
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary(
             "GatherElements",
@@ -49,7 +46,6 @@ pub const RULES: &[OpRule] = &[
     },
     OpRule { min_inputs: 2, ..OpRule::unary("Expand", "`ReduceSum(dY)` over the broadcast axes", expand) },
     OpRule {
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary("Tile", "`dY` reshaped to `[…, repeats, dim, …]`, summed over the repeats", tile)
     },

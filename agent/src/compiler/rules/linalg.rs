@@ -11,7 +11,6 @@ use crate::onnx::{attr, proto::*};
 
 pub const RULES: &[OpRule] = &[
     OpRule {
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary("Gemm", "from `alpha`, `transB`: `dA = alpha · dY · op(B)ᵀ` (`transA = 0`)", gemm)
     },

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use super::{Cotangents, InputGrads, one};
 use crate::compiler::ctx::Backward;
-use crate::compiler::registry::{OpRule, Slots};
+use crate::compiler::registry::OpRule;
 use crate::onnx::proto::*;
 
 const NORM_FORMULA: &str = "`r · (g − mean(g) − x̂ · mean(g · x̂))`, `g = dY · scale`, `x̂ = (X − μ) · r`, means over the normalised elements";
@@ -26,20 +26,11 @@ pub const RULES: &[OpRule] = &[
     OpRule {
         // Mean and InvStdDev: the forward pass computes them anyway, the rule reuses them.
         aux_outputs: &[1, 2],
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary("LayerNormalization", NORM_FORMULA, layer_norm)
     },
-    OpRule {
-        reads: Slots::Only(&[0, 1]),
-        min_inputs: 3,
-        ..OpRule::unary("GroupNormalization", NORM_FORMULA, group_norm)
-    },
-    OpRule {
-        reads: Slots::Only(&[0, 1]),
-        min_inputs: 3,
-        ..OpRule::unary("InstanceNormalization", NORM_FORMULA, group_norm)
-    },
+    OpRule { min_inputs: 3, ..OpRule::unary("GroupNormalization", NORM_FORMULA, group_norm) },
+    OpRule { min_inputs: 3, ..OpRule::unary("InstanceNormalization", NORM_FORMULA, group_norm) },
 ];
 
 /// Inference-mode batch norm is `x·s + t` per channel with `s = scale / sqrt(var + ε)`.

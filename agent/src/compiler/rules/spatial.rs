@@ -9,12 +9,11 @@ use anyhow::{Result, anyhow, bail};
 
 use super::one;
 use crate::compiler::ctx::Backward;
-use crate::compiler::registry::{OpRule, Slots};
+use crate::compiler::registry::OpRule;
 use crate::onnx::{self, attr, proto::*};
 
 pub const RULES: &[OpRule] = &[
     OpRule {
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary(
             "Conv",
@@ -23,7 +22,6 @@ pub const RULES: &[OpRule] = &[
         )
     },
     OpRule {
-        reads: Slots::Only(&[0, 1]),
         min_inputs: 2,
         ..OpRule::unary("ConvTranspose", "`Conv(dY, W)` with the same attributes", |cx, n, dy, _| {
             Ok(one(conv_transpose(cx, n, dy.y()?)?))
