@@ -426,3 +426,79 @@ fn explain_draws_a_token_map_on_the_image() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("columns: input, block1"), "{stdout}");
 }
+
+/// The exported architecture fixtures (tests/models/arch): timm ViT with a class token, ViT with a
+/// class token and 4 registers, and Swin (channels-last stages). Auto-detection must read their
+/// middle layers as tokens with prefix 1 and 5 and as nhwc, and the viewed raw maps must equal the
+/// float64-autograd Jacobian rows PyTorch computed, rearranged by the documented view.
+#[test]
+fn exported_vit_and_swin_layers_match_float64_autograd_through_the_view() {
+    use ndarray_npy::ReadNpyExt;
+    let dir = repo_root().join("tests/models/arch");
+    let manifest: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    for (name, want_layout, want_prefix, want_grid) in [
+        ("vit", LayerLayout::Tokens, 1, [4, 4]),
+        ("vit_reg", LayerLayout::Tokens, 5, [4, 4]),
+        ("swin", LayerLayout::Nhwc, 0, [8, 8]),
+    ] {
+        let e = manifest.iter().find(|e| e["name"] == name).unwrap();
+        let layer = e["layers"].as_array().unwrap().iter().find(|l| l["key"] == "mid").unwrap();
+        let tensor = layer["name"].as_str().unwrap();
+        let model = onnx::decode(&std::fs::read(dir.join(e["file"].as_str().unwrap())).unwrap()).unwrap();
+        let opts = CompileOptions {
+            embedding: e["embedding"].as_str().unwrap().into(),
+            layers: vec![tensor.into()],
+            methods: vec![Method::Vanilla],
+            channel_agg: None,
+            smoothing_samples: 1,
+            layouts: auto(1),
+        };
+        let g = compiler::compile(&model, "test", &opts).unwrap_or_else(|err| panic!("{name}: {err:#}"));
+        let v = &g.views[0];
+        assert_eq!(
+            (v.layout, v.prefix_tokens, v.grid),
+            (want_layout, want_prefix, want_grid),
+            "{name}: {v:?}"
+        );
+        let d = e["d"].as_u64().unwrap() as usize;
+        let comps: Vec<usize> =
+            e["components"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
+        let rows =
+            ArrayD::from_shape_fn(
+                IxDyn(&[comps.len(), d]),
+                |i| if comps[i[0]] == i[1] { 1.0f32 } else { 0.0 },
+            );
+        let x = ArrayD::<f32>::read_npy(
+            std::fs::File::open(dir.join(e["inputs_file"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        let input = e["input"].as_str().unwrap();
+        let m =
+            run(&g.to_bytes(), vec![(input, x), (compiler::COTANGENT, rows)], &[g.outputs[0].name.as_str()])
+                .remove(0);
+        let reference =
+            ArrayD::<f64>::read_npy(std::fs::File::open(dir.join(layer["ref"].as_str().unwrap())).unwrap())
+                .unwrap();
+        let [gh, gw] = v.grid;
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for b in 0..2 {
+            for k in 0..comps.len() {
+                for c in 0..v.channels {
+                    for i in 0..gh {
+                        for j in 0..gw {
+                            let r = match v.layout {
+                                LayerLayout::Tokens => reference[[b, k, v.prefix_tokens + i * gw + j, c]],
+                                _ => reference[[b, k, i, j, c]],
+                            };
+                            num += (m[[b, k, c, i, j]] as f64 - r).powi(2);
+                            den += r * r;
+                        }
+                    }
+                }
+            }
+        }
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-4, "{name}: viewed map vs float64 autograd rows: relative error {rel:.2e}");
+    }
+}
