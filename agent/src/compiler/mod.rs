@@ -9,6 +9,7 @@
 mod builder;
 mod canonical;
 mod ctx;
+mod detect;
 mod graph;
 pub mod layers;
 pub mod layout;
