@@ -150,3 +150,59 @@ fn config_demo_toml_passes_agent_check_as_is() {
         String::from_utf8_lossy(&result.stderr)
     );
 }
+
+/// The values of a YAML list `key:` (items `- value` on the following lines), in order.
+fn yaml_list(yaml: &str, key: &str) -> Vec<String> {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}:"));
+    assert!(lines.next().is_some(), "no `{key}:` list");
+    lines.map(str::trim).take_while(|l| l.starts_with("- ")).map(|l| l[2..].to_string()).collect()
+}
+
+/// `key: value` on a line of its own, the first one.
+fn yaml_scalar<'a>(yaml: &'a str, key: &str) -> &'a str {
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no `{key}:`"))
+        .trim()
+}
+
+/// The sharded baseline Jobs agree with each other and with the sidecar: as many shards as
+/// completions, every partial merged, written where the sidecar reads its baseline, with the
+/// sidecar's own settings (its ConfigMap, which `the_sidecar_configmap_passes_agent_check` checks).
+#[test]
+fn the_baseline_jobs_agree_on_shards_and_with_the_sidecar() {
+    let yaml = std::fs::read_to_string(root().join("deploy/kubernetes/baseline-job.yaml")).unwrap();
+    let sidecar = std::fs::read_to_string(root().join("deploy/kubernetes/sidecar.yaml")).unwrap();
+    let docs: Vec<&str> = yaml.split("\n---\n").collect();
+    assert_eq!(docs.len(), 3, "PVC, shards Job, merge Job");
+    let (shards, merge) = (docs[1], docs[2]);
+    assert_eq!(yaml_scalar(shards, "completionMode"), "Indexed");
+    let n: usize = yaml_scalar(shards, "completions").parse().unwrap();
+    assert_eq!(yaml_scalar(shards, "parallelism").parse::<usize>().unwrap(), n);
+    let args = yaml_list(shards, "args");
+    let flag = |args: &[String], f: &str| args[args.iter().position(|a| a == f).unwrap() + 1].clone();
+    assert_eq!(args[0], "baseline");
+    assert_eq!(flag(&args, "--shard"), format!("$(JOB_COMPLETION_INDEX)/{n}"));
+    let out = flag(&args, "--out");
+    assert!(out.contains("$(JOB_COMPLETION_INDEX)"), "{out}");
+    assert_eq!(flag(&args, "--config"), "/etc/agent/prod.toml");
+
+    let margs = yaml_list(merge, "args");
+    assert_eq!(&margs[..2], ["baseline", "merge"]);
+    let partials: Vec<String> =
+        (0..n).map(|i| out.replace("$(JOB_COMPLETION_INDEX)", &i.to_string())).collect();
+    assert_eq!(margs[2..2 + n], partials[..], "the merge must list every shard's partial");
+    let wait = yaml_list(merge, "command").join(" ");
+    assert!(wait.contains(&format!("-ge {n}")), "the merge waits for {n} partials: {wait}");
+
+    // The sidecar's settings, and its baseline path as the merge's output.
+    assert!(shards.contains("name: ml-repr-agent-config"), "the shards must use the sidecar's ConfigMap");
+    assert!(sidecar.contains("  name: ml-repr-agent-config\n"));
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("prod.toml");
+    std::fs::write(&file, yaml_block(&sidecar, "prod.toml")).unwrap();
+    let cfg = agent::config::Config::load_with_env(&file, Default::default()).unwrap();
+    let path = cfg.baseline.path.expect("the sidecar sets baseline.path");
+    assert_eq!(Path::new(margs.last().unwrap()), path, "the merge must write the sidecar's baseline.path");
+    assert_eq!(margs[margs.len() - 2], "--out");
+}

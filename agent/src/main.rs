@@ -35,17 +35,8 @@ enum Command {
     Run(ConfigArg),
     /// Validate the configuration, model, layers and baseline; exit 1 listing every problem.
     Check(ConfigArg),
-    /// Compute a reference baseline with a progress bar.
-    Baseline {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Reference data: a directory of .npy/.npz files, or one batch file.
-        #[arg(long)]
-        reference: PathBuf,
-        /// Where to write the baseline.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Compute a reference baseline with a progress bar (or one shard of it; `merge` combines shards).
+    Baseline(cli::baseline::BaselineArgs),
     /// Write the attribution graph of a model.
     Compile(cli::compile::CompileArgs),
     /// Score input files once.
@@ -86,9 +77,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Run(c)) => report(agent::daemon::command(&c.config).map(|_| 0)),
         Some(Command::Check(c)) => ExitCode::from(agent::daemon::check::command(&c.config) as u8),
-        Some(Command::Baseline { config, reference, out }) => {
-            report(agent::daemon::baseline::command(&config.config, &reference, &out).map(|_| 0))
-        }
+        Some(Command::Baseline(a)) => report(cli::baseline::run(&a).map(|_| 0)),
         Some(Command::Compile(a)) => {
             init_cli_logging();
             report(cli::compile::run(&a).map(|_| 0))

@@ -137,12 +137,11 @@ impl Default for SessionOptions {
 pub fn session(env: &Environment, model: &[u8], opts: &SessionOptions) -> Result<(Session, Provider)> {
     let mut errors = Vec::new();
     for &provider in &opts.providers {
-        let mut builder = Session::builder(env)
-            .map_err(|e| anyhow!("{e}"))?
+        let mut builder = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(ort::Error::<()>::from)?;
         if opts.threads > 0 {
-            builder = builder.with_intra_threads(opts.threads).map_err(|e| anyhow!("{e}"))?;
+            builder = builder.with_intra_threads(opts.threads).map_err(ort::Error::<()>::from)?;
         }
         if provider == Provider::Cuda {
             let cuda = ort::ep::CUDA::default().with_device_id(opts.device_id).build().error_on_failure();

@@ -25,6 +25,7 @@ pub struct Telemetry {
     pub ready: IntGauge,
     pub samples_scored: IntCounterVec,
     pub samples_rejected: IntCounterVec,
+    pub samples_skipped: IntCounterVec,
     pub noise_score: GaugeVec,
     pub variance_score: GaugeVec,
     pub noise_benchmark: GaugeVec,
@@ -85,6 +86,11 @@ impl Telemetry {
             samples_rejected: reg!(c(
                 "agent_samples_rejected_total",
                 "Inputs rejected, by reason.",
+                &["model", "reason"]
+            )),
+            samples_skipped: reg!(c(
+                "agent_samples_skipped_total",
+                "Samples not scored, by reason (budget: over engine.max_samples_per_sec).",
                 &["model", "reason"]
             )),
             noise_score: reg!(g("agent_noise_score", "Window mean of the per-sample noise score.", KEY)),
@@ -193,6 +199,7 @@ impl Telemetry {
         for r in RejectReason::ALL {
             self.samples_rejected.with_label_values(&[model, r.as_str()]);
         }
+        self.samples_skipped.with_label_values(&[model, "budget"]);
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]);
         }
@@ -271,5 +278,6 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not exported");
         }
         assert!(text.contains("agent_samples_rejected_total{model=\"digits\",reason=\"non_finite\"} 0"));
+        assert!(text.contains("agent_samples_skipped_total{model=\"digits\",reason=\"budget\"} 0"));
     }
 }

@@ -306,7 +306,7 @@ pub fn config(dir: &Path, smoothing_points: usize, engine: &str, sources: &str) 
         ),
         window: "samples = 64".into(),
         rest: format!(
-            "{sources}\n\n[logging]\nlevel = \"info,agent::daemon::pipeline=debug\"\nformat = \"json\"\n"
+            "{sources}\n\n[logging]\nlevel = \"info,agent::daemon::engine_loop=debug\"\nformat = \"json\"\n"
         ),
         ..DemoConfig::default()
     }

@@ -33,7 +33,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let spec = args.model.engine_spec()?;
     let mut engine = Engine::new(&spec)?;
     let image = args.model.image_options()?;
-    let batch = super::score::decode(&engine, &image, &args.input).map_err(anyhow::Error::msg)?;
+    let batch = super::score::decode(&engine, &image, &args.input)?;
     if args.sample >= batch.shape()[0] {
         bail!(
             "{} holds {} sample(s); --sample {} is out of range",

@@ -1,6 +1,7 @@
 //! Command-line verbs that work on files: `compile`, `score`, `explain`. The daemon's verbs (`run`,
 //! `check`, `baseline`) live with the daemon. Each verb is a function taking its parsed arguments.
 
+pub mod baseline;
 pub mod compile;
 pub mod demo;
 pub mod explain;

@@ -50,14 +50,14 @@ pub fn decode(
     engine: &Engine,
     image: &plugins::decode::ImageOptions,
     path: &std::path::Path,
-) -> Result<ArrayD<f32>, String> {
+) -> Result<ArrayD<f32>, plugins::decode::Rejection> {
     let opts = plugins::decode::DecodeOptions {
         input_shape: engine.input_shape().to_vec(),
         max_bytes: 0,
         normalization: engine.spec().normalization.clone(),
         image: image.clone(),
     };
-    plugins::decode::decode_file_as(path, &path.display().to_string(), &opts).map_err(|e| e.message)
+    plugins::decode::decode_file_as(path, &path.display().to_string(), &opts)
 }
 
 pub fn run(args: &ScoreArgs) -> Result<i32> {
@@ -82,7 +82,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
         let batch = match decode(&engine, &image, path) {
             Ok(b) => b,
             Err(e) => {
-                failures.push(e);
+                failures.push(e.to_string());
                 continue;
             }
         };

@@ -118,6 +118,16 @@ pub struct EngineConfig {
     /// Inputs waiting for the engine; sources block when it is full.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// A CPU budget: the most samples per second the engine scores on average. When inputs arrive
+    /// faster, each arriving sample is scored with the same probability `p = budget / arrival rate`
+    /// (a Bernoulli draw per sample; `p` updated every 250 ms from the larger of the last 250 ms' and
+    /// the last second's arrival rate, and constant in between) and the others are skipped: acknowledged (a dir file still ends in `done/`) and counted in
+    /// `agent_samples_skipped_total{reason="budget"}`. A draw independent of the sample keeps the
+    /// windows an unbiased sample of the traffic, where a token bucket would favour the first samples
+    /// of each burst; unlike a per-interval reservoir it holds no input back and adds no latency.
+    /// Absent (the default): every input is scored, and sources wait for the engine.
+    #[serde(default)]
+    pub max_samples_per_sec: Option<f64>,
 }
 
 /// `[noise]` (defaults and meanings on [`NoiseSettings`]).
@@ -240,6 +250,7 @@ impl Default for EngineConfig {
             batch_size: default_batch_size(),
             max_batch_delay_ms: default_max_batch_delay_ms(),
             queue_capacity: default_queue_capacity(),
+            max_samples_per_sec: None,
         }
     }
 }

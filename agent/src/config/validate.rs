@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
-use super::{Config, SourceConfig};
+use super::{
+    BaselineConfig, Config, EngineConfig, ModelConfig, NoiseConfig, PreprocessingConfig, SourceConfig,
+    WindowConfig,
+};
 
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +41,19 @@ fn label_ok(s: &str) -> bool {
 pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     let file = cfg.file.display().to_string();
     let mut p = Problems { file: &file, out: Vec::new() };
-    let m = &cfg.model;
+    model(&mut p, &cfg.model);
+    preprocessing(&mut p, &cfg.model.preprocessing);
+    engine(&mut p, &cfg.engine);
+    noise(&mut p, &cfg.noise);
+    baseline(&mut p, &cfg.baseline, &file);
+    window(&mut p, &cfg.window);
+    sources(&mut p, &cfg.sources);
+    server_and_logging(&mut p, cfg);
+    p.out
+}
+
+/// `[model]`: its label, file, embedding, layers and score settings.
+fn model(p: &mut Problems, m: &ModelConfig) {
     if !label_ok(&m.name) {
         p.add(
             "model.name",
@@ -88,7 +103,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     {
         p.add("model.binarize", "threshold must lie strictly between 0 and 1");
     }
-    let pre = &m.preprocessing;
+}
+
+/// `[model.preprocessing]`.
+fn preprocessing(p: &mut Problems, pre: &PreprocessingConfig) {
     if pre.mean.len() != pre.std.len() {
         p.add("model.preprocessing", format!("mean has {} values, std {}", pre.mean.len(), pre.std.len()));
     }
@@ -116,13 +134,18 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if pre.max_image_pixels == 0 {
         p.add("model.preprocessing.max_image_pixels", "must be at least 1");
     }
+}
 
-    let e = &cfg.engine;
+/// `[engine]`.
+fn engine(p: &mut Problems, e: &EngineConfig) {
     if e.runtime.providers.as_ref().is_some_and(|p| p.is_empty()) {
         p.add("engine.providers", "empty; use [\"cuda\", \"cpu\"] or [\"cpu\"]");
     }
     if e.batch_size == 0 {
         p.add("engine.batch_size", "must be at least 1");
+    }
+    if e.max_samples_per_sec.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+        p.add("engine.max_samples_per_sec", "must be a finite number > 0 (or absent: no budget)");
     }
     if e.queue_capacity == 0 {
         p.add("engine.queue_capacity", "must be at least 1");
@@ -132,8 +155,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     {
         p.add("engine.onnxruntime_path", format!("{} does not exist", lib.display()));
     }
+}
 
-    let n = &cfg.noise;
+/// `[noise]`.
+fn noise(p: &mut Problems, n: &NoiseConfig) {
     if n.inputs.is_empty() && n.n_noise() < 2 {
         p.add("noise.n_noise", "must be at least 2 (the benchmark compares pairs of noise inputs)");
     }
@@ -142,8 +167,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             p.add(format!("noise.inputs[{i}]"), format!("{} does not exist", f.display()));
         }
     }
+}
 
-    let b = &cfg.baseline;
+/// `[baseline]`: an existing file, or reference data to build it from.
+fn baseline(p: &mut Problems, b: &BaselineConfig, file: &str) {
     match (&b.path, &b.reference_dir) {
         (None, None) => p.add(
             "baseline",
@@ -168,8 +195,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if b.reservoir_samples == 0 {
         p.add("baseline.reservoir_samples", "must be at least 1");
     }
+}
 
-    let w = &cfg.window;
+/// `[window]`: at least one bound, none zero.
+fn window(p: &mut Problems, w: &WindowConfig) {
     match (w.samples, w.secs) {
         (None, None) => {
             p.add("window", "neither samples nor secs is set; the window needs at least one bound")
@@ -183,15 +212,18 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             }
         }
     }
+}
 
-    if cfg.sources.is_empty() {
+/// `[[sources]]`: at least one, one ingest at most, unique usable names, each source's own checks.
+fn sources(p: &mut Problems, sources: &[SourceConfig]) {
+    if sources.is_empty() {
         p.add(
             "sources",
             "no source configured; add a [[sources]] section (type = \"dir\", \"http\" or \"ingest\")",
         );
     }
     let ingest: Vec<usize> =
-        cfg.sources.iter().enumerate().filter(|(_, s)| s.as_ingest().is_some()).map(|(i, _)| i).collect();
+        sources.iter().enumerate().filter(|(_, s)| s.as_ingest().is_some()).map(|(i, _)| i).collect();
     if ingest.len() > 1 {
         p.add(
             format!("sources[{}]", ingest[1]),
@@ -199,7 +231,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         );
     }
     let mut names = std::collections::HashSet::new();
-    for (i, s) in cfg.sources.iter().enumerate() {
+    for (i, s) in sources.iter().enumerate() {
         if !names.insert(s.name().to_string()) {
             p.add(format!("sources[{i}].name"), format!("{:?} is used by another source", s.name()));
         }
@@ -224,7 +256,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             p.add(format!("sources[{i}].name"), format!("{:?} is not a usable metric label", s.name()));
         }
     }
+}
 
+/// `[server]` and `[logging]`.
+fn server_and_logging(p: &mut Problems, cfg: &Config) {
     if let Err(e) = cfg.server.listen.parse::<SocketAddr>() {
         p.add("server.listen", format!("{:?} is not an address:port ({e})", cfg.server.listen));
     }
@@ -234,5 +269,4 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level) {
         p.add("logging.level", format!("{:?} is not a log filter ({e})", cfg.logging.level));
     }
-    p.out
 }

@@ -10,7 +10,7 @@ use ndarray::{ArrayD, Axis};
 
 use super::{Scorer, unix_now};
 use crate::config::Config;
-use crate::drift::{Baseline, BaselineBuilder, BaselineError, BaselineMeta};
+use crate::drift::{Baseline, BaselineBuilder, BaselineError, BaselineMeta, Shard};
 use crate::engine::ScoreKey;
 use plugins::decode::{DecodeOptions, decode_file};
 
@@ -53,6 +53,13 @@ pub fn check(
     keys: &[ScoreKey],
     hint: &str,
 ) -> Result<()> {
+    if let Some(s) = b.shard {
+        bail!(
+            "this is shard {s} of a sharded build, not a baseline of the whole reference; combine all {} \
+             with `agent baseline merge PARTIAL… --out BASELINE`",
+            s.count
+        );
+    }
     b.check_compatible(model_sha256, settings_hash)
         .map_err(|e| anyhow::anyhow!("{e}; {REBUILD}; here: {hint}"))?;
     let ours: Vec<(&str, _)> = keys.iter().map(|k| (k.layer.as_str(), k.method)).collect();
@@ -97,12 +104,13 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
     tracing::info!(reference = %reference.display(), "building the baseline from reference data");
     let opts = decode_options(cfg, scorer.input_shape());
     let mut last_log = Instant::now();
-    let base = build(scorer, reference, &opts, cfg.engine.batch_size, b.reservoir_samples, &mut |d, t| {
-        if last_log.elapsed() > Duration::from_secs(5) {
-            last_log = Instant::now();
-            tracing::info!(done = d, total = t, "scoring reference data");
-        }
-    })?;
+    let base =
+        build(scorer, reference, &opts, cfg.engine.batch_size, b.reservoir_samples, None, &mut |d, t| {
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(done = d, total = t, "scoring reference data");
+            }
+        })?;
     if let Some(path) = &b.path {
         save(&base, path)?;
         tracing::info!(path = %path.display(), samples = samples(&base), "baseline built and saved");
@@ -141,23 +149,41 @@ pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
     }
 }
 
-/// Scores every reference sample, `batch_size` at a time; `progress(done, total)` after each batch.
-/// A reference file that does not decode is an error: a baseline must not silently skip data.
+/// Scores every reference sample (with `shard`, only the shard's share), `batch_size` at a time;
+/// `progress(done, total)` after each batch. A reference file that does not decode is an error: a
+/// baseline must not silently skip data.
+///
+/// A shard owns the samples whose global index (files in name order, rows in order) is `I mod N`:
+/// every worker decodes every file (cheap next to scoring) and scores an equal share, whatever the
+/// mix of single-sample and batch files. Each shard seeds its reservoirs with its index, so the
+/// partials' reservoirs are independent, which their merge needs to stay uniform.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     scorer: &mut dyn Scorer,
     reference: &Path,
     opts: &DecodeOptions,
     batch_size: usize,
     reservoir_samples: usize,
+    shard: Option<Shard>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Baseline> {
     let files = reference_files(reference)?;
     let mut batches: Vec<ArrayD<f32>> = Vec::new();
+    let mut offset = 0u64;
     for f in &files {
-        batches.push(
-            decode_file(f, opts)
-                .map_err(|r| anyhow::anyhow!("reference input rejected ({}): {r}", r.reason.as_str()))?,
-        );
+        let batch = decode_file(f, opts)
+            .map_err(|r| anyhow::anyhow!("reference input rejected ({}): {r}", r.reason.as_str()))?;
+        let rows = batch.len_of(Axis(0)) as u64;
+        match shard {
+            None => batches.push(batch),
+            Some(s) => {
+                let own: Vec<usize> = (0..rows).filter(|r| s.owns(offset + r)).map(|r| r as usize).collect();
+                if !own.is_empty() {
+                    batches.push(batch.select(Axis(0), &own));
+                }
+            }
+        }
+        offset += rows;
     }
     let total: u64 = batches.iter().map(|b| b.len_of(Axis(0)) as u64).sum();
     let meta = BaselineMeta {
@@ -165,8 +191,9 @@ pub fn build(
         settings_hash: scorer.settings_hash().to_string(),
         created_unix_secs: unix_now() as u64,
     };
-    // Seed 0: the same reference data gives the same baseline file.
-    let mut builder = BaselineBuilder::new(meta, scorer.keys(), reservoir_samples, 0);
+    // Seed 0 (the shard index when sharded): the same reference data gives the same baseline file.
+    let seed = shard.map_or(0, |s| u64::from(s.index));
+    let mut builder = BaselineBuilder::new(meta, scorer.keys(), reservoir_samples, seed);
     let mut done = 0u64;
     progress(0, total);
     for batch in &batches {
@@ -185,13 +212,22 @@ pub fn build(
         )?;
     }
     if done == 0 {
-        bail!("the reference data {} holds no sample", reference.display());
+        match shard {
+            Some(s) => bail!(
+                "shard {s} of the reference data {} holds no sample ({offset} samples for {} shards)",
+                reference.display(),
+                s.count
+            ),
+            None => bail!("the reference data {} holds no sample", reference.display()),
+        }
     }
-    Ok(builder.finish()?)
+    let mut b = builder.finish()?;
+    b.shard = shard;
+    Ok(b)
 }
 
-/// `agent baseline --config FILE --reference DIR --out BASELINE`, with a progress bar.
-pub fn command(config: &Path, reference: &Path, out: &Path) -> Result<()> {
+/// `agent baseline --config FILE --reference DIR --out BASELINE [--shard I/N]`, with a progress bar.
+pub fn command(config: &Path, reference: &Path, out: &Path, shard: Option<Shard>) -> Result<()> {
     // The baseline being built may not exist yet; that is the point of this command.
     let cfg = Config::load_valid_except(config, Some("baseline"))?;
     for p in &cfg.deprecated {
@@ -213,6 +249,7 @@ pub fn command(config: &Path, reference: &Path, out: &Path) -> Result<()> {
         &opts,
         cfg.engine.batch_size,
         cfg.baseline.reservoir_samples,
+        shard,
         &mut |d, t| {
             bar.set_length(t);
             bar.set_position(d);
@@ -220,6 +257,36 @@ pub fn command(config: &Path, reference: &Path, out: &Path) -> Result<()> {
     )?;
     bar.finish();
     save(&b, out)?;
-    println!("wrote {} ({} samples, {} layer/method pairs)", out.display(), samples(&b), b.entries.len());
+    let what = shard.map(|s| format!("partial baseline, shard {s}; ")).unwrap_or_default();
+    println!(
+        "wrote {} ({what}{} samples, {} layer/method pairs)",
+        out.display(),
+        samples(&b),
+        b.entries.len()
+    );
+    Ok(())
+}
+
+/// `agent baseline merge PARTIAL… --out BASELINE`: the baseline of the whole reference from the
+/// partials of a sharded build (see [`crate::drift::merge`] for how it stays exact and uniform).
+pub fn merge_command(partials: &[PathBuf], out: &Path) -> Result<()> {
+    let mut parts = Vec::with_capacity(partials.len());
+    for p in partials {
+        parts.push(load(p)?);
+    }
+    // Seed 0: the same partials give the same file.
+    let b = crate::drift::merge(&parts, 0, unix_now() as u64).map_err(|e| {
+        let names: Vec<String> =
+            partials.iter().enumerate().map(|(i, p)| format!("{} = {}", i + 1, p.display())).collect();
+        anyhow::anyhow!("{e} (partials: {})", names.join(", "))
+    })?;
+    save(&b, out)?;
+    println!(
+        "wrote {} ({} samples from {} partials, {} layer/method pairs)",
+        out.display(),
+        samples(&b),
+        parts.len(),
+        b.entries.len()
+    );
     Ok(())
 }

@@ -30,7 +30,7 @@ impl IngestEndpoint {
 
     /// Drops the endpoint's sender: later requests are answered 503.
     pub fn close(&self) {
-        self.tx.write().expect("ingest lock").take();
+        super::locks::write(&self.tx).take();
     }
 
     pub(super) fn accepts(&self, name: &str) -> bool {

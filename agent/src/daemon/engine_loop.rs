@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
+use anyhow::Context;
 use ndarray::{Axis, concatenate};
 use tokio::sync::mpsc;
 
@@ -70,7 +70,7 @@ fn process(
     batch_size: usize,
 ) {
     let views: Vec<_> = items.iter().map(|d| d.batch.view()).collect();
-    let joined = concatenate(Axis(0), &views).map_err(|e| anyhow!("{e}"));
+    let joined = concatenate(Axis(0), &views).context("joining the batch's inputs");
     let scored = joined.and_then(|b| score_chunks(scorer, &b, batch_size, state, model));
     match scored {
         Ok(all) => {

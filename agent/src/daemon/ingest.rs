@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 pub use super::endpoint::{IngestEndpoint, IngestState};
 use super::state::AppState;
-use plugins::sources::ingest::{IngestAck, decode_request, is_response_event};
+use plugins::sources::ingest::{IngestAck, IngestConfig, decode_request, is_response_event};
 use plugins::sources::{Ack, Delivery};
 
 /// Bodies above this are decoded on the blocking pool rather than on a runtime worker.
@@ -82,7 +82,7 @@ impl Refusal {
 }
 
 async fn handle(state: Arc<AppState>, model: Option<String>, req: Request) -> Response {
-    let endpoint = match &*state.ingest.read().expect("ingest lock") {
+    let endpoint = match &*super::locks::read(&state.ingest) {
         IngestState::Off => None,
         IngestState::Starting { name } => Some(Err(name.clone())),
         IngestState::Open(e) => Some(Ok(e.clone())),
@@ -113,6 +113,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A request that reached an open endpoint: authorised, for a monitored model, not a response
+/// event, its body read within the limits, decoded, and queued for the engine (202).
 async fn accept(
     state: &AppState,
     e: &IngestEndpoint,
@@ -120,27 +122,9 @@ async fn accept(
     req: Request,
 ) -> Result<Response, Refusal> {
     let cfg = &e.cfg;
-    let token = cfg.auth_token.clone().or_else(|| state.auth_token.read().expect("lock").clone());
-    if let Some(token) = token {
-        let given = header_str(req.headers(), "authorization").and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            ));
-        }
-    }
-    if let Some(name) = &model
-        && !e.accepts(name)
-    {
-        let mut known = vec![e.model.clone()];
-        known.extend(cfg.models.iter().cloned());
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            "unknown_model",
-            format!("model {name:?} is not monitored here (known: {known:?})"),
-        ));
+    authorize(state, e, req.headers())?;
+    if let Some(name) = &model {
+        known_model(e, name)?;
     }
     let ce_id = header_str(req.headers(), "ce-id").map(str::to_string);
     if let Some(t) = header_str(req.headers(), "ce-type")
@@ -149,6 +133,60 @@ async fn accept(
         let body = json!({"ignored": "response event", "id": ce_id});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
+    let (body, json_len) = read_request(cfg, req).await?;
+    let seq = e.seq.fetch_add(1, Ordering::Relaxed);
+    let (body_id, batch) = decode(state, e, body, json_len, seq).await?;
+    let id = body_id.or(ce_id).unwrap_or_else(|| format!("request-{seq}"));
+    let samples = batch.shape()[0];
+    enqueue(
+        e,
+        Delivery {
+            source: cfg.name.clone(),
+            input: format!("{}/{id}", cfg.name),
+            batch,
+            ack: Ack::new(IngestAck),
+        },
+    )?;
+    let body = json!({"id": id, "model": e.model, "samples": samples});
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// The source's bearer token, else the server's; none configured lets every request in.
+fn authorize(state: &AppState, e: &IngestEndpoint, headers: &HeaderMap) -> Result<(), Refusal> {
+    let token = e.cfg.auth_token.clone().or_else(|| super::locks::read(&state.auth_token).clone());
+    if let Some(token) = token {
+        let given = header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `/v2/models/{name}/infer` for a model this agent does not monitor: 404 naming the known ones.
+fn known_model(e: &IngestEndpoint, name: &str) -> Result<(), Refusal> {
+    if e.accepts(name) {
+        return Ok(());
+    }
+    let mut known = vec![e.model.clone()];
+    known.extend(e.cfg.models.iter().cloned());
+    Err(Refusal::new(
+        StatusCode::NOT_FOUND,
+        "unknown_model",
+        format!("model {name:?} is not monitored here (known: {known:?})"),
+    ))
+}
+
+/// The body (at most `max_body_bytes`, within `request_timeout_ms`) and the binary extension's JSON
+/// header length, when given.
+async fn read_request(
+    cfg: &IngestConfig,
+    req: Request,
+) -> Result<(axum::body::Bytes, Option<usize>), Refusal> {
     let max = cfg.max_body_bytes;
     let declared = header_str(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
@@ -161,17 +199,26 @@ async fn accept(
         })?),
     };
     let timeout = Duration::from_millis(cfg.request_timeout_ms);
-    let body = match tokio::time::timeout(timeout, read_body(req.into_body(), max)).await {
-        Err(_) => {
-            return Err(Refusal::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!("the body did not arrive within {} ms", cfg.request_timeout_ms),
-            ));
-        }
-        Ok(r) => r?,
-    };
-    let seq = e.seq.fetch_add(1, Ordering::Relaxed);
+    match tokio::time::timeout(timeout, read_body(req.into_body(), max)).await {
+        Err(_) => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within {} ms", cfg.request_timeout_ms),
+        )),
+        Ok(body) => Ok((body?, json_len)),
+    }
+}
+
+/// Decodes the body into a batch (large bodies on the blocking pool); a bad one is counted and
+/// answered 400 with the reason.
+async fn decode(
+    state: &AppState,
+    e: &IngestEndpoint,
+    body: axum::body::Bytes,
+    json_len: Option<usize>,
+    seq: u64,
+) -> Result<(Option<String>, ndarray::ArrayD<f32>), Refusal> {
+    let cfg = &e.cfg;
     let label = format!("{}/request-{seq}", cfg.name);
     let (input, opts) = (cfg.input.clone(), e.opts.clone());
     let decoded = if body.len() <= INLINE_DECODE_BYTES {
@@ -182,48 +229,34 @@ async fn accept(
             .await
             .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     };
-    let (body_id, batch) = match decoded {
-        Ok(v) => v,
-        Err(r) => {
-            tracing::warn!(source = %cfg.name, reason = r.reason.as_str(), "rejected: {}", r.message);
-            state.telemetry.rejected(&e.model, r.reason);
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, r.reason.as_str(), r.message));
-        }
-    };
-    let id = body_id.or(ce_id).unwrap_or_else(|| format!("request-{seq}"));
-    let samples = batch.shape()[0];
-    let d = Delivery {
-        source: cfg.name.clone(),
-        input: format!("{}/{id}", cfg.name),
-        batch,
-        ack: Ack::new(IngestAck),
-    };
-    let tx = e.tx.read().expect("ingest lock").clone();
+    decoded.map_err(|r| {
+        tracing::warn!(source = %cfg.name, reason = r.reason.as_str(), "rejected: {}", r.message);
+        state.telemetry.rejected(&e.model, r.reason);
+        Refusal::new(StatusCode::BAD_REQUEST, r.reason.as_str(), r.message)
+    })
+}
+
+/// Hands the delivery to the engine's queue without waiting: a full queue or a stopping pipeline
+/// answers 503 with `Retry-After`.
+fn enqueue(e: &IngestEndpoint, d: Delivery) -> Result<(), Refusal> {
+    let tx = super::locks::read(&e.tx).clone();
     let sent = match tx {
         Some(tx) => tx.try_send(d),
         None => Err(mpsc::error::TrySendError::Closed(d)),
     };
     match sent {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                "the engine's queue is full; retry later",
-            )
-            .retry(cfg.retry_after_secs));
-        }
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "the engine's queue is full; retry later",
+        )
+        .retry(e.cfg.retry_after_secs)),
         Err(mpsc::error::TrySendError::Closed(_)) => {
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the pipeline is stopping",
-            )
-            .retry(cfg.retry_after_secs));
+            Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the pipeline is stopping")
+                .retry(e.cfg.retry_after_secs))
         }
     }
-    let body = json!({"id": id, "model": e.model, "samples": samples});
-    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
 fn too_large(max: u64) -> Refusal {

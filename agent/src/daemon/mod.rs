@@ -9,10 +9,12 @@
 //! ```
 
 pub mod baseline;
+mod budget;
 pub mod check;
 mod endpoint;
 mod engine_loop;
 pub mod ingest;
+mod locks;
 pub mod monitor;
 mod pipeline;
 mod publish;

@@ -24,6 +24,8 @@ use plugins::sources::{Delivery, Observer, Totals};
 pub struct Pipeline {
     stop: watch::Sender<bool>,
     sources: Vec<tokio::task::JoinHandle<()>>,
+    /// The budget stage, when `engine.max_samples_per_sec` is set ([`super::budget`]).
+    budget: Option<std::thread::JoinHandle<()>>,
     engine: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -93,6 +95,27 @@ impl Pipeline {
                 bail!("the engine thread ended while starting");
             }
         };
+        // With a budget, the sources feed the budget stage, which feeds the engine's queue.
+        let (tx, budget) = match cfg.engine.max_samples_per_sec {
+            None => (tx, None),
+            Some(per_sec) => {
+                let (source_tx, source_rx) = mpsc::channel::<Delivery>(cfg.engine.queue_capacity);
+                let (state2, model2) = (state.clone(), model.clone());
+                let seed = rand::random::<u64>();
+                let sampler = super::budget::Sampler::new(per_sec, seed, std::time::Instant::now());
+                let spawned = std::thread::Builder::new()
+                    .name("budget".into())
+                    .spawn(move || super::budget::serve(sampler, source_rx, tx, &state2, &model2));
+                match spawned {
+                    Ok(h) => (source_tx, Some(h)),
+                    Err(e) => {
+                        drop(source_tx);
+                        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+                        return Err(anyhow!("starting the budget thread: {e}"));
+                    }
+                }
+            }
+        };
         let (stop, stop_rx) = watch::channel(false);
         let observer: Arc<dyn Observer> =
             Arc::new(MetricsObserver { state: state.clone(), model: model.clone() });
@@ -113,7 +136,13 @@ impl Pipeline {
                 Ok(pair) => opened.push(pair),
                 Err(e) => {
                     drop(tx);
-                    let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Some(b) = budget {
+                            let _ = b.join();
+                        }
+                        engine.join()
+                    })
+                    .await;
                     return Err(e);
                 }
             }
@@ -139,22 +168,22 @@ impl Pipeline {
                 tracing::warn!(source = %i.name, listen = %cfg.server.listen, "the ingest endpoint accepts anyone: set server.auth_token or the source's auth_token");
             }
             let endpoint = IngestEndpoint::new(i.clone(), model.clone(), tx.clone(), opts.clone());
-            *state.ingest.write().expect("ingest lock") = IngestState::Open(Arc::new(endpoint));
+            *super::locks::write(&state.ingest) = IngestState::Open(Arc::new(endpoint));
         }
         drop(tx);
         state.telemetry.ready.set(1);
-        state.status.write().expect("status lock").ready = true;
+        super::locks::write(&state.status).ready = true;
         tracing::info!(model = %model, "pipeline ready");
-        Ok(Pipeline { stop, sources, engine: Some(engine) })
+        Ok(Pipeline { stop, sources, budget, engine: Some(engine) })
     }
 
     /// Stops the sources, lets the engine score what is queued, and waits for both.
     pub async fn drain(mut self, state: &AppState) {
         state.telemetry.ready.set(0);
-        state.status.write().expect("status lock").ready = false;
+        super::locks::write(&state.status).ready = false;
         // The endpoint holds a sender of the queue: the engine ends only once it is gone.
         {
-            let mut ingest = state.ingest.write().expect("ingest lock");
+            let mut ingest = super::locks::write(&state.ingest);
             if let IngestState::Open(e) = &*ingest {
                 e.close();
                 *ingest = IngestState::Starting { name: e.cfg.name.clone() };
@@ -163,6 +192,9 @@ impl Pipeline {
         let _ = self.stop.send(true);
         for s in self.sources.drain(..) {
             let _ = s.await;
+        }
+        if let Some(budget) = self.budget.take() {
+            let _ = tokio::task::spawn_blocking(move || budget.join()).await;
         }
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;

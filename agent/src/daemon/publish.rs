@@ -56,7 +56,7 @@ pub(super) fn publish_static(state: &AppState, cfg: &Config, scorer: &dyn Scorer
             .with_label_values(&[model, k.layer.as_str(), k.method.as_str()])
             .set(k.noise_benchmark);
     }
-    let mut st = state.status.write().expect("status lock");
+    let mut st = super::locks::write(&state.status);
     st.provider = Some(provider.to_string());
     st.requested_provider = Some(requested.to_string());
     st.queue_capacity = cfg.engine.queue_capacity;
@@ -104,7 +104,7 @@ pub(super) fn publish_window(state: &AppState, model: &str, monitor: &mut Monito
     }
     let n = monitor.window_len(now);
     t.window_samples.with_label_values(&[model]).set(n as i64);
-    let mut st = state.status.write().expect("status lock");
+    let mut st = super::locks::write(&state.status);
     st.layers = view;
     st.window_samples = n;
 }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, RwLock};
 use serde::Serialize;
 
 use super::endpoint::IngestState;
+use super::locks::{lock, read, write};
 use super::monitor::KeyView;
 use crate::config::Config;
 use crate::telemetry::Telemetry;
@@ -62,12 +63,12 @@ impl AppState {
     pub fn set_model(&self, cfg: &Config) {
         let onnxruntime = crate::runtime::EXPECTED_VERSION;
         self.telemetry.init_model(&cfg.model.name, onnxruntime);
-        *self.auth_token.write().expect("lock") = cfg.server.auth_token.clone();
-        *self.ingest.write().expect("lock") = match cfg.sources.iter().find_map(|s| s.as_ingest()) {
+        *write(&self.auth_token) = cfg.server.auth_token.clone();
+        *write(&self.ingest) = match cfg.sources.iter().find_map(|s| s.as_ingest()) {
             Some(i) => IngestState::Starting { name: i.name.clone() },
             None => IngestState::Off,
         };
-        let mut st = self.status.write().expect("lock");
+        let mut st = write(&self.status);
         st.model = cfg.model.name.clone();
         st.sources = cfg.sources.iter().map(|s| s.name().to_string()).collect();
     }
@@ -75,7 +76,7 @@ impl AppState {
     /// Adds a source's durable totals to the counters the first time this process opens it, so the
     /// counters continue across restarts (a reload reopens the source but must not add them again).
     pub fn seed_counters(&self, model: &str, source: &str, totals: &Totals) {
-        if !self.seeded.lock().expect("lock").insert(source.to_string()) {
+        if !lock(&self.seeded).insert(source.to_string()) {
             return;
         }
         let t = &self.telemetry;
@@ -86,7 +87,7 @@ impl AppState {
     }
 
     pub fn status(&self) -> Status {
-        let mut st = self.status.read().expect("lock").clone();
+        let mut st = read(&self.status).clone();
         let t = &self.telemetry;
         st.samples_scored = t.samples_scored.with_label_values(&[&st.model]).get();
         st.samples_rejected = RejectReason::ALL

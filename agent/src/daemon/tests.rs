@@ -244,7 +244,7 @@ fn server_endpoints_and_auth() {
     let state = Arc::new(AppState::new());
     let listener2 = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port2 = listener2.local_addr().unwrap().port();
-    *state.auth_token.write().unwrap() = Some("s3cret".into());
+    *locks::write(&state.auth_token) = Some("s3cret".into());
     let s2 = state.clone();
     rt.spawn(async move { axum::serve(listener2, server::router(s2)).await });
 
@@ -303,4 +303,38 @@ fn sighup_reloads_or_keeps_the_old_config_and_sigterm_drains() {
         std::thread::sleep(Duration::from_millis(20));
     }
     rt.block_on(run).unwrap().unwrap();
+}
+
+/// With a budget of 5 samples/s and files arriving at about 60/s, the budget stage skips most of
+/// them after the first second; every file still ends in `done/` (skipped ones too), and each
+/// sample is counted once, scored or skipped (a 3-sample batch file counts its rows apart).
+#[test]
+fn over_budget_files_are_skipped_counted_and_still_end_in_done() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = config(d.path());
+    cfg.engine.max_samples_per_sec = Some(5.0);
+    assert_eq!(cfg.validate(), vec![]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let state = Arc::new(AppState::new());
+    let p = rt.block_on(Pipeline::start(&cfg, state.clone(), engine_factory())).unwrap();
+    let inbox = d.path().join("inbox");
+    let t0 = Instant::now();
+    let files = 150;
+    for i in 0..files {
+        let due = t0 + Duration::from_millis(i as u64 * 1000 / 60);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let rows: &[usize] = if i % 10 == 9 { &[3, 1, 28, 28] } else { &SHAPE };
+        npy(&inbox.join(format!("s{i:03}.npy")), rows, 0.25);
+    }
+    let samples = (files + 2 * (files / 10)) as u64;
+    let t = &state.telemetry;
+    let scored = || t.samples_scored.with_label_values(&["digits"]).get();
+    let skipped = || t.samples_skipped.with_label_values(&["digits", "budget"]).get();
+    wait("every file in done/", || count(&inbox.join("done")) == files && scored() + skipped() == samples);
+    assert_eq!(count(&inbox.join("rejected")), 0);
+    // About 60 files in the first second (p = 1), then p ≈ 5/70 for the other 1.5 s.
+    assert!(skipped() > samples / 3, "scored {}, skipped {}", scored(), skipped());
+    assert!(scored() > 0);
+    rt.block_on(p.drain(&state));
+    assert_eq!(scored() + skipped(), samples);
 }

@@ -33,6 +33,8 @@ pub enum BaselineError {
     Misaligned { scores: usize, keys: usize },
     #[error("no finite reference score for layer {layer:?}, method {method}")]
     NoFiniteScore { layer: String, method: &'static str },
+    #[error("cannot merge the partial baselines: {0}")]
+    Merge(String),
 }
 
 /// One score's reference distribution.
@@ -96,6 +98,43 @@ pub struct Baseline {
     pub meta: BaselineMeta,
     pub reservoir_size: usize,
     pub entries: Vec<BaselineEntry>,
+    /// Set on a partial baseline (`agent baseline --shard I/N`): the share of the reference it covers.
+    /// A partial is not a baseline of the reference, so the daemon refuses it; `agent baseline merge`
+    /// combines all `N` of them into one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// Which share of the reference a partial baseline covers: the samples whose index `g` in the
+/// reference (files in name order, rows in order) has `g mod count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// Parses `I/N` (`0 ≤ I < N`).
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("shard {s:?}: expected I/N, e.g. 0/4"))?;
+        let index: u32 = i.trim().parse().map_err(|_| format!("shard {s:?}: {i:?} is not a number"))?;
+        let count: u32 = n.trim().parse().map_err(|_| format!("shard {s:?}: {n:?} is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard {s:?}: needs 0 ≤ I < N"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether the reference sample with global index `g` belongs to this shard.
+    pub fn owns(&self, g: u64) -> bool {
+        g % u64::from(self.count) == u64::from(self.index)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl Baseline {
@@ -215,6 +254,7 @@ impl BaselineBuilder {
             meta: self.meta,
             reservoir_size: self.reservoir_size,
             entries,
+            shard: None,
         })
     }
 }

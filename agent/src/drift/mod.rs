@@ -7,14 +7,16 @@
 
 pub mod baseline;
 pub mod ks;
+pub mod merge;
 pub mod welford;
 pub mod window;
 
 pub use baseline::{
     BASELINE_FORMAT, Baseline, BaselineBuilder, BaselineEntry, BaselineError, BaselineMeta,
-    DEFAULT_RESERVOIR_SIZE, ScoreSummary,
+    DEFAULT_RESERVOIR_SIZE, ScoreSummary, Shard,
 };
 pub use ks::{KsResult, kolmogorov_q, ks_two_sample};
+pub use merge::merge;
 pub use welford::RunningStats;
 pub use window::{Window, WindowError};
 

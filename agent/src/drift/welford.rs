@@ -43,6 +43,15 @@ impl RunningStats {
         self.count += other.count;
     }
 
+    /// The state of a stream known only by its count, mean and population variance (as a baseline
+    /// file stores them): what [`RunningStats::merge`] needs to combine partial baselines.
+    pub fn from_moments(count: u64, mean: f64, variance: f64) -> Self {
+        if count == 0 {
+            return Self::default();
+        }
+        RunningStats { count, mean, m2: variance * count as f64 }
+    }
+
     pub fn reset(&mut self) {
         *self = Self::default();
     }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -175,8 +175,8 @@ impl Engine {
         for (oi, out) in outputs.iter().enumerate() {
             let e: Vec<Array2<f32>> = maps.iter().map(|m| m[oi].embedding.clone()).collect();
             let reference =
-                NoiseReference::new(&e).map_err(|e| anyhow!("noise maps of {}: {e}", out.layer))?;
-            let noise_benchmark = reference.benchmark().map_err(|e| anyhow!("noise benchmark: {e}"))?;
+                NoiseReference::new(&e).with_context(|| format!("noise maps of {}", out.layer))?;
+            let noise_benchmark = reference.benchmark().context("noise benchmark")?;
             self.keys.push(ScoreKey {
                 layer: self.spec.layers[out.layer_index].name.clone(),
                 method: out.method,
@@ -196,7 +196,7 @@ impl Engine {
                     .iter()
                     .zip(&self.noise)
                     .map(|(m, noise)| {
-                        let noise_score = noise.score(m.embedding.view()).map_err(|e| anyhow!("{e}"))?;
+                        let noise_score = noise.score(m.embedding.view())?;
                         Ok(LayerScores { noise_score, variance_score: m.variance_score })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -228,15 +228,15 @@ impl Engine {
         }
         let points = self.points(batch)?;
         let feeds = ort::inputs![
-            self.input_name.as_str() => TensorRef::from_array_view(points.view()).map_err(|e| anyhow!("{e}"))?,
-            compiler::COTANGENT => TensorRef::from_array_view(rows).map_err(|e| anyhow!("{e}"))?,
+            self.input_name.as_str() => TensorRef::from_array_view(points.view())?,
+            compiler::COTANGENT => TensorRef::from_array_view(rows)?,
         ];
-        let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
+        let out = self.session.run(feeds).context("ONNX Runtime failed")?;
         self.graph
             .outputs
             .iter()
             .map(|o| {
-                let m = out[o.name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
+                let m = out[o.name.as_str()].try_extract_array::<f32>()?;
                 Ok(m.into_dimensionality::<ndarray::Ix4>()?.to_owned())
             })
             .collect()
@@ -296,20 +296,20 @@ impl Engine {
                 }
             }
             let feeds = ort::inputs![
-                self.input_name.as_str() => TensorRef::from_array_view(points.view()).map_err(|e| anyhow!("{e}"))?,
-                compiler::COTANGENT => TensorRef::from_array_view(v.view()).map_err(|e| anyhow!("{e}"))?,
+                self.input_name.as_str() => TensorRef::from_array_view(points.view())?,
+                compiler::COTANGENT => TensorRef::from_array_view(v.view())?,
             ];
-            let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
+            let out = self.session.run(feeds).context("ONNX Runtime failed")?;
             // Rows [0, split) of this chunk are component rows, the rest estimator rows.
             let split = n_components.clamp(start, end) - start;
             for (oi, name) in names.iter().enumerate() {
-                let m = out[name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
+                let m = out[name.as_str()].try_extract_array::<f32>()?;
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
                 for s in 0..b {
                     let rows = m.index_axis(Axis(0), s);
                     if split > 0 {
                         let part = rows.slice(ndarray::s![..split, .., ..]);
-                        acc[s][oi].push(part).map_err(|e| anyhow!("{e}"))?;
+                        acc[s][oi].push(part)?;
                     }
                     if split < end - start {
                         let part = rows.slice(ndarray::s![split.., .., ..]);
@@ -317,7 +317,7 @@ impl Engine {
                             Estimator::MeanMap => {
                                 mean_map[s][oi] = Some(part.index_axis(Axis(0), 0).to_owned())
                             }
-                            Estimator::Hutchinson => hutch[s][oi].push(part).map_err(|e| anyhow!("{e}"))?,
+                            Estimator::Hutchinson => hutch[s][oi].push(part)?,
                             Estimator::Exact => {}
                         }
                     }
@@ -329,15 +329,13 @@ impl Engine {
         for s in 0..b {
             let mut per = Vec::with_capacity(outputs.len());
             for oi in 0..outputs.len() {
-                let mut m = acc[s][oi].finish().map_err(|e| anyhow!("{e}"))?;
+                let mut m = acc[s][oi].finish()?;
                 match self.spec.score.estimator() {
                     Estimator::Exact => {}
                     Estimator::MeanMap => {
                         m.embedding = mean_map[s][oi].take().context("internal: no mean map")?
                     }
-                    Estimator::Hutchinson => {
-                        m.embedding = hutch[s][oi].finish().map_err(|e| anyhow!("{e}"))?
-                    }
+                    Estimator::Hutchinson => m.embedding = hutch[s][oi].finish()?,
                 }
                 per.push(m);
             }
@@ -366,8 +364,7 @@ impl Engine {
                 super::SmoothingReference::File(_) => self.smoothing_reference.as_ref().map(|r| r.view()),
             };
             let seed = sample_seed(self.spec.score.smoothing_seed(), x.view());
-            let p =
-                scores::smoothing_points(x.view(), s, sigma, reference, seed).map_err(|e| anyhow!("{e}"))?;
+            let p = scores::smoothing_points(x.view(), s, sigma, reference, seed)?;
             parts.push(p);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
@@ -434,7 +431,7 @@ pub fn normalize(mut x: ArrayD<f32>, n: &super::Normalization) -> ArrayD<f32> {
 /// One sample from a `.npy` file (noise inputs, the smoothing reference).
 fn load_noise(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
     let opts = plugins::decode::DecodeOptions { input_shape: shape.to_vec(), ..Default::default() };
-    let a = plugins::decode::decode_file(path, &opts).map_err(|e| anyhow!("noise input: {e}"))?;
+    let a = plugins::decode::decode_file(path, &opts).context("noise input")?;
     if a.shape()[0] != 1 {
         bail!("noise input {} holds {} samples; give one sample per file", path.display(), a.shape()[0]);
     }
