@@ -7,6 +7,7 @@ pub mod cli;
 pub mod compiler;
 pub mod config;
 pub mod daemon;
+pub mod detectors;
 pub mod drift;
 pub mod engine;
 pub mod onnx;

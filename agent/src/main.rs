@@ -45,6 +45,8 @@ enum Command {
     Explain(cli::explain::ExplainArgs),
     /// List the tensors of a model that can be monitored (shape, layout, op, rule path).
     Layers(cli::layers::LayersArgs),
+    /// Compare data with a reference: every embedding detector and the paper's scores.
+    Report(cli::report::ReportArgs),
     /// The demo's producer: stream clean, then drifted digits into a watched directory.
     DemoFeed(cli::demo::DemoFeedArgs),
 }
@@ -94,6 +96,10 @@ fn main() -> ExitCode {
         Some(Command::Explain(a)) => {
             init_cli_logging();
             report(cli::explain::run(&a).map(|_| 0))
+        }
+        Some(Command::Report(a)) => {
+            init_cli_logging();
+            report(cli::report::run(&a))
         }
     }
 }

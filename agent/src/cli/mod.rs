@@ -6,6 +6,7 @@ pub mod compile;
 pub mod demo;
 pub mod explain;
 pub mod layers;
+pub mod report;
 pub mod score;
 
 use std::path::PathBuf;
