@@ -51,6 +51,7 @@ fn compile_err(m: &ModelProto, layer: &str) -> String {
         methods: vec![Method::Vanilla],
         channel_agg: None,
         smoothing_samples: 1,
+        layouts: vec![],
     };
     match compiler::compile(m, "t", &opts) {
         Ok(_) => panic!("compiling with layer {layer:?} should fail"),
@@ -66,6 +67,7 @@ fn a_model_with_supported_ops_compiles() {
         methods: vec![Method::Vanilla],
         channel_agg: None,
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let g = compiler::compile(&model("Sigmoid", &[-1, 4]), "t", &opts).unwrap();
     assert_eq!(g.embedding_dim, 4);

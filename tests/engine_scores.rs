@@ -18,7 +18,7 @@ const LAYER: &str = "/block1/pool/MaxPool_output_0";
 
 pub fn spec(model: &Path, layer: &str, methods: Vec<Method>) -> EngineSpec {
     let mut spec = EngineSpec {
-        layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into() }],
+        layers: vec![LayerSpec { name: "conv2_in".into(), tensor: layer.into(), ..Default::default() }],
         ..EngineSpec::new(model, "embedding")
     };
     spec.score.methods = Some(methods);
@@ -36,6 +36,7 @@ fn raw(model: &onnx::proto::ModelProto, x: &ArrayD<f32>) -> (ArrayD<f32>, ArrayD
         methods: vec![Method::Vanilla],
         channel_agg: None,
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let g = compiler::compile(model, "t", &opts).unwrap();
     let d = g.embedding_dim;

@@ -44,6 +44,7 @@ fn check_model(
         methods: vec![Method::Vanilla],
         channel_agg: None,
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let graph = compiler::compile(&model, "test", &opts).unwrap_or_else(|e| panic!("{}: {e:#}", entry.name));
     let compiled = graph.to_bytes();
@@ -182,6 +183,7 @@ fn resnet18_compiles_and_matches_finite_differences() {
         methods: Method::ALL.to_vec(),
         channel_agg: Some(Aggregation::Abs),
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let start = std::time::Instant::now();
     let g = compiler::compile(&model, "t", &opts).unwrap();
@@ -217,6 +219,7 @@ fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
         methods: vec![Method::Vanilla],
         channel_agg: None,
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let raw = compiler::compile(&model, "t", &raw_opts).unwrap();
     let g = run(

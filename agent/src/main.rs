@@ -43,6 +43,8 @@ enum Command {
     Score(cli::score::ScoreArgs),
     /// Draw the attribution heat map of one input.
     Explain(cli::explain::ExplainArgs),
+    /// List the tensors of a model that can be monitored (shape, layout, op, rule path).
+    Layers(cli::layers::LayersArgs),
     /// Compare data with a reference: every embedding detector and the paper's scores.
     Report(cli::report::ReportArgs),
     /// The demo's producer: stream clean, then drifted digits into a watched directory.
@@ -87,6 +89,10 @@ fn main() -> ExitCode {
             report(cli::score::run(&a))
         }
         Some(Command::DemoFeed(a)) => report(cli::demo::run(&a).map(|_| 0)),
+        Some(Command::Layers(a)) => {
+            init_cli_logging();
+            report(cli::layers::run(&a).map(|_| 0))
+        }
         Some(Command::Explain(a)) => {
             init_cli_logging();
             report(cli::explain::run(&a).map(|_| 0))

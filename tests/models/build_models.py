@@ -1387,5 +1387,66 @@ def _inferred_layer_shapes(model, entry):
     return {layer: shapes.get(layer) for layer in entry["layers"]}
 
 
+
+# ======================================================================================
+# Token layers (appended): a ViT-like model and a model with a blocked path
+# ======================================================================================
+
+def _tiny_vit():
+    g = Graph("tiny_vit", [3, 16, 16])
+    c, t = 8, 16
+    patches = g.conv("x", 3, c, 4, strides=4, name="patch_embed", out="patches")  # [N,8,4,4]
+    nhwc = g.op("Transpose", [patches], name="to_nhwc", out="patches_nhwc", perm=[0, 2, 3, 1])
+    tokens = g.op("Reshape", [nhwc, g.const("token_shape", [0, t, c], np.int64)], name="to_tokens",
+                  out="patch_tokens")  # [N,16,8]
+    # A class token: a parameter plus half the mean patch token (Expand has no rule yet, and this
+    # keeps the batch axis the way exporters' Expand does).
+    mean = g.op("ReduceMean", [tokens], name="token_mean", axes=[1], keepdims=1)
+    cls = g.op("Add", [g.op("Mul", [mean, g.const("half", np.float32(0.5))]),
+                       g.const("cls_token", g.small([1, 1, c], 0.5))], name="cls", out="cls")
+    seq = g.op("Concat", [cls, tokens], name="concat_cls", out="tokens", axis=1)  # [N,17,8]
+
+    def linear(x, fin, fout, name):
+        w = g.const(f"{name}.weight", g.he([fin, fout], fin, 1.0))
+        return g.op("Add", [g.op("MatMul", [x, w], name=f"{name}_matmul"),
+                            g.const(f"{name}.bias", g.small([fout]))], name=f"{name}_add")
+
+    # Channel MLP block with a residual.
+    mlp = linear(g.op("Tanh", [linear(seq, c, 16, "fc1")], name="act1"), 16, c, "fc2")
+    block1 = g.op("Add", [seq, mlp], name="block1", out="block1")
+    # Token mixing (MLP-Mixer style): every token's output depends on every token.
+    mixed = g.op("Transpose", [block1], name="mix_in", perm=[0, 2, 1])  # [N,8,17]
+    mixed = g.op("Tanh", [linear(mixed, t + 1, t + 1, "mix")], name="act2")
+    mixed = g.op("Transpose", [mixed], name="mix_out", perm=[0, 2, 1])
+    block2 = g.op("Add", [block1, mixed], name="block2", out="block2")
+    pooled = g.op("ReduceMean", [block2], name="pool", axes=[1], keepdims=0)  # [N,8]
+    z = g.gemm(pooled, c, 6, name="head", out="embedding")
+    return g, dict(embedding=z, layers=["patches", "patches_nhwc", "patch_tokens", "block1", "block2"],
+                   d=6,
+                   description="ViT-like: patch Conv 4x4/4 (3->8) -> patches [N,8,4,4] -> Transpose "
+                               "to patches_nhwc [N,4,4,8] -> Reshape to patch_tokens [N,16,8] -> "
+                               "Concat a class token (parameter + mean token / 2) -> tokens [N,17,8] "
+                               "-> MatMul-Tanh-MatMul residual -> block1 -> token-mixing MatMul "
+                               "residual -> block2 -> mean over tokens -> Gemm, D=6. Layers in every "
+                               "layout: nchw, nhwc, tokens without and with a prefix token")
+
+
+def _blocked_sin():
+    g = Graph("blocked_sin", [3, 8, 8])
+    h0 = g.conv("x", 3, 4, 3, pads=[1, 1, 1, 1], name="conv0", out="h0")
+    s = g.op("Sin", [h0], name="sin", out="s")
+    h1 = g.conv(s, 4, 4, 3, pads=[1, 1, 1, 1], name="conv1", out="h1")
+    r = g.op("Relu", [h1], name="relu", out="r")
+    z = g.to_embedding(r, 4)
+    return g, dict(embedding=z, layers=[h1], d=4,
+                   description="Conv -> h0 -> Sin (no gradient rule) -> Conv -> h1 -> Relu -> "
+                               "Flatten -> Gemm, D=4: h1 is monitorable, h0 is blocked by the Sin node "
+                               "(for agent layers)")
+
+
+register("tiny_vit", kind="model")(_tiny_vit)
+register("blocked_sin", kind="model")(_blocked_sin)
+
+
 if __name__ == "__main__":
     sys.exit(main())

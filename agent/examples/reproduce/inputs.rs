@@ -18,7 +18,10 @@ pub(crate) fn digit_subset(reference: &ArrayD<f32>, n: usize) -> ArrayD<f32> {
 
 pub(crate) fn spec(model: &Path, layers: &[(&str, &str)], methods: &[Method], threads: usize) -> EngineSpec {
     let mut spec = EngineSpec {
-        layers: layers.iter().map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into() }).collect(),
+        layers: layers
+            .iter()
+            .map(|(n, t)| LayerSpec { name: (*n).into(), tensor: (*t).into(), ..Default::default() })
+            .collect(),
         ..EngineSpec::new(model, "embedding")
     };
     spec.score.methods = Some(methods.to_vec());

@@ -23,6 +23,7 @@ pub(crate) fn resnet18(
         methods: Method::ALL.to_vec(),
         channel_agg: Some(Aggregation::Abs),
         smoothing_samples: 1,
+        layouts: vec![],
     };
     let (mut compile_s, mut compile_cpu) = (Vec::new(), Vec::new());
     for _ in 0..3 {

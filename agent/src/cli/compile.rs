@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::compiler::{self, CompileOptions};
+use crate::engine::LayerSpec;
 use crate::scores::{Aggregation, Method};
 
 #[derive(Debug, Clone, Args)]
@@ -30,6 +31,10 @@ pub struct CompileArgs {
     /// consecutive points per sample (docs/spec/scores.md#smoothed-attributions).
     #[arg(long, visible_alias = "samples", value_name = "S", default_value_t = 1)]
     pub smoothing_points: usize,
+    /// How a layer's axes are read: `TENSOR=auto|nchw|nhwc|tokens[,grid=GHxGW][,prefix=N]`
+    /// (default auto); repeat per layer.
+    #[arg(long = "layout", value_name = "TENSOR=LAYOUT")]
+    pub layouts: Vec<String>,
     /// Where to write the attribution graph.
     #[arg(long)]
     pub out: PathBuf,
@@ -40,12 +45,19 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         "none" => None,
         s => Some(s.parse::<Aggregation>().map_err(anyhow::Error::msg)?),
     };
+    let mut specs: Vec<LayerSpec> = args
+        .layers
+        .iter()
+        .map(|t| LayerSpec { name: t.clone(), tensor: t.clone(), ..Default::default() })
+        .collect();
+    super::apply_layouts(&mut specs, &args.layouts)?;
     let opts = CompileOptions {
         embedding: args.embedding.clone(),
         layers: args.layers.clone(),
         methods: if args.methods.is_empty() { vec![Method::Vanilla] } else { args.methods.clone() },
         channel_agg,
         smoothing_samples: args.smoothing_points.max(1),
+        layouts: specs.iter().map(LayerSpec::layout_request).collect(),
     };
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let start = Instant::now();
@@ -72,6 +84,9 @@ pub fn run(args: &CompileArgs) -> Result<()> {
             format!("[N, K, {}, {}, {}]", o.channels, o.height, o.width)
         };
         println!("  output {:16} {shape:22} layer {} ({} channels)", o.name, o.layer, o.channels);
+    }
+    for v in &graph.views {
+        println!("  layer {}: {}", v.layer, v.describe());
     }
     Ok(())
 }

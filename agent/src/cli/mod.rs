@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod compile;
 pub mod demo;
 pub mod explain;
+pub mod layers;
 pub mod report;
 pub mod score;
 
@@ -35,6 +36,10 @@ pub struct ModelArgs {
     /// used in output and metrics [default with --config: the configured layers].
     #[arg(long = "layer", value_name = "[LABEL=]TENSOR")]
     pub layers: Vec<LayerSpec>,
+    /// How a layer's axes are read: `LAYER=auto|nchw|nhwc|tokens[,grid=GHxGW][,prefix=N]` (LAYER is
+    /// its label or tensor; default auto). Repeat per layer.
+    #[arg(long = "layout", value_name = "LAYER=LAYOUT")]
+    pub layouts: Vec<String>,
     #[command(flatten)]
     pub score: ScoreSettings,
     #[command(flatten)]
@@ -86,6 +91,7 @@ impl ModelArgs {
         if !self.layers.is_empty() {
             spec.layers = self.layers.clone();
         }
+        apply_layouts(&mut spec.layers, &self.layouts)?;
         if let Some(m) = &self.model {
             spec.model_path = m.clone();
         }
@@ -100,4 +106,23 @@ impl ModelArgs {
         }
         Ok(spec)
     }
+}
+
+/// Applies `--layout LAYER=…` flags to the layers they name (by label, else by tensor).
+pub fn apply_layouts(layers: &mut [LayerSpec], flags: &[String]) -> Result<()> {
+    for f in flags {
+        let (name, req) = crate::compiler::LayoutRequest::parse_flag(f).map_err(anyhow::Error::msg)?;
+        let at = layers
+            .iter()
+            .position(|l| l.name == name)
+            .or_else(|| layers.iter().position(|l| l.tensor == name));
+        let Some(l) = at.map(|i| &mut layers[i]) else {
+            let known: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+            bail!("--layout {f:?} names {name:?}, which is not a layer (layers: {})", known.join(", "));
+        };
+        l.layout = req.layout;
+        l.grid = req.grid;
+        l.prefix_tokens = req.prefix_tokens;
+    }
+    Ok(())
 }

@@ -39,6 +39,10 @@ pub struct ScoreRow {
     pub noise_score: f64,
     pub variance_score: f64,
     pub noise_benchmark: f64,
+    /// How the layer's axes were read (`nchw`, `nhwc`, `tokens`), its map and its prefix tokens.
+    pub layout: &'static str,
+    pub map: [usize; 2],
+    pub prefix_tokens: usize,
 }
 
 /// Decodes an input file into a batch for the engine.
@@ -70,6 +74,9 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             "input", "sample", "layer", "method", "noise_score", "variance_score", "noise_benchmark"
         )?;
     }
+    for (l, v) in spec.layers.iter().zip(engine.views()) {
+        eprintln!("layer {}: {}", l.name, v.describe());
+    }
     let mut failures = Vec::new();
     let (mut scored, start) = (0usize, Instant::now());
     for path in &args.inputs {
@@ -82,6 +89,18 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
         };
         let mut rows = Vec::new();
         let keys = engine.keys().to_vec();
+        // Per key, the view of its layer (how its axes were read), for the JSON rows.
+        let views: Vec<crate::compiler::LayerView> = keys
+            .iter()
+            .map(|k| {
+                let i = spec
+                    .layers
+                    .iter()
+                    .position(|l| l.name == k.layer)
+                    .expect("every key is a configured layer");
+                engine.views()[i].clone()
+            })
+            .collect();
         let input = path.display().to_string();
         let result = crate::engine::score_in_chunks(
             batch.view(),
@@ -89,7 +108,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             &mut |b| engine.score_batch(b),
             &mut |start, scores| {
                 for (i, s) in scores.iter().enumerate() {
-                    for (key, v) in keys.iter().zip(&s.scores) {
+                    for ((key, v), view) in keys.iter().zip(&s.scores).zip(&views) {
                         rows.push(ScoreRow {
                             input: input.clone(),
                             sample: start + i,
@@ -98,6 +117,9 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
                             noise_score: v.noise_score,
                             variance_score: v.variance_score,
                             noise_benchmark: key.noise_benchmark,
+                            layout: view.layout.as_str(),
+                            map: view.grid,
+                            prefix_tokens: view.prefix_tokens,
                         });
                     }
                 }

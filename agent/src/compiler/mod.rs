@@ -9,7 +9,10 @@
 mod builder;
 mod canonical;
 mod ctx;
+mod detect;
 mod graph;
+pub mod layers;
+pub mod layout;
 mod probe;
 mod registry;
 mod rules;
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use graph::path_ops;
+pub use layout::{LayerLayout, LayerView, LayoutRequest};
 pub use probe::InputSpec;
 pub use registry::{markdown_table as rule_table, supported_ops};
 
@@ -48,6 +52,10 @@ pub struct CompileOptions {
     /// (it matters for `abs` and `var`). Grad-CAM maps are averaged after their ReLU. `1` = plain.
     #[serde(default = "one")]
     pub smoothing_samples: usize,
+    /// How each layer's axes are read (`layers` order). A layer without an entry is read channels
+    /// first (`nchw`), as every layer was before layouts existed, so old graphs' metadata still reads.
+    #[serde(default)]
+    pub layouts: Vec<LayoutRequest>,
 }
 
 fn one() -> usize {
@@ -63,9 +71,20 @@ pub struct MapOutput {
     pub method: Method,
     /// Channels of the layer (before aggregation).
     pub channels: usize,
-    /// Map height and width (rank-2 layers: 1 × 1; rank-3 layers: L × 1).
+    /// Map height and width (rank-2 layers: 1 × 1; rank-3 channels-first layers: L × 1; token
+    /// layers: the patch grid).
     pub height: usize,
     pub width: usize,
+    /// How the layer was read (absent in graphs compiled before layouts: `nchw`).
+    #[serde(default = "nchw")]
+    pub layout: LayerLayout,
+    /// Tokens left out of a token layer's map (class token, registers).
+    #[serde(default)]
+    pub prefix_tokens: usize,
+}
+
+fn nchw() -> LayerLayout {
+    LayerLayout::Nchw
 }
 
 /// A compiled attribution graph and what the engine needs to know about it.
@@ -76,6 +95,8 @@ pub struct AttributionGraph {
     pub embedding: String,
     pub embedding_dim: usize,
     pub outputs: Vec<MapOutput>,
+    /// Per layer, how its axes were read and why.
+    pub views: Vec<LayerView>,
     pub options: CompileOptions,
     pub source_sha256: String,
 }
@@ -107,6 +128,16 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     let probe = probe::probe(&model, &probe_targets(&graph, &analysis, &consts, opts))?;
     let inputs = probe::model_inputs(&graph)?;
     let d = check_shapes(&probe.shapes, opts)?;
+    let hw = inputs.iter().find(|i| i.elem_type == data_type::FLOAT).and_then(|i| layout::input_hw(&i.rest));
+    let views = opts
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let req = opts.layouts.get(i).copied().unwrap_or(LayoutRequest::NCHW);
+            layout::resolve(&graph, l, &probe.shapes[l].rest, &req, hw)
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let mut b = builder::GraphBuilder::new("attr/");
     let kshape = b.shape(COTANGENT);
@@ -114,7 +145,7 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     let mut cx =
         ctx::Backward { b, shapes: probe.shapes.clone(), consts, kdim, opset, probed_values: &probe.values };
     let mut grads = backward(&mut cx, &graph, &analysis, &opts.embedding, d)?;
-    let (outputs, graph_outputs) = attribution_outputs(&mut cx, &mut grads, opts, d)?;
+    let (outputs, graph_outputs) = attribution_outputs(&mut cx, &mut grads, opts, &views, d)?;
 
     let builder = cx.b;
     let g = model.graph.as_mut().context("model has no graph")?;
@@ -128,12 +159,14 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     onnx::set_metadata(&mut model, "agent.source_sha256", source_sha256);
     onnx::set_metadata(&mut model, "agent.options", serde_json::to_string(opts)?);
     onnx::set_metadata(&mut model, "agent.outputs", serde_json::to_string(&outputs)?);
+    onnx::set_metadata(&mut model, "agent.views", serde_json::to_string(&views)?);
     Ok(AttributionGraph {
         model,
         inputs,
         embedding: opts.embedding.clone(),
         embedding_dim: d as usize,
         outputs,
+        views,
         options: opts.clone(),
         source_sha256: source_sha256.to_string(),
     })
@@ -224,7 +257,7 @@ fn check_shapes(shapes: &HashMap<String, probe::ProbedShape>, opts: &CompileOpti
         let s = &shapes[l];
         if !s.batched || s.rest.is_empty() || s.rest.len() > 3 || s.layout.is_some() {
             bail!(
-                "layer {l:?} must be [batch, C], [batch, C, L] or [batch, C, H, W]; it has shape {}",
+                "layer {l:?} must be [batch, C], [batch, C, L], [batch, T, C], [batch, C, H, W] or [batch, H, W, C]; it has shape {}",
                 describe(s)
             );
         }
@@ -284,17 +317,19 @@ fn attribution_outputs(
     cx: &mut ctx::Backward,
     grads: &mut HashMap<String, Vec<String>>,
     opts: &CompileOptions,
+    views: &[LayerView],
     d: i64,
 ) -> Result<(Vec<MapOutput>, Vec<ValueInfoProto>)> {
     let mut outputs = Vec::new();
     let mut graph_outputs = vec![onnx::value_info(&opts.embedding, data_type::FLOAT, &[Err("N"), Ok(d)])];
     for (li, layer) in opts.layers.iter().enumerate() {
         let g = take_grad(cx, grads, layer).context("internal: layer without gradient")?;
-        let rest = cx.shapes[layer].rest.clone();
+        let view = &views[li];
+        let rest = view.viewed_rest();
         for &method in &opts.methods {
             let name = format!("attr/{li}/{}", method.as_str());
             let (map, dims) =
-                attribution_map(cx, &g, layer, &rest, method, opts.channel_agg, opts.smoothing_samples);
+                attribution_map(cx, &g, layer, view, method, opts.channel_agg, opts.smoothing_samples);
             let node_out = cx.b.op("Identity", &[&map], vec![]);
             rename_output(&mut cx.b, &node_out, &name);
             let mut vi: Vec<Result<i64, &str>> =
@@ -310,6 +345,8 @@ fn attribution_outputs(
                 channels: rest[0] as usize,
                 height: h,
                 width: w,
+                layout: view.layout,
+                prefix_tokens: view.prefix_tokens,
             });
         }
     }
@@ -367,28 +404,33 @@ fn average_points(cx: &mut ctx::Backward, x: &str, dims: &[i64], samples: usize)
     cx.b.scale(&summed, 1.0 / samples as f32)
 }
 
-/// Turns the flat gradient `[B·K, C, …]` of a layer into the method's map, channel-aggregated, as
-/// `[B, K, H, W]` (or `[B, K, C, H, W]` raw). Returns the map and its dims after `[B, K]`.
+/// Turns the flat gradient `[B·K, …]` of a layer into the method's map, channel-aggregated, as
+/// `[B, K, H, W]` (or `[B, K, C, H, W]` raw). The layer's view (channels-last and token layers) is
+/// applied first, to the gradient and to the layer tensor alike, so what follows is one code path for
+/// every layout. Returns the map and its dims after `[B, K]`.
 fn attribution_map(
     cx: &mut ctx::Backward,
     g: &str,
     layer: &str,
-    rest: &[i64],
+    view: &LayerView,
     method: Method,
     channel_agg: Option<Aggregation>,
     samples: usize,
 ) -> (String, Vec<i64>) {
+    let rest = &view.viewed_rest();
     let c = rest[0];
     let (h, w) = spatial_hw(rest);
     let (h, w) = (h as i64, w as i64);
-    let g5 = cx.split(g, rest);
+    let g5 = cx.split(g, &view.shape);
+    let g5 = layout::apply(&mut cx.b, &g5, 2, view);
     let hw_shape = |b: &mut builder::GraphBuilder, x: &str, with_c: bool| {
         let s: Vec<i64> = if with_c { vec![0, 0, c, h, w] } else { vec![0, 0, h, w] };
         b.reshape_const(x, &s)
     };
     if method == Method::GradCam {
         // α_c = spatial mean of the gradient; map = ReLU(Σ_c α_c h_c).
-        let h5 = cx.b.unsqueeze(layer, &[1]);
+        let viewed = layout::apply(&mut cx.b, layer, 1, view);
+        let h5 = cx.b.unsqueeze(&viewed, &[1]);
         let spatial: Vec<i64> = (3..rest.len() as i64 + 2).collect();
         let alpha = if spatial.is_empty() {
             g5.clone()
@@ -403,7 +445,8 @@ fn attribution_map(
         return (hw_shape(&mut cx.b, &relu, false), vec![h, w]);
     }
     let a = if method == Method::ActGrad {
-        let h5 = cx.b.unsqueeze(layer, &[1]);
+        let viewed = layout::apply(&mut cx.b, layer, 1, view);
+        let h5 = cx.b.unsqueeze(&viewed, &[1]);
         cx.b.mul(&g5, &h5)
     } else {
         g5

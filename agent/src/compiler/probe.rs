@@ -175,17 +175,38 @@ const MAX_VALUE_ELEMENTS: usize = 64;
 /// Runs the model at batch 2 and 3 with `tensors` exposed (each through a `Cast` to double, so
 /// integer and boolean tensors are read the same way) and returns their shapes and small values.
 pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
+    let (probe, mut odd) = probe_lenient(model, tensors, false)?;
+    match odd.drain(..).next() {
+        Some((_, why)) => Err(anyhow!(why)),
+        None => Ok(probe),
+    }
+}
+
+/// [`probe`], but a tensor whose shape does not follow the batch on axis 0 is left out of the
+/// shapes and listed (name, problem) instead of failing the probe (for `agent layers`, which
+/// probes every tensor of a model). `shapes_only` exposes each tensor's `Shape` instead of its
+/// values, so the runtime can free activations as usual (no values are then kept).
+pub fn probe_lenient(
+    model: &ModelProto,
+    tensors: &[String],
+    shapes_only: bool,
+) -> Result<(Probe, Vec<(String, String)>)> {
     let mut m = model.clone();
     let g = m.graph.as_mut().context("model has no graph")?;
     let inputs = model_inputs(g)?;
     let exposed: Vec<String> = (0..tensors.len()).map(|i| format!("attr/probe/{i}")).collect();
+    let op = if shapes_only { "Shape" } else { "Cast" };
     for (t, out) in tensors.iter().zip(&exposed) {
         g.node.push(NodeProto {
-            name: format!("{out}/Cast"),
-            op_type: "Cast".into(),
+            name: format!("{out}/{op}"),
+            op_type: op.into(),
             input: vec![t.clone()],
             output: vec![out.clone()],
-            attribute: vec![onnx::attr::int("to", data_type::DOUBLE as i64)],
+            attribute: if shapes_only {
+                vec![]
+            } else {
+                vec![onnx::attr::int("to", data_type::DOUBLE as i64)]
+            },
             ..Default::default()
         });
     }
@@ -194,7 +215,10 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
         .map(|t| ValueInfoProto {
             name: t.clone(),
             r#type: Some(TypeProto {
-                tensor_type: Some(TensorTypeProto { elem_type: data_type::DOUBLE, shape: None }),
+                tensor_type: Some(TensorTypeProto {
+                    elem_type: if shapes_only { data_type::INT64 } else { data_type::DOUBLE },
+                    shape: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -213,6 +237,11 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
         let mut seen = HashMap::new();
         for (t, out) in tensors.iter().zip(&exposed) {
             let v = &outputs[out.as_str()];
+            if shapes_only {
+                let (_, dims) = v.try_extract_tensor::<i64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
+                seen.insert(t.clone(), (dims.to_vec(), None, Vec::new()));
+                continue;
+            }
             let (shape, data) = v.try_extract_tensor::<f64>().map_err(|e| anyhow!("tensor {t:?}: {e}"))?;
             let dims: Vec<i64> = shape.iter().copied().collect();
             let small = (data.len() <= MAX_VALUE_ELEMENTS).then(|| data.to_vec());
@@ -230,15 +259,22 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
         runs.push(seen);
     }
     let mut out = Probe { shapes: HashMap::new(), values: HashMap::new() };
+    let mut odd = Vec::new();
     for t in tensors {
         let ((a, va, _), (b, vb, major)) = (&runs[0][t], &runs[1][t]);
         let shape = if let Some((axis, m)) = batched_layout(a, b) {
             // A plain batch axis is taken as it is (integer outputs such as pool indices count over
             // the whole batch, so their slices differ); a moved or merged one must prove itself.
-            if (axis != 0 || m != 1) && !major.iter().any(|&(i, ok)| i == axis && ok) {
-                bail!(
-                    "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3, but axis {axis} does not hold the samples batch-major (identical samples give different slices): the compiler cannot tell which elements belong to which sample"
-                );
+            // Without values (`shapes_only`) a moved or merged axis is taken unproven; the compiler
+            // proves it when a path runs through the tensor.
+            if !shapes_only && (axis != 0 || m != 1) && !major.iter().any(|&(i, ok)| i == axis && ok) {
+                odd.push((
+                    t.clone(),
+                    format!(
+                        "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3, but axis {axis} does not hold the samples batch-major (identical samples give different slices): the compiler cannot tell which elements belong to which sample"
+                    ),
+                ));
+                continue;
             }
             let mut rest: Vec<i64> = a[..axis].to_vec();
             if m > 1 {
@@ -255,11 +291,15 @@ pub fn probe(model: &ModelProto, tensors: &[String]) -> Result<Probe> {
             }
             ProbedShape { batched: false, rest: a.clone(), layout: None }
         } else {
-            bail!(
-                "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on one axis and fixed other sizes"
-            );
+            odd.push((
+                t.clone(),
+                format!(
+                    "tensor {t:?} has shape {a:?} at batch 2 and {b:?} at batch 3: the compiler needs the batch on one axis and fixed other sizes"
+                ),
+            ));
+            continue;
         };
         out.shapes.insert(t.clone(), shape);
     }
-    Ok(out)
+    Ok((out, odd))
 }

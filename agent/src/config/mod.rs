@@ -74,7 +74,8 @@ pub struct ModelConfig {
     pub preprocessing: PreprocessingConfig,
 }
 
-/// `[[model.layers]]`: the engine's own layer type, so a per-layer key is declared once.
+/// `[[model.layers]]`: the engine's own layer type (`name`, `tensor`, and `layout`, `grid`,
+/// `prefix_tokens`), so a per-layer key is declared once.
 pub type LayerConfig = LayerSpec;
 
 /// `[model.preprocessing]`: how raw inputs become model inputs. Mean/std apply to every raw `[0, 1]`

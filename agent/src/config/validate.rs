@@ -79,6 +79,9 @@ fn model(p: &mut Problems, m: &ModelConfig) {
         if l.tensor.trim().is_empty() {
             p.add(format!("model.layers[{i}].tensor"), "empty; name an intermediate tensor of the graph");
         }
+        if let Some(why) = l.layout_request().problem() {
+            p.add(format!("model.layers[{i}].layout"), why);
+        }
     }
     if m.score.methods.as_ref().is_some_and(|m| m.is_empty()) {
         p.add("model.methods", "empty; use one or more of vanilla, actgrad, gradcam");

@@ -56,7 +56,7 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
     if !out.is_empty() {
         return Err(out);
     }
-    Ok(format!(
+    let mut summary = format!(
         "OK: model {} ({}), {} layer/method pairs, input {:?}, provider {}; {}",
         cfg.model.name,
         cfg.model.path.display(),
@@ -64,7 +64,12 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
         engine.input_shape(),
         engine.provider().as_str(),
         baseline_note
-    ))
+    );
+    // What the compiler decided per layer (layouts are auto-detected unless configured).
+    for (l, v) in cfg.model.layers.iter().zip(engine.views()) {
+        summary.push_str(&format!("\n  layer {} ({}): {}", l.name, l.tensor, v.describe()));
+    }
+    Ok(summary)
 }
 
 /// Prints the problems one per line (exit 1) or the summary (exit 0).

@@ -7,18 +7,41 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compiler::{LayerLayout, LayoutRequest};
 use crate::runtime::Provider;
 
 /// A layer to monitor: a short label for metrics and the ONNX tensor it names. The configuration's
 /// `[[model.layers]]` entries are this type, and `--layer` flags parse into it ([`std::str::FromStr`]),
 /// so a per-layer setting is added here once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
     /// Label used in metrics and output (`layer="conv2"`); bounded, chosen by the user.
     pub name: String,
     /// The intermediate tensor in the ONNX graph.
     pub tensor: String,
+    /// How the tensor's axes are read: `auto` (default), `nchw`, `nhwc` or `tokens`
+    /// (docs/spec/attribution-graph.md#layer-layouts). Left out of the serialised form at its
+    /// default, so the settings hash of configurations written before layouts existed is unchanged.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub layout: LayerLayout,
+    /// Token layers: the patch grid `[gh, gw]` (default: inferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<[usize; 2]>,
+    /// Token layers: tokens before the patch tokens (class token, registers; default: inferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_tokens: Option<usize>,
+}
+
+fn is_auto(l: &LayerLayout) -> bool {
+    *l == LayerLayout::Auto
+}
+
+impl LayerSpec {
+    /// The compiler's request for this layer.
+    pub fn layout_request(&self) -> LayoutRequest {
+        LayoutRequest { layout: self.layout, grid: self.grid, prefix_tokens: self.prefix_tokens }
+    }
 }
 
 /// `--layer TENSOR` or `--layer label=TENSOR`.
@@ -27,9 +50,9 @@ impl std::str::FromStr for LayerSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.split_once('=') {
             Some((name, tensor)) if !name.is_empty() => {
-                LayerSpec { name: name.into(), tensor: tensor.into() }
+                LayerSpec { name: name.into(), tensor: tensor.into(), ..Default::default() }
             }
-            _ => LayerSpec { name: s.into(), tensor: s.into() },
+            _ => LayerSpec { name: s.into(), tensor: s.into(), ..Default::default() },
         })
     }
 }

@@ -14,7 +14,7 @@ use ort::value::TensorRef;
 
 use super::Estimator;
 use super::{EngineSpec, LayerScores, SampleScores, ScoreKey};
-use crate::compiler::{self, AttributionGraph, CompileOptions, MapOutput};
+use crate::compiler::{self, AttributionGraph, CompileOptions, LayerLayout, LayerView, MapOutput};
 use crate::runtime::{self, Provider, SessionOptions};
 use crate::scores::{self, Aggregation, HutchinsonAccumulator, Method, NoiseReference, ScoreAccumulator};
 
@@ -53,6 +53,7 @@ impl Engine {
             methods: spec.score.methods().to_vec(),
             channel_agg: Some(spec.score.channel_agg()),
             smoothing_samples: spec.score.smoothing_points(),
+            layouts: spec.layers.iter().map(|l| l.layout_request()).collect(),
         };
         let model = crate::onnx::decode(&bytes)
             .with_context(|| format!("{} is not a valid ONNX model", spec.model_path.display()))?;
@@ -88,7 +89,7 @@ impl Engine {
             );
         }
         tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_components = components.len(), "engine ready");
-        let settings_hash = settings_hash(spec, &model_sha256)?;
+        let settings_hash = with_views(settings_hash(spec, &model_sha256)?, &graph.views);
         let input_dims: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
         let smoothing_reference = match &spec.score.smoothing_reference() {
             super::SmoothingReference::File(p) => {
@@ -129,6 +130,10 @@ impl Engine {
     }
     pub fn model_sha256(&self) -> &str {
         &self.model_sha256
+    }
+    /// Per layer (spec order), how the compiler read its axes and why.
+    pub fn views(&self) -> &[LayerView] {
+        &self.graph.views
     }
     pub fn settings_hash(&self) -> &str {
         &self.settings_hash
@@ -511,4 +516,15 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         v["estimator_seed"] = serde_json::json!(seed);
     }
     Ok(compiler::sha256_hex(v.to_string().as_bytes()))
+}
+
+/// The settings hash, extended by the layers' views when any is not channels first: a layout
+/// (configured or auto-detected) changes every map of its layer, so a baseline made under another
+/// reading must not match — while channels-first graphs keep the hash they had before layouts.
+fn with_views(hash: String, views: &[LayerView]) -> String {
+    if views.iter().all(|v| v.layout == LayerLayout::Nchw) {
+        return hash;
+    }
+    let v: Vec<_> = views.iter().map(|v| (v.layout, v.grid, v.prefix_tokens)).collect();
+    compiler::sha256_hex(serde_json::json!({ "settings": hash, "views": v }).to_string().as_bytes())
 }

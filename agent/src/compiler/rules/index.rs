@@ -466,6 +466,7 @@ pub(crate) mod refusals {
             methods: vec![Method::Vanilla],
             channel_agg: None,
             smoothing_samples: 1,
+            layouts: vec![],
         };
         match compiler::compile(&model, "t", &opts) {
             Ok(_) => panic!("the model should be refused"),
