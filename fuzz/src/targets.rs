@@ -170,6 +170,7 @@ pub fn onnx(data: &[u8]) {
         methods,
         channel_agg: Some(Aggregation::Abs),
         smoothing_samples: 1 + usize::from(embedding_pick >> 5 & 1),
+        layouts: vec![],
     };
     let _ = compile(&model, "fuzz", &opts);
 }
