@@ -1,0 +1,193 @@
+//! The side-by-side bench of issue 11: per-sample marginal time of [`Engine::score_batch`] on the
+//! paper's MNIST-style encoder (D = 10), an AlexNet-like stack at 64×64 with overlapping pools
+//! (D = 32) and a ResNet-18 at 64×64 with a layer3+4 tail (D = 512), vanilla maps at a middle layer,
+//! S = 1 and S = 16, 2 threads — next to PyTorch's figures for the same graphs when they exist.
+//!
+//! ```text
+//! ~/torch-env/bin/python tools/bench_torch.py --out target/bench     # models + PyTorch timings
+//! cargo build --release -p agent --example score_bench
+//! target/release/examples/score_bench target/bench [--threads 2] [--quick]
+//! ```
+//!
+//! `tools/bench_torch.py` builds the architectures in PyTorch, exports them to ONNX (so both sides
+//! time the same graphs) and writes `bench.json` with its timings; `--export-only` skips the timing.
+//! Without that directory the bench falls back to the committed test models `mnist_encoder`
+//! (D = 32) and `alexnet_small` (67×67, D = 64), and prints no ratios.
+//!
+//! Marginal time per sample is `(t(2b) − t(b)) / b`: start-up and per-call overheads drop out. Both
+//! wall time and process CPU time (all threads, from /proc/self/stat) are printed; on a machine shared
+//! with other work, compare CPU times.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use agent::engine::{Engine, EngineSpec, LayerSpec, RuntimeSettings, ScoreSettings};
+use agent::runtime::Provider;
+use ndarray::ArrayD;
+use rand::{Rng, SeedableRng};
+
+struct Case {
+    name: String,
+    model: PathBuf,
+    layer: String,
+    input_shape: Vec<usize>,
+    points: Vec<usize>,
+    /// PyTorch's figures per S: ("loop" | "vjp") → (wall ms, CPU ms) per sample.
+    torch: serde_json::Value,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cases(dir: &Path) -> Vec<Case> {
+    let json = dir.join("bench.json");
+    if let Ok(text) = std::fs::read_to_string(&json) {
+        let v: serde_json::Value = serde_json::from_str(&text).expect("bench.json");
+        let mut out = Vec::new();
+        for name in ["encoder", "alexnet", "resnet18"] {
+            let c = &v["cases"][name];
+            if c.is_null() {
+                continue;
+            }
+            out.push(Case {
+                name: name.into(),
+                model: PathBuf::from(c["model"].as_str().unwrap()),
+                layer: c["layer"].as_str().unwrap().into(),
+                input_shape: c["input_shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect(),
+                points: c["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect(),
+                torch: c["torch"].clone(),
+            });
+        }
+        return out;
+    }
+    eprintln!(
+        "{} not found: run tools/bench_torch.py (needs PyTorch) for the issue's architectures and the \
+         PyTorch figures; timing the committed test models instead",
+        json.display()
+    );
+    let models = repo().join("tests/models");
+    vec![
+        Case {
+            name: "mnist_encoder (test model, D = 32)".into(),
+            model: models.join("mnist_encoder.onnx"),
+            layer: "/block1/pool/MaxPool_output_0".into(),
+            input_shape: vec![1, 28, 28],
+            points: vec![1, 16],
+            torch: serde_json::Value::Null,
+        },
+        Case {
+            name: "alexnet_small (test model, D = 64)".into(),
+            model: models.join("alexnet_small.onnx"),
+            layer: "pool1".into(),
+            input_shape: vec![3, 67, 67],
+            points: vec![1, 16],
+            torch: serde_json::Value::Null,
+        },
+    ]
+}
+
+/// Process CPU time (user + system, every thread) in seconds; Linux's clock tick is 1/100 s.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Mean (wall, CPU) seconds of one `score_batch` on `x`, repeated until `min_secs` have passed.
+fn time_batch(engine: &mut Engine, x: &ArrayD<f32>, min_secs: f64) -> (f64, f64) {
+    let (w0, c0) = (Instant::now(), cpu_seconds());
+    let mut n = 0;
+    while n < 2 || w0.elapsed().as_secs_f64() < min_secs {
+        engine.score_batch(x.view()).expect("scoring");
+        n += 1;
+    }
+    (w0.elapsed().as_secs_f64() / n as f64, (cpu_seconds() - c0) / n as f64)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir =
+        args.iter().find(|a| !a.starts_with("--")).map(PathBuf::from).unwrap_or(repo().join("target/bench"));
+    let threads: usize = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let min_secs = if args.iter().any(|a| a == "--quick") { 0.3 } else { 2.0 };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    println!("ONNX Runtime CPU, {threads} intra-op threads; per-sample marginal time (t(2b) − t(b)) / b, ms");
+    println!();
+    println!(
+        "| model | S | authors' loop wall / CPU | batched VJP wall / CPU | agent wall / CPU | VJP ÷ agent (CPU) | loop ÷ agent (CPU) | runs per batch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in cases(&dir) {
+        for &s in &case.points {
+            let mut spec = EngineSpec::new(&case.model, "embedding");
+            spec.layers = vec![LayerSpec { name: "mid".into(), tensor: case.layer.clone() }];
+            spec.score = ScoreSettings { smoothing_points: Some(s), ..ScoreSettings::default() };
+            spec.runtime = RuntimeSettings {
+                providers: Some(vec![Provider::Cpu]),
+                threads: Some(threads),
+                ..RuntimeSettings::default()
+            };
+            let mut engine = Engine::new(&spec).unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+            let d = engine.embedding_dim();
+            let b = if d >= 256 {
+                1
+            } else if s == 1 {
+                8
+            } else {
+                2
+            };
+            let batch = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| {
+                let mut shape = vec![n];
+                shape.extend(&case.input_shape);
+                ArrayD::from_shape_fn(shape, |_| rng.random::<f32>())
+            };
+            let (x1, x2) = (batch(b, &mut rng), batch(2 * b, &mut rng));
+            engine.score_batch(x2.view()).expect("warm-up");
+            let (w1, c1) = time_batch(&mut engine, &x1, min_secs);
+            let (w2, c2) = time_batch(&mut engine, &x2, min_secs);
+            let wall = (w2 - w1).max(0.0) / b as f64 * 1e3;
+            let cpu = (c2 - c1).max(0.0) / b as f64 * 1e3;
+            let plan = engine.plan(2 * b);
+            let runs = (2 * b).div_ceil(plan.samples_per_run) * d.div_ceil(plan.rows_per_run);
+            let t = &case.torch[s.to_string()];
+            let fig = |k: &str| -> (String, Option<f64>) {
+                let v = &t[k];
+                match (v["wall_ms"].as_f64(), v["cpu_ms"].as_f64()) {
+                    (Some(w), Some(c)) => (format!("{w:.2} / {c:.2}"), Some(c)),
+                    _ => ("—".into(), None),
+                }
+            };
+            let (loop_s, loop_c) = fig("loop");
+            let (vjp_s, vjp_c) = fig("vjp");
+            let ratio = |o: Option<f64>| {
+                o.filter(|_| cpu > 0.0).map(|o| format!("{:.1}×", o / cpu)).unwrap_or("—".into())
+            };
+            println!(
+                "| {} (D = {d}) | {s} | {loop_s} | {vjp_s} | {wall:.2} / {cpu:.2} | {} | {} | {runs} for {} samples |",
+                case.name,
+                ratio(vjp_c),
+                ratio(loop_c),
+                2 * b
+            );
+        }
+    }
+}
