@@ -196,36 +196,42 @@ def maps_vjp(model, x, s, sigma):
     return g.abs().mean(2).transpose(0, 1)
 
 
-def timed(fn, reps):
-    """Best of `reps` (wall, CPU) seconds; the best is the least disturbed by other load."""
-    best = (float("inf"), float("inf"))
-    for _ in range(reps):
-        w, c = time.perf_counter(), time.process_time()
+def timed(fn, min_secs):
+    """Mean (wall, CPU) seconds of one call, repeated until `min_secs` have passed (twice at least):
+    the same rule as the agent's bench."""
+    w, c, n = time.perf_counter(), time.process_time(), 0
+    while n < 2 or time.perf_counter() - w < min_secs:
         fn()
-        best = min(best, (time.perf_counter() - w, time.process_time() - c))
-    return best
+        n += 1
+    return (time.perf_counter() - w) / n, (time.process_time() - c) / n
 
 
-def marginal(fn, model, shape, s, b, reps):
+def marginal(fn, model, shape, s, b, min_secs):
     x1, x2 = torch.rand(b, *shape), torch.rand(2 * b, *shape)
-    fn(model, x1, s, 0.5)  # warm-up
-    w1, c1 = timed(lambda: fn(model, x1, s, 0.5), reps)
-    w2, c2 = timed(lambda: fn(model, x2, s, 0.5), reps)
+    fn(model, x2, s, 0.5)  # warm-up
+    w1, c1 = timed(lambda: fn(model, x1, s, 0.5), min_secs)
+    w2, c2 = timed(lambda: fn(model, x2, s, 0.5), min_secs)
     return {"wall_ms": max(w2 - w1, 0.0) / b * 1e3, "cpu_ms": max(c2 - c1, 0.0) / b * 1e3,
             "batch": [b, 2 * b]}
+
+
+def batch_size(name, s):
+    """b of the marginal (t(2b) − t(b)) / b: large enough that the difference stands out of the noise
+    of a shared machine; the agent's bench uses the same sizes."""
+    return 1 if name == "resnet18" else (32 if s == 1 else 4)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="shorter timing (a smoke run)")
     ap.add_argument("--export-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     os.makedirs(a.out, exist_ok=True)
-    reps = 1 if a.quick else 3
+    min_secs = 0.3 if a.quick else 2.0
     result = {"threads": a.threads, "torch": torch.__version__, "cases": {}}
     for name, (ctor, shape, points) in CASES.items():
         model = ctor().eval()
@@ -238,10 +244,10 @@ def main():
         if not a.export_only:
             for s in points:
                 t = {}
-                b = 1 if name == "resnet18" else (8 if s == 1 else 2)
-                t["vjp"] = marginal(maps_vjp, model, shape, s, b, reps)
+                b = batch_size(name, s)
+                t["vjp"] = marginal(maps_vjp, model, shape, s, b, min_secs)
                 if name != "resnet18":  # 512 backward passes per sample: minutes, as in the issue
-                    t["loop"] = marginal(maps_loop, model, shape, s, b, reps)
+                    t["loop"] = marginal(maps_loop, model, shape, s, b, min_secs)
                 case["torch"][str(s)] = t
                 print(f"  S={s}: {json.dumps(t)}", file=sys.stderr)
         result["cases"][name] = case

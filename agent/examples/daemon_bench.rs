@@ -47,7 +47,17 @@ impl Drop for Killed {
     }
 }
 
-fn run(label: &str, samples: usize, methods: &str, files: usize, digits: &Array4<f32>) {
+/// `extra_model` and `extra_engine`: additional `[model]` and `[engine]` lines (overrides).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    label: &str,
+    samples: usize,
+    methods: &str,
+    extra_model: &str,
+    extra_engine: &str,
+    files: usize,
+    digits: &Array4<f32>,
+) {
     let d = tempfile::tempdir().unwrap();
     let inbox = d.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
@@ -63,10 +73,12 @@ embedding = "embedding"
 layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
 methods = {methods}
 smoothing_points = {samples}
+{extra_model}
 [engine]
 providers = ["cpu"]
 batch_size = 16
 queue_capacity = 64
+{extra_engine}
 [baseline]
 reference_dir = "{repo}/models/digits/reference.npy"
 [window]
@@ -131,7 +143,27 @@ fn main() {
     );
     println!("| setting | samples S | methods | ready (s) | samples/s | ms per sample | peak RSS (MiB) |");
     println!("|---|---|---|---|---|---|---|");
-    run("plain gradient", 1, r#"["vanilla", "actgrad"]"#, files, &digits);
-    run("smoothed (daemon default)", 16, r#"["vanilla", "actgrad"]"#, files, &digits);
-    run("smoothed, all methods", 16, r#"["vanilla", "actgrad", "gradcam"]"#, files, &digits);
+    let two = r#"["vanilla", "actgrad"]"#;
+    run("plain gradient", 1, two, "", "", files, &digits);
+    run("smoothed (daemon default)", 16, two, "", "", files, &digits);
+    // The fixed chunking the engine used before its runs were sized from the memory limit.
+    run(
+        "smoothed, before: rows_per_run = 32, whole batch per run",
+        16,
+        two,
+        "rows_per_run = 32",
+        "memory_limit_bytes = 1099511627776",
+        files,
+        &digits,
+    );
+    run(
+        "smoothed, memory_limit_bytes = 32 MiB",
+        16,
+        two,
+        "",
+        "memory_limit_bytes = 33554432",
+        files,
+        &digits,
+    );
+    run("smoothed, all methods", 16, r#"["vanilla", "actgrad", "gradcam"]"#, "", "", files, &digits);
 }
