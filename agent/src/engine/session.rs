@@ -456,11 +456,12 @@ impl RunPlan {
 /// Estimated bytes of a run per (smoothing point × cotangent row): every distinct layer's
 /// activation (`C × H × W` floats) times a safety factor for the backward tensors between the layer
 /// and the embedding, which have the layer's order of size (ONNX Runtime's planner reuses their
-/// buffers, but masks, transposed copies and the maps live alongside). The factor 6 was set from
-/// measured peak RSS (docs/BENCHMARKS.md, "Memory"): on the digit encoder 85 KB were measured per
-/// (point, row) against 4 × 4704 × 6 = 113 KB estimated.
+/// buffers, but masks, transposed copies and the maps live alongside). The factor comes from a
+/// measurement: the daemon with the fixed chunking it had before (16 samples × 16 points × 32 rows
+/// per run, layers of 8·14·14 and 16·7·7 elements) peaked at 700 MiB against 82 MiB without
+/// smoothing, 79 KB per (point, row), 8.4 × the layers' 9408 bytes (docs/BENCHMARKS.md, "Memory").
 fn bytes_per_point_row(outputs: &[MapOutput]) -> u64 {
-    const SAFETY: u64 = 6;
+    const SAFETY: u64 = 10;
     let mut seen = std::collections::BTreeSet::new();
     let elements: u64 = outputs
         .iter()
@@ -613,4 +614,26 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         v["estimator_seed"] = serde_json::json!(seed);
     }
     Ok(compiler::sha256_hex(v.to_string().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunPlan;
+
+    #[test]
+    fn runs_take_all_rows_of_as_many_samples_as_the_limit_allows() {
+        // 16 samples × 16 points × 32 rows × 1 KB = 8 MiB.
+        let plan = |limit: u64, over| RunPlan::new(16, 16, 32, 1024, limit, over);
+        assert_eq!(plan(8 << 20, None), RunPlan { samples_per_run: 16, rows_per_run: 32 });
+        assert_eq!(plan(1 << 30, None), RunPlan { samples_per_run: 16, rows_per_run: 32 });
+        // Room for 2.5 samples' rows: 2 samples per run, every row, so one forward pass each.
+        assert_eq!(plan(1280 << 10, None), RunPlan { samples_per_run: 2, rows_per_run: 32 });
+        // Not even one sample's rows: one sample per run, its rows chunked.
+        assert_eq!(plan(100 << 10, None), RunPlan { samples_per_run: 1, rows_per_run: 6 });
+        // The smallest run whatever the limit: one sample, one row.
+        assert_eq!(plan(1, None), RunPlan { samples_per_run: 1, rows_per_run: 1 });
+        // An explicit rows_per_run is kept; the samples per run still follow the limit.
+        assert_eq!(plan(1 << 20, Some(8)), RunPlan { samples_per_run: 8, rows_per_run: 8 });
+        assert_eq!(plan(1 << 30, Some(100)), RunPlan { samples_per_run: 16, rows_per_run: 32 });
+    }
 }
