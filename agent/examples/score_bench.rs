@@ -151,12 +151,13 @@ fn main() {
             };
             let mut engine = Engine::new(&spec).unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
             let d = engine.embedding_dim();
+            // The sizes of tools/bench_torch.py's `batch_size`.
             let b = if d >= 256 {
                 1
             } else if s == 1 {
-                8
+                32
             } else {
-                2
+                4
             };
             let batch = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| {
                 let mut shape = vec![n];
