@@ -243,3 +243,45 @@ fn smoothed_scores_do_not_depend_on_batch_position() {
     }
     assert_ne!(in_batch[0].scores[0].noise_score, in_batch[1].scores[0].noise_score);
 }
+
+/// How the memory limit splits a batch into runs (samples per run, cotangent rows per run) changes no
+/// score: one run for the whole batch, two samples per run with every row, and one sample and one
+/// row per run give the same scores, and the same noise benchmark.
+#[test]
+fn run_sizes_chosen_from_the_memory_limit_change_no_score() {
+    let model = repo_root().join("models/digits/encoder.onnx");
+    let batch = ndarray::stack(
+        Axis(0),
+        &[uniform(&[1, 28, 28], 4).view(), uniform(&[1, 28, 28], 5).view(), uniform(&[1, 28, 28], 6).view()],
+    )
+    .unwrap();
+    let run = |limit: u64, expect_samples: usize, expect_rows: usize| {
+        let mut s = spec(&model, "/pool1/MaxPool_output_0", vec![Method::Vanilla, Method::ActGrad]);
+        s.score.rows_per_run = None;
+        s.score.smoothing_points = Some(2);
+        s.runtime.memory_limit_bytes = Some(limit);
+        let mut e = Engine::new(&s).unwrap();
+        let plan = e.plan(3);
+        assert_eq!((plan.samples_per_run, plan.rows_per_run), (expect_samples, expect_rows), "limit {limit}");
+        let scores = e.score_batch(batch.view().into_dyn()).unwrap();
+        (e.keys().to_vec(), scores)
+    };
+    // The digit encoder: D = 32; one (point, row) is estimated at 4 × 8·14·14 × 10 = 62720 bytes.
+    let unit = 62720u64;
+    let (keys, whole) = run(1 << 40, 3, 32);
+    for (limit, samples, rows) in [(2 * 2 * 32 * unit, 2, 32), (1, 1, 1), (2 * 5 * unit, 1, 5)] {
+        let (k, split) = run(limit, samples, rows);
+        for (a, b) in pairs(&keys, &k) {
+            assert!((a.noise_benchmark - b.noise_benchmark).abs() < 1e-6, "limit {limit}");
+        }
+        for (x, y) in pairs(&whole, &split) {
+            for (a, b) in pairs(&x.scores, &y.scores) {
+                assert!(
+                    (a.noise_score - b.noise_score).abs() < 1e-6
+                        && (a.variance_score - b.variance_score).abs() < 1e-6,
+                    "limit {limit}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+}

@@ -4,7 +4,9 @@
 //! For each setting it starts `target/release/agent` on a temporary directory with the demo encoder,
 //! waits until it is ready (baseline from 256 reference digits), drops FILES digit files (default 1000)
 //! into the watched directory as fast as it can, and times them until every one is in `done/`. Peak
-//! memory is the process's high-water mark (`VmHWM` in /proc). Results go to stdout as a table.
+//! memory is the process's high-water mark (`VmHWM` in /proc); CPU time is the daemon's own (all its
+//! threads, /proc/PID/stat) over the same span, the figure to compare on a shared machine. Results go
+//! to stdout as a table.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -30,6 +32,15 @@ fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
 
+/// The process's CPU time (user + system, all threads) in seconds; Linux's clock tick is 1/100 s.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -47,7 +58,17 @@ impl Drop for Killed {
     }
 }
 
-fn run(label: &str, samples: usize, methods: &str, files: usize, digits: &Array4<f32>) {
+/// `extra_model` and `extra_engine`: additional `[model]` and `[engine]` lines (overrides).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    label: &str,
+    samples: usize,
+    methods: &str,
+    extra_model: &str,
+    extra_engine: &str,
+    files: usize,
+    digits: &Array4<f32>,
+) {
     let d = tempfile::tempdir().unwrap();
     let inbox = d.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
@@ -63,10 +84,12 @@ embedding = "embedding"
 layers = [{{ name = "conv2_in", tensor = "/pool1/MaxPool_output_0" }}, {{ name = "block2", tensor = "/pool2/MaxPool_output_0" }}]
 methods = {methods}
 smoothing_points = {samples}
+{extra_model}
 [engine]
 providers = ["cpu"]
 batch_size = 16
 queue_capacity = 64
+{extra_engine}
 [baseline]
 reference_dir = "{repo}/models/digits/reference.npy"
 [window]
@@ -97,6 +120,7 @@ level = "warn"
         std::thread::sleep(Duration::from_millis(50));
     }
     let ready = start.elapsed();
+    let cpu0 = cpu_seconds(child.0.id());
     let t0 = Instant::now();
     for i in 0..files {
         let x = digits.index_axis(Axis(0), i % digits.shape()[0]).to_owned();
@@ -110,12 +134,14 @@ level = "warn"
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(child.0.id()) - cpu0;
     let hwm = vm_hwm_kib(child.0.id());
     println!(
-        "| {label} | {samples} | {methods} | {:.1} | {:.0} | {:.1} | {:.0} |",
+        "| {label} | {samples} | {methods} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} |",
         ready.as_secs_f64(),
         files as f64 / secs,
         1000.0 * secs / files as f64,
+        1000.0 * cpu / files as f64,
         hwm as f64 / 1024.0
     );
 }
@@ -129,9 +155,31 @@ fn main() {
         "{files} files per run, CPU, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    println!("| setting | samples S | methods | ready (s) | samples/s | ms per sample | peak RSS (MiB) |");
-    println!("|---|---|---|---|---|---|---|");
-    run("plain gradient", 1, r#"["vanilla", "actgrad"]"#, files, &digits);
-    run("smoothed (daemon default)", 16, r#"["vanilla", "actgrad"]"#, files, &digits);
-    run("smoothed, all methods", 16, r#"["vanilla", "actgrad", "gradcam"]"#, files, &digits);
+    println!(
+        "| setting | samples S | methods | ready (s) | samples/s | ms per sample | CPU ms per sample | peak RSS (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let two = r#"["vanilla", "actgrad"]"#;
+    run("plain gradient", 1, two, "", "", files, &digits);
+    run("smoothed (daemon default)", 16, two, "", "", files, &digits);
+    // The fixed chunking the engine used before its runs were sized from the memory limit.
+    run(
+        "smoothed, before: rows_per_run = 32, whole batch per run",
+        16,
+        two,
+        "rows_per_run = 32",
+        "memory_limit_bytes = 1099511627776",
+        files,
+        &digits,
+    );
+    run(
+        "smoothed, memory_limit_bytes = 32 MiB",
+        16,
+        two,
+        "",
+        "memory_limit_bytes = 33554432",
+        files,
+        &digits,
+    );
+    run("smoothed, all methods", 16, r#"["vanilla", "actgrad", "gradcam"]"#, "", "", files, &digits);
 }

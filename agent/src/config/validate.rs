@@ -141,6 +141,9 @@ fn engine(p: &mut Problems, e: &EngineConfig) {
     if e.runtime.providers.as_ref().is_some_and(|p| p.is_empty()) {
         p.add("engine.providers", "empty; use [\"cuda\", \"cpu\"] or [\"cpu\"]");
     }
+    if e.runtime.memory_limit_bytes == Some(0) {
+        p.add("engine.memory_limit_bytes", "must be at least 1 (bytes)");
+    }
     if e.batch_size == 0 {
         p.add("engine.batch_size", "must be at least 1");
     }

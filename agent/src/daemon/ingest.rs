@@ -149,16 +149,12 @@ async fn accept(
 /// The source's bearer token, else the server's; none configured lets every request in.
 fn authorize(state: &AppState, e: &IngestEndpoint, headers: &HeaderMap) -> Result<(), Refusal> {
     let token = e.cfg.auth_token.clone().or_else(|| super::locks::read(&state.auth_token).clone());
-    if let Some(token) = token {
-        if !super::server::bearer_ok(headers, &token) {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            ));
+    match token {
+        Some(token) if !super::server::bearer_ok(headers, &token) => {
+            Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token"))
         }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// `/v2/models/{name}/infer` for a model this agent does not monitor: 404 naming the known ones.

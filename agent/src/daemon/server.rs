@@ -32,7 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// `Authorization: Bearer <server.auth_token>` when a token is configured.
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let expected = state.auth_token.read().expect("lock").clone();
+    let expected = super::locks::read(&state.auth_token).clone();
     if let Some(token) = expected
         && !bearer_ok(req.headers(), &token)
     {

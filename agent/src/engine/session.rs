@@ -1,14 +1,18 @@
 //! [`Engine`]: compile the attribution graph, hold its ONNX Runtime session, and score batches.
 //!
-//! Per batch: each sample becomes `S` smoothing points (`S = 1`: the sample itself), the graph runs
-//! once per chunk of `rows_per_run` cotangent rows (one-hot rows of the scored components), and every
-//! chunk's `[B, k, H, W]` maps stream into one [`ScoreAccumulator`] per sample and (layer, method).
+//! Per batch: each sample becomes `S` smoothing points (`S = 1`: the sample itself), and the graph runs
+//! on groups of samples with chunks of cotangent rows (one-hot rows of the scored components); every
+//! run's `[b, k, H, W]` maps stream into one [`ScoreAccumulator`] per sample and (layer, method).
 //! The noise side is computed the same way once, at start-up.
+//!
+//! How many samples and rows share a run comes from the memory limit ([`RunPlan`]): all rows of as
+//! many samples as fit, so that each sample's forward pass runs once; only when one sample's rows do
+//! not fit are the rows chunked (and the forward pass repeated per chunk).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, CowArray, IxDyn};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -27,8 +31,12 @@ pub struct Engine {
     input_shape: Vec<usize>,
     /// Indices of the embedding components scored (all `D`, or a seeded subset).
     components: Vec<usize>,
-    /// The estimator's extra cotangent rows (`1/D` row, or Hutchinson probes); none for `exact`.
-    extra_rows: Array2<f32>,
+    /// Every cotangent row of a sample, built once: the one-hot rows of `components`, then the
+    /// estimator's extra rows (`1/D` row, or Hutchinson probes; none for `exact`). Each run feeds a
+    /// view of a range of them.
+    all_rows: Array2<f32>,
+    /// Estimated bytes of one run per (smoothing point × cotangent row) ([`bytes_per_point_row`]).
+    unit_bytes: u64,
     /// `x_ref` of the smoothed estimator when it is a file.
     smoothing_reference: Option<ArrayD<f32>>,
     keys: Vec<ScoreKey>,
@@ -44,8 +52,11 @@ impl Engine {
         let bytes = std::fs::read(&spec.model_path)
             .with_context(|| format!("reading model {}", spec.model_path.display()))?;
         let model_sha256 = compiler::sha256_hex(&bytes);
-        if spec.score.smoothing_points() == 0 || spec.score.rows_per_run() == 0 {
+        if spec.score.smoothing_points() == 0 || spec.score.rows_per_run() == Some(0) {
             bail!("smoothing_points and rows_per_run must be at least 1");
+        }
+        if spec.runtime.memory_limit_bytes() == 0 {
+            bail!("memory_limit_bytes must be at least 1");
         }
         let opts = CompileOptions {
             embedding: spec.embedding.clone(),
@@ -74,6 +85,12 @@ impl Engine {
             _ => (0..d).collect(),
         };
         let extra_rows = estimator_rows(spec, d)?;
+        let mut all_rows = Array2::<f32>::zeros((components.len() + extra_rows.nrows(), d));
+        for (r, &c) in components.iter().enumerate() {
+            all_rows[[r, c]] = 1.0;
+        }
+        all_rows.slice_mut(ndarray::s![components.len().., ..]).assign(&extra_rows);
+        let unit_bytes = bytes_per_point_row(&graph.outputs);
         let so = SessionOptions {
             providers: spec.runtime.providers().to_vec(),
             threads: spec.runtime.threads(),
@@ -105,7 +122,8 @@ impl Engine {
             input_name,
             input_shape,
             components,
-            extra_rows,
+            all_rows,
+            unit_bytes,
             smoothing_reference,
             keys: Vec::new(),
             noise: Vec::new(),
@@ -247,15 +265,46 @@ impl Engine {
         Ok(self.maps(batch)?.into_iter().map(|per| per.into_iter().map(|m| m.embedding).collect()).collect())
     }
 
-    /// Per sample, per output: the embedding-aggregated map and the variance score.
-    ///
-    /// Rows run in chunks of `rows_per_run`: first the one-hot rows of the scored components (they feed
-    /// the variance score, and `E` with the exact estimator), then the estimator's extra rows (one `1/D`
-    /// row for `mean_map`, the probes for `hutchinson`), whose maps give `E` instead.
+    /// How the next batch of `samples` samples is split into runs (see [`RunPlan`]).
+    pub fn plan(&self, samples: usize) -> RunPlan {
+        RunPlan::new(
+            samples,
+            self.spec.score.smoothing_points(),
+            self.all_rows.nrows(),
+            self.unit_bytes,
+            self.spec.runtime.memory_limit_bytes(),
+            self.spec.score.rows_per_run(),
+        )
+    }
+
+    /// Per sample, per output: the embedding-aggregated map and the variance score, computed group
+    /// by group of [`RunPlan::samples_per_run`] samples.
     fn maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<scores::SampleMaps>>> {
         if batch.ndim() != self.input_shape.len() + 1 || batch.shape()[1..] != self.input_shape[..] {
             bail!("batch has shape {:?}; the model takes [B, {:?}]", batch.shape(), self.input_shape);
         }
+        let b = batch.shape()[0];
+        let plan = self.plan(b);
+        let mut result = Vec::with_capacity(b);
+        let mut start = 0;
+        while start < b {
+            let end = (start + plan.samples_per_run).min(b);
+            let group = batch.slice_axis(Axis(0), (start..end).into());
+            result.extend(self.group_maps(group, plan.rows_per_run)?);
+            start = end;
+        }
+        Ok(result)
+    }
+
+    /// [`Engine::maps`] for one group of samples, `rows_per_run` cotangent rows per run: first the
+    /// one-hot rows of the scored components (they feed the variance score, and `E` with the exact
+    /// estimator), then the estimator's extra rows (one `1/D` row for `mean_map`, the probes for
+    /// `hutchinson`), whose maps give `E` instead.
+    fn group_maps(
+        &mut self,
+        batch: ArrayViewD<f32>,
+        rows_per_run: usize,
+    ) -> Result<Vec<Vec<scores::SampleMaps>>> {
         let b = batch.shape()[0];
         let points = self.points(batch)?;
         let d = self.graph.embedding_dim;
@@ -277,33 +326,31 @@ impl Engine {
                     .collect()
             })
             .collect();
-        let mut hutch: Vec<Vec<HutchinsonAccumulator>> = (0..b)
-            .map(|_| outputs.iter().map(|o| HutchinsonAccumulator::new(o.height, o.width, d)).collect())
-            .collect();
+        let estimator = self.spec.score.estimator();
+        let mut hutch: Vec<Vec<HutchinsonAccumulator>> = if estimator == Estimator::Hutchinson {
+            (0..b)
+                .map(|_| outputs.iter().map(|o| HutchinsonAccumulator::new(o.height, o.width, d)).collect())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut mean_map: Vec<Vec<Option<Array2<f32>>>> = vec![vec![None; outputs.len()]; b];
         let n_components = self.components.len();
-        let total = n_components + self.extra_rows.nrows();
-        let names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
+        let total = self.all_rows.nrows();
         let mut start = 0;
         while start < total {
-            let end = (start + self.spec.score.rows_per_run()).min(total);
-            let mut v = Array2::<f32>::zeros((end - start, d));
-            for r in start..end {
-                if r < n_components {
-                    v[[r - start, self.components[r]]] = 1.0;
-                } else {
-                    v.row_mut(r - start).assign(&self.extra_rows.row(r - n_components));
-                }
-            }
+            let end = (start + rows_per_run.max(1)).min(total);
+            // A row range of a row-major matrix is contiguous: fed as a view, no copy.
+            let v = self.all_rows.slice(ndarray::s![start..end, ..]);
             let feeds = ort::inputs![
                 self.input_name.as_str() => TensorRef::from_array_view(points.view())?,
-                compiler::COTANGENT => TensorRef::from_array_view(v.view())?,
+                compiler::COTANGENT => TensorRef::from_array_view(v)?,
             ];
             let out = self.session.run(feeds).context("ONNX Runtime failed")?;
             // Rows [0, split) of this chunk are component rows, the rest estimator rows.
             let split = n_components.clamp(start, end) - start;
-            for (oi, name) in names.iter().enumerate() {
-                let m = out[name.as_str()].try_extract_array::<f32>()?;
+            for (oi, o) in outputs.iter().enumerate() {
+                let m = out[o.name.as_str()].try_extract_array::<f32>()?;
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
                 for s in 0..b {
                     let rows = m.index_axis(Axis(0), s);
@@ -313,7 +360,7 @@ impl Engine {
                     }
                     if split < end - start {
                         let part = rows.slice(ndarray::s![split.., .., ..]);
-                        match self.spec.score.estimator() {
+                        match estimator {
                             Estimator::MeanMap => {
                                 mean_map[s][oi] = Some(part.index_axis(Axis(0), 0).to_owned())
                             }
@@ -330,7 +377,7 @@ impl Engine {
             let mut per = Vec::with_capacity(outputs.len());
             for oi in 0..outputs.len() {
                 let mut m = acc[s][oi].finish()?;
-                match self.spec.score.estimator() {
+                match estimator {
                     Estimator::Exact => {}
                     Estimator::MeanMap => {
                         m.embedding = mean_map[s][oi].take().context("internal: no mean map")?
@@ -344,12 +391,17 @@ impl Engine {
         Ok(result)
     }
 
-    /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself).
-    fn points(&self, batch: ArrayViewD<f32>) -> Result<ArrayD<f32>> {
+    /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself,
+    /// borrowed when it is contiguous).
+    fn points<'b>(&self, batch: ArrayViewD<'b, f32>) -> Result<CowArray<'b, f32, IxDyn>> {
         let s = self.spec.score.smoothing_points();
         let sigma = self.spec.score.smoothing();
         if s == 1 && sigma == 0.0 {
-            return Ok(batch.to_owned());
+            return Ok(if batch.is_standard_layout() {
+                CowArray::from(batch)
+            } else {
+                CowArray::from(batch.as_standard_layout().into_owned())
+            });
         }
         let mut parts = Vec::with_capacity(batch.shape()[0]);
         for x in batch.axis_iter(Axis(0)) {
@@ -368,9 +420,57 @@ impl Engine {
             parts.push(p);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        let stacked = ndarray::concatenate(Axis(0), &views)?;
-        Ok(stacked)
+        Ok(CowArray::from(ndarray::concatenate(Axis(0), &views)?))
     }
+}
+
+/// How a batch is split into ONNX Runtime runs: `samples_per_run` samples (each `S` points) with
+/// `rows_per_run` cotangent rows each. A run's tensors grow with points × rows, so the plan keeps
+/// `samples_per_run × S × rows_per_run × unit_bytes` within the memory limit. It prefers all rows in
+/// one run (each sample's forward pass then runs once) and fewer samples per run; only when one
+/// sample's rows do not fit does it chunk the rows. How runs are split changes no score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunPlan {
+    pub samples_per_run: usize,
+    pub rows_per_run: usize,
+}
+
+impl RunPlan {
+    /// `rows_override`: the explicit `rows_per_run`, which then only the samples per run adapt to.
+    pub fn new(
+        samples: usize,
+        points: usize,
+        rows: usize,
+        unit_bytes: u64,
+        limit: u64,
+        rows_override: Option<usize>,
+    ) -> RunPlan {
+        let samples = samples.max(1);
+        let per_sample_row = (points.max(1) as u64).saturating_mul(unit_bytes.max(1));
+        let rows_fit = (limit / per_sample_row).max(1) as usize;
+        let rows_per_run = rows_override.unwrap_or(rows_fit).clamp(1, rows.max(1));
+        let per_sample = per_sample_row.saturating_mul(rows_per_run as u64);
+        let samples_per_run = ((limit / per_sample).max(1) as usize).min(samples);
+        RunPlan { samples_per_run, rows_per_run }
+    }
+}
+
+/// Estimated bytes of a run per (smoothing point × cotangent row): every distinct layer's
+/// activation (`C × H × W` floats) times a safety factor for the backward tensors between the layer
+/// and the embedding, which have the layer's order of size (ONNX Runtime's planner reuses their
+/// buffers, but masks, transposed copies and the maps live alongside). The factor comes from a
+/// measurement: the daemon with the fixed chunking it had before (16 samples × 16 points × 32 rows
+/// per run, layers of 8·14·14 and 16·7·7 elements) peaked at 700 MiB against 82 MiB without
+/// smoothing, 79 KB per (point, row), 8.4 × the layers' 9408 bytes (docs/BENCHMARKS.md, "Memory").
+fn bytes_per_point_row(outputs: &[MapOutput]) -> u64 {
+    const SAFETY: u64 = 10;
+    let mut seen = std::collections::BTreeSet::new();
+    let elements: u64 = outputs
+        .iter()
+        .filter(|o| seen.insert(o.layer_index))
+        .map(|o| (o.channels * o.height * o.width) as u64)
+        .sum();
+    4 * elements.max(1) * SAFETY
 }
 
 /// `seed` mixed with a hash of the sample's values (SHA-256 of its little-endian f32 bytes).
@@ -527,4 +627,26 @@ fn with_views(hash: String, views: &[LayerView]) -> String {
     }
     let v: Vec<_> = views.iter().map(|v| (v.layout, v.grid, v.prefix_tokens)).collect();
     compiler::sha256_hex(serde_json::json!({ "settings": hash, "views": v }).to_string().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunPlan;
+
+    #[test]
+    fn runs_take_all_rows_of_as_many_samples_as_the_limit_allows() {
+        // 16 samples × 16 points × 32 rows × 1 KB = 8 MiB.
+        let plan = |limit: u64, over| RunPlan::new(16, 16, 32, 1024, limit, over);
+        assert_eq!(plan(8 << 20, None), RunPlan { samples_per_run: 16, rows_per_run: 32 });
+        assert_eq!(plan(1 << 30, None), RunPlan { samples_per_run: 16, rows_per_run: 32 });
+        // Room for 2.5 samples' rows: 2 samples per run, every row, so one forward pass each.
+        assert_eq!(plan(1280 << 10, None), RunPlan { samples_per_run: 2, rows_per_run: 32 });
+        // Not even one sample's rows: one sample per run, its rows chunked.
+        assert_eq!(plan(100 << 10, None), RunPlan { samples_per_run: 1, rows_per_run: 6 });
+        // The smallest run whatever the limit: one sample, one row.
+        assert_eq!(plan(1, None), RunPlan { samples_per_run: 1, rows_per_run: 1 });
+        // An explicit rows_per_run is kept; the samples per run still follow the limit.
+        assert_eq!(plan(1 << 20, Some(8)), RunPlan { samples_per_run: 8, rows_per_run: 8 });
+        assert_eq!(plan(1 << 30, Some(100)), RunPlan { samples_per_run: 16, rows_per_run: 32 });
+    }
 }

@@ -81,7 +81,8 @@ pub struct ScoreSettings {
     #[arg(long, value_name = "K")]
     #[serde(default)]
     pub probes: Option<usize>,
-    /// Cotangent rows per ONNX Runtime run: more is faster and uses more memory [default: 32].
+    /// Cotangent rows per ONNX Runtime run, overriding the choice from `engine.memory_limit_bytes`
+    /// [default: as many as the memory limit allows, all of them when it allows].
     #[arg(long, value_name = "K")]
     #[serde(default)]
     pub rows_per_run: Option<usize>,
@@ -119,8 +120,9 @@ impl ScoreSettings {
     pub fn probes(&self) -> usize {
         self.probes.unwrap_or(64)
     }
-    pub fn rows_per_run(&self) -> usize {
-        self.rows_per_run.unwrap_or(32)
+    /// The explicit override; `None` lets the engine choose from its memory limit.
+    pub fn rows_per_run(&self) -> Option<usize> {
+        self.rows_per_run
     }
 
     /// These settings with every field that `over` sets replaced by its value (flags over a file).
@@ -220,6 +222,12 @@ pub struct RuntimeSettings {
     #[arg(long = "onnxruntime", value_name = "LIB")]
     #[serde(default)]
     pub onnxruntime_path: Option<PathBuf>,
+    /// Memory for the tensors of one ONNX Runtime run, in bytes: the engine sizes its runs (samples
+    /// and cotangent rows per run) to fit, from an estimate of the compiled graph's bytes per
+    /// (point, row) [default: 134217728, 128 MiB].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
 }
 
 const DEFAULT_PROVIDERS: &[Provider] = &[Provider::Cuda, Provider::Cpu];
@@ -231,14 +239,18 @@ impl RuntimeSettings {
     pub fn threads(&self) -> usize {
         self.threads.unwrap_or(0)
     }
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.memory_limit_bytes.unwrap_or(128 << 20)
+    }
 
     /// These settings with every field that `over` sets replaced by its value (flags over a file).
     pub fn overlay(self, over: RuntimeSettings) -> RuntimeSettings {
-        let RuntimeSettings { providers, threads, onnxruntime_path } = over;
+        let RuntimeSettings { providers, threads, onnxruntime_path, memory_limit_bytes } = over;
         RuntimeSettings {
             providers: providers.or(self.providers),
             threads: threads.or(self.threads),
             onnxruntime_path: onnxruntime_path.or(self.onnxruntime_path),
+            memory_limit_bytes: memory_limit_bytes.or(self.memory_limit_bytes),
         }
     }
 }
@@ -259,7 +271,7 @@ mod tests {
         let flags = ScoreSettings { channel_agg: Some(Aggregation::Var), ..ScoreSettings::default() };
         let merged = file.clone().overlay(flags);
         assert_eq!(merged.channel_agg(), Aggregation::Var);
-        assert_eq!((merged.smoothing_points(), merged.smoothing(), merged.rows_per_run()), (8, 0.3, 4));
+        assert_eq!((merged.smoothing_points(), merged.smoothing(), merged.rows_per_run()), (8, 0.3, Some(4)));
         // A new number of points without σ takes that number's default σ.
         let one = file.overlay(ScoreSettings { smoothing_points: Some(1), ..ScoreSettings::default() });
         assert_eq!((one.smoothing_points(), one.smoothing()), (1, 0.0));
@@ -280,5 +292,7 @@ mod tests {
         let rt =
             RuntimeSettings::default().overlay(RuntimeSettings { threads: Some(2), ..Default::default() });
         assert_eq!((rt.providers(), rt.threads()), (&[Provider::Cuda, Provider::Cpu][..], 2));
+        assert_eq!(rt.memory_limit_bytes(), 128 << 20);
+        assert_eq!(none.rows_per_run(), None);
     }
 }
