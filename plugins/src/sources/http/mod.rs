@@ -294,7 +294,7 @@ impl HttpSource {
             let g = self.shared.lock();
             (g.progress.state().cursor.clone(), g.progress.state().validators.clone())
         };
-        let ctx = Ctx { src: &self, decode: &decode, tx: &tx, observer: observer.as_ref() };
+        let ctx = FeedReader { src: &self, decode: &decode, tx: &tx, observer: observer.as_ref() };
         let mut attempt = 0u32;
         tracing::info!(source = %cfg.name, url = %cfg.url, mode = ?cfg.mode, cursor = ?cursor, "reading the feed");
         loop {
@@ -332,7 +332,10 @@ impl HttpSource {
     }
 }
 
-struct Ctx<'a> {
+/// What one running feed loop borrows for its whole life: the source (its settings and
+/// progress), how records are decoded, and where they go. Held apart from `HttpSource` so the
+/// request code need not thread four arguments through every call.
+struct FeedReader<'a> {
     src: &'a HttpSource,
     decode: &'a DecodeOptions,
     tx: &'a mpsc::Sender<Delivery>,
@@ -353,7 +356,7 @@ async fn unless_stopped<F: std::future::Future>(
     }
 }
 
-impl Ctx<'_> {
+impl FeedReader<'_> {
     fn cfg(&self) -> &HttpConfig {
         &self.src.shared.cfg
     }
