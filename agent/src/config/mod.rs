@@ -54,6 +54,10 @@ pub struct Config {
 const RENAMED: &[(&str, &str, &str)] =
     &[("model", "samples", "smoothing_points"), ("model", "dims", "subset_components")];
 
+/// Keys of `[[sources]]` entries renamed likewise: (source `type`, old key, new key), reported
+/// per entry as `sources[i].old`.
+const RENAMED_IN_SOURCES: &[(&str, &str, &str)] = &[("http", "timeout_ms", "header_timeout_ms")];
+
 /// `[model]`: the ONNX model and what to score in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -312,6 +316,31 @@ impl Default for LoggingConfig {
     }
 }
 
+/// One [`Problem`] per old key name (see [`RENAMED`], [`RENAMED_IN_SOURCES`]) set in `raw`.
+fn renamed_keys_in_use(raw: &config::Config, file: &str) -> Vec<Problem> {
+    let renamed = |section: &str, old: &str, new: &str| Problem {
+        file: file.to_string(),
+        key: format!("{section}.{old}"),
+        why: format!("renamed to {section}.{new}; the old name still works for now"),
+    };
+    let mut out: Vec<Problem> = RENAMED
+        .iter()
+        .filter(|(section, old, _)| raw.get_table(section).is_ok_and(|t| t.contains_key(*old)))
+        .map(|(section, old, new)| renamed(section, old, new))
+        .collect();
+    let sources = raw.get_array("sources").unwrap_or_default();
+    for (i, source) in sources.into_iter().enumerate() {
+        let Ok(table) = source.into_table() else { continue };
+        let kind = table.get("type").and_then(|t| t.clone().into_string().ok());
+        for (ty, old, new) in RENAMED_IN_SOURCES {
+            if kind.as_deref() == Some(*ty) && table.contains_key(*old) {
+                out.push(renamed(&format!("sources[{i}]"), old, new));
+            }
+        }
+    }
+    out
+}
+
 impl Config {
     /// Reads `path` with the process environment's `AGENT__…` overrides.
     pub fn load(path: &Path) -> Result<Config> {
@@ -338,15 +367,7 @@ impl Config {
             .build()
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let file = path.display().to_string();
-        let deprecated = RENAMED
-            .iter()
-            .filter(|(section, old, _)| raw.get_table(section).is_ok_and(|t| t.contains_key(*old)))
-            .map(|(section, old, new)| Problem {
-                file: file.clone(),
-                key: format!("{section}.{old}"),
-                why: format!("renamed to {section}.{new}; the old name still works for now"),
-            })
-            .collect();
+        let deprecated = renamed_keys_in_use(&raw, &file);
         let mut cfg: Config = raw.try_deserialize().map_err(|e| anyhow!("{file}: {e}"))?;
         cfg.file = path.to_path_buf();
         cfg.deprecated = deprecated;

@@ -117,7 +117,7 @@ type = "http"
 name = "feed"
 url = "ftp://example.com/feed"
 state_dir = ""
-timeout_ms = 0
+header_timeout_ms = 0
 backoff_initial_ms = 100
 backoff_max_ms = 10
 dedupe_ids = 0
@@ -140,7 +140,7 @@ name = "second"
         "model.preprocessing.max_image_pixels",
         "sources[1].url",
         "sources[1].state_dir",
-        "sources[1].timeout_ms",
+        "sources[1].header_timeout_ms",
         "sources[1].backoff_max_ms",
         "sources[1].dedupe_ids",
         "sources[2].max_body_bytes",
@@ -247,6 +247,30 @@ fn renamed_keys_still_work_with_a_deprecation() {
     let cfg = Config::load_with_env(&write(d.path(), &valid(d.path())), env).unwrap();
     assert_eq!(cfg.model.score.subset_components, Some(8));
     assert_eq!(cfg.deprecated.len(), 1);
+}
+
+#[test]
+fn the_http_sources_old_timeout_key_still_works_with_a_deprecation() {
+    let d = tempfile::tempdir().unwrap();
+    let http = |key: &str| {
+        format!(
+            "{}\n[[sources]]\ntype = \"http\"\nname = \"feed\"\nurl = \"http://127.0.0.1:9/feed\"\nstate_dir = \"{}\"\n{key} = 1234\n",
+            valid(d.path()),
+            d.path().join("feed").display()
+        )
+    };
+    let cfg = Config::load_with_env(&write(d.path(), &http("timeout_ms")), HashMap::new()).unwrap();
+    let Some(SourceConfig::Http(h)) = cfg.sources.get(1) else { panic!("{:?}", cfg.sources) };
+    assert_eq!(h.header_timeout_ms, 1234);
+    let keys: Vec<&str> = cfg.deprecated.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["sources[1].timeout_ms"]);
+    assert!(cfg.deprecated[0].why.contains("sources[1].header_timeout_ms"), "{:?}", cfg.deprecated);
+    assert_eq!(cfg.validate(), vec![]);
+    // The new name carries no warning.
+    let cfg = Config::load_with_env(&write(d.path(), &http("header_timeout_ms")), HashMap::new()).unwrap();
+    let Some(SourceConfig::Http(h)) = cfg.sources.get(1) else { panic!("{:?}", cfg.sources) };
+    assert_eq!(h.header_timeout_ms, 1234);
+    assert!(cfg.deprecated.is_empty(), "{:?}", cfg.deprecated);
 }
 
 #[test]

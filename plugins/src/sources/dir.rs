@@ -279,7 +279,7 @@ impl DirSource {
                 }
             }
         }
-        let ctx = Ctx { src: &self, decode: &decode, tx: &tx, observer: observer.as_ref() };
+        let ctx = InboxScanner { src: &self, decode: &decode, tx: &tx, observer: observer.as_ref() };
         // Leftovers first: claimed before a crash, never acknowledged.
         match list_names(&cfg.processing_dir()) {
             Ok(names) => {
@@ -353,14 +353,17 @@ impl DirSource {
     }
 }
 
-struct Ctx<'a> {
+/// What one running inbox watch borrows for its whole life: the source (its settings, directories
+/// and claim counter), how records are decoded, and where they go. Held apart from `DirSource` so
+/// the scan and claim code need not thread four arguments through every call.
+struct InboxScanner<'a> {
     src: &'a DirSource,
     decode: &'a DecodeOptions,
     tx: &'a mpsc::Sender<Delivery>,
     observer: &'a dyn Observer,
 }
 
-impl Ctx<'_> {
+impl InboxScanner<'_> {
     fn settle(&self) -> Duration {
         Duration::from_millis(self.src.shared.cfg.settle_ms)
     }
@@ -454,7 +457,7 @@ impl Ctx<'_> {
     }
 }
 
-impl Ctx<'_> {
+impl InboxScanner<'_> {
     /// Waits one settle period and tells whether the file's size or mtime moved since `before`
     /// (updated to the new stamp).
     fn still_growing(&self, path: &Path, before: &mut Option<(u64, Option<std::time::SystemTime>)>) -> bool {

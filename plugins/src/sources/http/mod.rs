@@ -51,9 +51,10 @@ pub struct HttpConfig {
     /// Longest wait to connect.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Longest wait for the response headers.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    /// Longest wait for the response headers (the body is bounded by `idle_timeout_ms` instead).
+    /// Read from the old name `timeout_ms` too, which the agent's configuration flags as deprecated.
+    #[serde(default = "default_header_timeout_ms", alias = "timeout_ms")]
+    pub header_timeout_ms: u64,
     /// Longest silence between two chunks of a response body.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
@@ -89,7 +90,7 @@ const fn default_poll_interval_ms() -> u64 {
 const fn default_connect_timeout_ms() -> u64 {
     5000
 }
-const fn default_timeout_ms() -> u64 {
+const fn default_header_timeout_ms() -> u64 {
     10_000
 }
 const fn default_idle_timeout_ms() -> u64 {
@@ -118,7 +119,7 @@ impl HttpConfig {
             cursor_param: default_cursor_param(),
             poll_interval_ms: default_poll_interval_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
-            timeout_ms: default_timeout_ms(),
+            header_timeout_ms: default_header_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),
@@ -152,7 +153,7 @@ impl HttpConfig {
         for (k, v) in [
             ("poll_interval_ms", self.poll_interval_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
-            ("timeout_ms", self.timeout_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("max_record_bytes", self.max_record_bytes),
@@ -294,7 +295,7 @@ impl HttpSource {
             let g = self.shared.lock();
             (g.progress.state().cursor.clone(), g.progress.state().validators.clone())
         };
-        let ctx = Ctx { src: &self, decode: &decode, tx: &tx, observer: observer.as_ref() };
+        let ctx = FeedReader { src: &self, decode: &decode, tx: &tx, observer: observer.as_ref() };
         let mut attempt = 0u32;
         tracing::info!(source = %cfg.name, url = %cfg.url, mode = ?cfg.mode, cursor = ?cursor, "reading the feed");
         loop {
@@ -332,7 +333,10 @@ impl HttpSource {
     }
 }
 
-struct Ctx<'a> {
+/// What one running feed loop borrows for its whole life: the source (its settings and
+/// progress), how records are decoded, and where they go. Held apart from `HttpSource` so the
+/// request code need not thread four arguments through every call.
+struct FeedReader<'a> {
     src: &'a HttpSource,
     decode: &'a DecodeOptions,
     tx: &'a mpsc::Sender<Delivery>,
@@ -353,7 +357,7 @@ async fn unless_stopped<F: std::future::Future>(
     }
 }
 
-impl Ctx<'_> {
+impl FeedReader<'_> {
     fn cfg(&self) -> &HttpConfig {
         &self.src.shared.cfg
     }
@@ -386,11 +390,11 @@ impl Ctx<'_> {
             }
         }
         let request = self.src.client.get(url).headers(headers).send();
-        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let timeout = Duration::from_millis(cfg.header_timeout_ms);
         let mut resp = match unless_stopped(tokio::time::timeout(timeout, request), shutdown).await {
             None => return Ok(Fetched::Stopped),
             Some(Err(_)) => {
-                return Err(Failure("timeout", format!("no response within {} ms", cfg.timeout_ms)));
+                return Err(Failure("timeout", format!("no response within {} ms", cfg.header_timeout_ms)));
             }
             Some(Ok(r)) => r?,
         };
