@@ -64,17 +64,7 @@ fn four_shards_merged_equal_one_process() {
         at += len;
     }
     assert!(reference.len_of(Axis(0)) >= at);
-    let cfg = DemoConfig {
-        model: "methods = [\"vanilla\", \"gradcam\"]\nsmoothing_points = 2".into(),
-        engine: "providers = [\"cpu\"]\nbatch_size = 4".into(),
-        baseline: format!("path = \"{}\"", dir.join("baseline.json").display()),
-        rest: format!(
-            "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n",
-            dir.join("inbox").display()
-        ),
-        ..DemoConfig::default()
-    }
-    .write(dir);
+    let cfg = demo_config(dir, 2).write(dir);
     std::fs::create_dir(dir.join("inbox")).unwrap();
     let (c, r) = (cfg.to_str().unwrap(), refdir.to_str().unwrap());
 
@@ -142,16 +132,7 @@ fn four_shards_merged_equal_one_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("shard 0/4 is given twice"), "{err}");
     // A partial of other settings (another smoothing) is refused by its settings hash.
-    let other = DemoConfig {
-        model: "methods = [\"vanilla\", \"gradcam\"]\nsmoothing_points = 3".into(),
-        engine: "providers = [\"cpu\"]\nbatch_size = 4".into(),
-        baseline: format!("path = \"{}\"", dir.join("baseline.json").display()),
-        rest: format!(
-            "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n",
-            dir.join("inbox").display()
-        ),
-        ..DemoConfig::default()
-    };
+    let other = demo_config(dir, 3);
     let odir = dir.join("other");
     std::fs::create_dir(&odir).unwrap();
     let ocfg = other.write(&odir);
@@ -182,4 +163,19 @@ fn four_shards_merged_equal_one_process() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("partial 4 (3/4) has settings hash"), "{err}");
+}
+
+/// The demo configuration with vanilla and Grad-CAM maps, `points` smoothing points, a CPU engine,
+/// and the baseline file and a dir source in `dir`.
+fn demo_config(dir: &Path, points: usize) -> DemoConfig {
+    DemoConfig {
+        model: format!("methods = [\"vanilla\", \"gradcam\"]\nsmoothing_points = {points}"),
+        engine: "providers = [\"cpu\"]\nbatch_size = 4".into(),
+        baseline: format!("path = \"{}\"", dir.join("baseline.json").display()),
+        rest: format!(
+            "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n",
+            dir.join("inbox").display()
+        ),
+        ..DemoConfig::default()
+    }
 }

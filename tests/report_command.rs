@@ -148,19 +148,7 @@ fn a_bad_current_file_is_named() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("wrong.npy");
     ndarray_npy::write_npy(&bad, &ndarray::Array3::<f32>::zeros((2, 28, 28))).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .current_dir(repo_root())
-        .args([
-            "report",
-            "--config",
-            "config/demo.toml",
-            "--reference",
-            "models/digits/reference.npy",
-            "--current",
-        ])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = start(&bad, &[]).wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("wrong.npy") && stderr.contains("shape"), "{stderr}");
