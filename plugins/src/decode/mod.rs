@@ -15,6 +15,7 @@
 //! An input holds one sample (the model's input shape without the batch axis) or a batch (with it).
 
 pub mod image;
+pub mod tokens;
 mod npy;
 pub mod v2;
 
