@@ -2,12 +2,12 @@
 # Soak: the release daemon for SECS seconds (default 1800) on the demo model under every source at
 # once, with the faults production brings, then a check that nothing was lost or counted twice.
 #
-#   scripts/soak.sh [SECS]   (SOAK_NO_BUILD=1 skips the cargo build, AGENT_BIN picks another binary;
-#                             the run lands in soak-run/)
+#   scripts/soak.sh [SECS]   (SOAK_NO_BUILD=1 skips the cargo build, AGENT_BIN picks another binary,
+#                             SOAK_DEDUPE_IDS sets the feed's dedupe_ids; the run lands in soak-run/)
 #
 # Load: a dir source fed by a producer writing files in place in chunks (as cp/scp do; every 10th by
 # .tmp + rename, every 50th garbage), an HTTP NDJSON feed (every 97th record malformed), and the
-# ingest endpoint at INGEST_RATE requests/s, above the scoring rate (smoothed estimator, samples = 4),
+# ingest endpoint at INGEST_RATE requests/s, above the scoring rate (smoothed estimator, smoothing_points = 4),
 # so the queue stays full and the endpoint answers 503. Faults: SIGHUP (reload) every minute, one
 # kill -9 at half time and a restart. RSS and open fds are sampled every 10 s into samples.csv.
 # Pass (scripts/soak.py analyse): every file in done/ or rejected/ exactly once, every feed record
@@ -33,7 +33,7 @@ path = "$PWD/models/digits/encoder.onnx"
 embedding = "embedding"
 layers = [{ name = "block2", tensor = "/pool2/MaxPool_output_0" }]
 methods = ["vanilla", "actgrad"]
-samples = 4
+smoothing_points = 4
 
 [engine]
 providers = ["cpu"]
@@ -56,6 +56,7 @@ name = "feed"
 url = "http://127.0.0.1:$feed_port/feed"
 state_dir = "$run/feed-state"
 poll_interval_ms = 200
+dedupe_ids = ${SOAK_DEDUPE_IDS:-100000}
 
 [[sources]]
 type = "ingest"

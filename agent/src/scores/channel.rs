@@ -22,7 +22,7 @@ pub fn channel_aggregate(a: ArrayView4<f32>, agg: Aggregation) -> Array3<f32> {
     let inv_c = 1.0 / c as f64;
     for (component, mut map) in a.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
         for ((y, x), v) in map.indexed_iter_mut() {
-            let channels = component.slice(ndarray::s![.., y, x]);
+            let channels = component.index_axis(Axis(1), y).index_axis_move(Axis(1), x);
             let value = match agg {
                 Aggregation::Mean => channels.iter().map(|&a| f64::from(a)).sum::<f64>() * inv_c,
                 Aggregation::Abs => channels.iter().map(|&a| f64::from(a).abs()).sum::<f64>() * inv_c,
@@ -42,15 +42,20 @@ mod tests {
     use super::*;
     use ndarray::{Array4, array};
 
+    /// The channels of component `d` at pixel `(0, x)`.
+    fn pixel(a: &mut Array4<f32>, d: usize, x: usize) -> ndarray::ArrayViewMut1<'_, f32> {
+        a.index_axis_mut(Axis(0), d).index_axis_move(Axis(1), 0).index_axis_move(Axis(1), x)
+    }
+
     /// D = 2, C = 3, H = 1, W = 2; values chosen so every result is exact in binary.
     fn sample() -> Array4<f32> {
         let mut a = Array4::<f32>::zeros((2, 3, 1, 2));
         // component 0, pixel (0,0): channels 1, -3, 5; pixel (0,1): 2, 2, 2
-        a.slice_mut(ndarray::s![0, .., 0, 0]).assign(&array![1.0, -3.0, 5.0]);
-        a.slice_mut(ndarray::s![0, .., 0, 1]).assign(&array![2.0, 2.0, 2.0]);
+        pixel(&mut a, 0, 0).assign(&array![1.0, -3.0, 5.0]);
+        pixel(&mut a, 0, 1).assign(&array![2.0, 2.0, 2.0]);
         // component 1, pixel (0,0): -6, 0, 0; pixel (0,1): 0, 3, -3
-        a.slice_mut(ndarray::s![1, .., 0, 0]).assign(&array![-6.0, 0.0, 0.0]);
-        a.slice_mut(ndarray::s![1, .., 0, 1]).assign(&array![0.0, 3.0, -3.0]);
+        pixel(&mut a, 1, 0).assign(&array![-6.0, 0.0, 0.0]);
+        pixel(&mut a, 1, 1).assign(&array![0.0, 3.0, -3.0]);
         a
     }
 
