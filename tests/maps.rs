@@ -117,7 +117,8 @@ fn window_and_reference_maps_match_the_engine_and_are_drawn() {
     let clean = stream.slice(s![0..12, .., .., ..]).to_owned();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let noise = Normal::new(0.0f32, 1.0).unwrap();
-    let noisy = stream.slice(s![12..24, .., .., ..]).mapv(|v| (v + 0.6 * noise.sample(&mut rng)).clamp(0.0, 1.0));
+    let noisy =
+        stream.slice(s![12..24, .., .., ..]).mapv(|v| (v + 0.6 * noise.sample(&mut rng)).clamp(0.0, 1.0));
 
     let mut clean_change = Vec::new();
     for (phase, x) in [(1u64, &clean), (2, &noisy)] {
@@ -226,7 +227,20 @@ fn sharded_reference_maps_merge_into_the_single_process_ones() {
     for i in 0..3 {
         let p = dir.join(format!("part{i}.json"));
         let shard = format!("{i}/3");
-        ok(agent(&["baseline", "--config", c, "--reference", r, "--out", p.to_str().unwrap(), "--shard", &shard]), &shard);
+        ok(
+            agent(&[
+                "baseline",
+                "--config",
+                c,
+                "--reference",
+                r,
+                "--out",
+                p.to_str().unwrap(),
+                "--shard",
+                &shard,
+            ]),
+            &shard,
+        );
         parts.push(p.to_str().unwrap().to_string());
     }
     let merged = dir.join("merged.json");
@@ -247,7 +261,8 @@ fn sharded_reference_maps_merge_into_the_single_process_ones() {
     assert_eq!(read(Path::new(&parts[1])).maps.unwrap().samples(), 0);
 
     // Without maps (an older file): `agent check` still accepts the baseline.
-    let mut old: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("whole.json")).unwrap()).unwrap();
+    let mut old: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("whole.json")).unwrap()).unwrap();
     old.as_object_mut().unwrap().remove("maps");
     std::fs::write(dir.join("baseline.json"), serde_json::to_string_pretty(&old).unwrap()).unwrap();
     ok(agent(&["check", "--config", c]), "check with a baseline without maps");

@@ -45,7 +45,11 @@ fn main() -> anyhow::Result<()> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str, default: f64| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let config = args
         .iter()
@@ -74,12 +78,23 @@ fn main() -> anyhow::Result<()> {
         t += 1.0;
         window.record(t, Some(one.clone())).unwrap();
     });
-    println!("config {} ({} pairs, {} map cells per sample), batch {batch}", config.display(), one.len(), cells);
+    println!(
+        "config {} ({} pairs, {} map cells per sample), batch {batch}",
+        config.display(),
+        one.len(),
+        cells
+    );
     println!("score_batch     {:8.3} ms CPU / sample", score * 1e3);
     println!("embedding_maps  {:8.3} ms CPU / sample ({:.2}× scoring)", maps * 1e3, maps / score);
     for every in [1u32, 2, 4, 10] {
-        println!("maps.every = {every:2}: +{:5.1} % CPU over scoring", 100.0 * maps / score / f64::from(every));
+        println!(
+            "maps.every = {every:2}: +{:5.1} % CPU over scoring",
+            100.0 * maps / score / f64::from(every)
+        );
     }
-    println!("window update   {:8.3} µs CPU / mapped sample (add + expire, window of 256 maps)", update * 1e6);
+    println!(
+        "window update   {:8.3} µs CPU / mapped sample (add + expire, window of 256 maps)",
+        update * 1e6
+    );
     Ok(())
 }

@@ -268,7 +268,7 @@ const fn default_true() -> bool {
     true
 }
 const fn default_maps_every() -> u64 {
-    4
+    10
 }
 const fn default_window_maps() -> usize {
     256

@@ -104,13 +104,21 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
     tracing::info!(reference = %reference.display(), "building the baseline from reference data");
     let opts = decode_options(cfg, scorer.input_shape());
     let mut last_log = Instant::now();
-    let base =
-        build(scorer, reference, &opts, cfg.engine.batch_size, b.reservoir_samples, &cfg.maps, None, &mut |d, t| {
+    let base = build(
+        scorer,
+        reference,
+        &opts,
+        cfg.engine.batch_size,
+        b.reservoir_samples,
+        &cfg.maps,
+        None,
+        &mut |d, t| {
             if last_log.elapsed() > Duration::from_secs(5) {
                 last_log = Instant::now();
                 tracing::info!(done = d, total = t, "scoring reference data");
             }
-        })?;
+        },
+    )?;
     if let Some(path) = &b.path {
         save(&base, path)?;
         tracing::info!(path = %path.display(), samples = samples(&base), "baseline built and saved");

@@ -11,8 +11,13 @@ const MAX_CELLS: usize = 64;
 const SIDE_PX: f64 = 168.0;
 
 /// Stops of the sequential scale (low → high): dark blue, teal, green, yellow.
-const SEQUENTIAL: [[f64; 3]; 5] =
-    [[13.0, 8.0, 135.0], [46.0, 90.0, 160.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
+const SEQUENTIAL: [[f64; 3]; 5] = [
+    [13.0, 8.0, 135.0],
+    [46.0, 90.0, 160.0],
+    [33.0, 145.0, 140.0],
+    [94.0, 201.0, 98.0],
+    [253.0, 231.0, 37.0],
+];
 /// Stops of the diverging scale (−span → +span): blue, white, red.
 const DIVERGING: [[f64; 3]; 3] = [[33.0, 102.0, 172.0], [247.0, 247.0, 247.0], [178.0, 24.0, 43.0]];
 
@@ -41,7 +46,8 @@ fn hex(c: [u8; 3]) -> String {
 
 /// A value for a legend: fixed-point when readable, else scientific.
 pub fn label(v: f64) -> String {
-    let a = v.abs();
+    // Adding 0.0 turns −0 into +0, so a span of zero is not labelled "-0.0000".
+    let (v, a) = (v + 0.0, v.abs());
     if a == 0.0 || (0.01..10_000.0).contains(&a) { format!("{v:.4}") } else { format!("{v:.3e}") }
 }
 
@@ -130,18 +136,21 @@ fn range(maps: &[&Vec<Vec<f64>>]) -> Option<(f64, f64)> {
 
 /// The page section: per (layer, method) a row of reference, window and difference, with legends.
 pub fn section(v: &MapsView) -> String {
-    let mut out = String::from("<h2>Where it drifted: mean attribution maps</h2>\n");
+    let mut out = String::from(
+        "<h2>Where it drifted: mean attribution maps</h2>\n\
+         <style>table.maps td { vertical-align: top; padding: 4px; }</style>\n",
+    );
     if !v.enabled {
         out.push_str("<p>Maps are off (<code>maps.enabled = false</code>).</p>\n");
         return out;
     }
     out.push_str(&format!(
-        "<p>Mean embedding-aggregated map per layer and method: reference ({} samples{}), window ({} maps, \
-         one scored sample in {} mapped), and window − reference. Input shape {:?}.</p>\n",
+        "<p>Mean embedding-aggregated map per layer and method, on the layer's grid: reference ({} samples{}), \
+         window ({} maps; {}), and window − reference. Model input shape {:?}.</p>\n",
         v.reference_samples,
-        v.reference_stride.map(|s| format!(", one in {s}")).unwrap_or_default(),
+        v.reference_stride.filter(|&s| s > 1).map(|s| format!(", one in {s}")).unwrap_or_default(),
         v.window_maps,
-        v.every,
+        if v.every == 1 { "every scored sample mapped".to_string() } else { format!("one scored sample in {} mapped", v.every) },
         v.input_shape
     ));
     if let Some(note) = &v.reference_note {
@@ -156,7 +165,8 @@ pub fn section(v: &MapsView) -> String {
         let (lo, hi) = range(&present).unwrap_or((0.0, 0.0));
         let seq = |kind: &str, m: &Option<Vec<Vec<f64>>>, count: String| match m {
             Some(m) => format!("<td>{}<br>{count}</td>", svg(k, kind, m, &|x| sequential(x, lo, hi))),
-            None => format!("<td class=\"empty\">no {kind} map yet</td>"),
+            None if kind == "window" => "<td class=\"empty\">no map in the window yet</td>".to_string(),
+            None => "<td class=\"empty\">no reference map</td>".to_string(),
         };
         out.push_str(&format!(
             "<tr><td><b>{}</b><br>{}<br>{}</td>",
@@ -204,6 +214,7 @@ mod tests {
         assert_eq!(diverging(1.0, 0.0), [247, 247, 247]);
         assert_eq!(label(0.5), "0.5000");
         assert_eq!(label(-0.00012), "-1.200e-4");
+        assert_eq!(label(-0.0), "0.0000");
     }
 
     #[test]

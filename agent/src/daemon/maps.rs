@@ -39,7 +39,7 @@ pub fn reference(
     let mut skipped = 0u64;
     let result = (|| -> Result<()> {
         for (batch, g) in batches.iter().zip(globals) {
-            let picks: Vec<usize> = (0..g.len()).filter(|&i| g[i] % stride == 0).collect();
+            let picks: Vec<usize> = (0..g.len()).filter(|&i| g[i].is_multiple_of(stride)).collect();
             if picks.is_empty() {
                 continue;
             }
@@ -137,7 +137,7 @@ impl LiveMaps {
             return Vec::new();
         }
         let seen = self.window.seen();
-        (0..n).filter(|&i| (seen + i as u64) % self.every == 0).collect()
+        (0..n).filter(|&i| (seen + i as u64).is_multiple_of(self.every)).collect()
     }
 
     /// Counts `n` samples scored at `now`, with the maps of the rows `picks` (in order).
@@ -156,7 +156,11 @@ impl LiveMaps {
         };
         let mut next = picks.iter().copied().zip(maps).peekable();
         for row in 0..n {
-            let m = if next.peek().is_some_and(|(p, _)| *p == row) { next.next().and_then(|(_, m)| m) } else { None };
+            let m = if next.peek().is_some_and(|(p, _)| *p == row) {
+                next.next().and_then(|(_, m)| m)
+            } else {
+                None
+            };
             if let Err(e) = self.window.record(t, m) {
                 self.fail(format!("a window map was refused: {e}"));
             }
@@ -224,7 +228,9 @@ impl LiveMaps {
 fn rebuild_note(cfg: &Config) -> String {
     let out = cfg.baseline.path.as_ref().map_or("BASELINE".to_string(), |p| p.display().to_string());
     let delete = match (&cfg.baseline.path, &cfg.baseline.reference_dir) {
-        (Some(p), Some(_)) => format!(", or delete {} to rebuild it from baseline.reference_dir at start-up", p.display()),
+        (Some(p), Some(_)) => {
+            format!(", or delete {} to rebuild it from baseline.reference_dir at start-up", p.display())
+        }
         _ => String::new(),
     };
     format!(
@@ -277,7 +283,12 @@ pub struct KeyMaps {
 }
 
 /// Starts the maps of a new pipeline (a reload starts a new window, as for the scores).
-pub(super) fn install(live: &Mutex<Option<LiveMaps>>, cfg: &Config, scorer: &dyn Scorer, base: Option<&Baseline>) {
+pub(super) fn install(
+    live: &Mutex<Option<LiveMaps>>,
+    cfg: &Config,
+    scorer: &dyn Scorer,
+    base: Option<&Baseline>,
+) {
     *lock(live) = match LiveMaps::new(cfg, scorer.keys(), scorer.input_shape(), base) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -342,7 +353,8 @@ mod tests {
     fn baseline(maps: Option<ReferenceMaps>) -> Baseline {
         let meta = BaselineMeta { model_sha256: "m".into(), settings_hash: "h".into(), created_unix_secs: 0 };
         let mut b = BaselineBuilder::new(meta, &keys(), 8, 0);
-        b.push(&SampleScores { scores: vec![LayerScores { noise_score: 0.5, variance_score: 0.1 }] }).unwrap();
+        b.push(&SampleScores { scores: vec![LayerScores { noise_score: 0.5, variance_score: 0.1 }] })
+            .unwrap();
         Baseline { maps, ..b.finish().unwrap() }
     }
 

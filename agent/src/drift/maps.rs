@@ -95,7 +95,12 @@ impl ReferenceMaps {
                 r.maps.iter().map(|m| (m.layer.clone(), m.method)).collect()
             };
             if pairs(p) != pairs(first) {
-                return err(format!("partial {} has maps {:?}, partial 1 has {:?}", i + 1, pairs(p), pairs(first)));
+                return err(format!(
+                    "partial {} has maps {:?}, partial 1 has {:?}",
+                    i + 1,
+                    pairs(p),
+                    pairs(first)
+                ));
             }
         }
         let mut maps = Vec::with_capacity(first.maps.len());
@@ -133,10 +138,10 @@ fn check(maps: &[Array2<f32>], keys: usize, shapes: &mut Option<Vec<[usize; 2]>>
         return Err(MapError::Misaligned { got: maps.len(), keys });
     }
     let got: Vec<[usize; 2]> = maps.iter().map(|m| [m.nrows(), m.ncols()]).collect();
-    if let Some(expected) = shapes {
-        if let Some(index) = (0..keys).find(|&i| got[i] != expected[i]) {
-            return Err(MapError::Shape { index, got: got[index], expected: expected[index] });
-        }
+    if let Some(expected) = shapes
+        && let Some(index) = (0..keys).find(|&i| got[i] != expected[i])
+    {
+        return Err(MapError::Shape { index, got: got[index], expected: expected[index] });
     }
     if let Some(index) = maps.iter().position(|m| m.iter().any(|v| !v.is_finite())) {
         return Err(MapError::NonFinite { index });
@@ -415,7 +420,10 @@ mod tests {
         w.record(0.0, Some(vec![m([[1.0, 1.0]])])).unwrap();
         let e = w.record(1.0, Some(vec![array![[1.0f32], [2.0]]])).unwrap_err();
         assert_eq!(e, MapError::Shape { index: 0, got: [2, 1], expected: [1, 2] });
-        assert_eq!(w.record(2.0, Some(vec![m([[f32::NAN, 1.0]])])).unwrap_err(), MapError::NonFinite { index: 0 });
+        assert_eq!(
+            w.record(2.0, Some(vec![m([[f32::NAN, 1.0]])])).unwrap_err(),
+            MapError::NonFinite { index: 0 }
+        );
         assert!(matches!(w.record(3.0, Some(vec![])), Err(MapError::Misaligned { got: 0, keys: 1 })));
         assert_eq!(w.seen(), 4);
         // The first map is now 3 samples back, outside a window of 2.
@@ -445,7 +453,9 @@ mod tests {
         assert_eq!(ReferenceMaps::merge(&[&none, &a, &b]).unwrap(), whole);
         assert_eq!(ReferenceMaps::merge(&[&a, &none, &b]).unwrap(), whole);
         let other = sums(&[[3.0, 4.0]]).finish(3);
-        assert!(ReferenceMaps::merge(&[&a, &other]).unwrap_err().to_string().contains("1 reference sample in 3"));
+        assert!(
+            ReferenceMaps::merge(&[&a, &other]).unwrap_err().to_string().contains("1 reference sample in 3")
+        );
         let mut wide = MapSums::new(vec![("l".into(), Method::Vanilla)]);
         wide.push(&[array![[1.0f32, 2.0, 3.0]]]).unwrap();
         assert!(ReferenceMaps::merge(&[&a, &wide.finish(2)]).unwrap_err().to_string().contains("[1, 3]"));
