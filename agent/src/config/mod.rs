@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub window: WindowConfig,
     #[serde(default)]
+    pub maps: MapsConfig,
+    #[serde(default)]
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub server: ServerConfig,
@@ -168,6 +170,30 @@ pub struct WindowConfig {
     pub secs: Option<u64>,
 }
 
+/// `[maps]`: the mean embedding-aggregated maps of the reference and of the window per (layer,
+/// method), at `/api/v1/maps` and on the landing page (where the representation's response moved).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapsConfig {
+    /// Off: no maps at all (none in a baseline built by this configuration, none in the window).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The window's maps come from one scored sample in `every` (a map costs about one more scoring
+    /// pass of that sample, docs/BENCHMARKS.md "Maps"); 1 maps every sample.
+    #[serde(default = "default_maps_every")]
+    pub every: u64,
+    /// At most this many maps (the newest) make the window's mean: the memory bound,
+    /// `window_maps × Σ H·W × 4` bytes over the (layer, method) pairs.
+    #[serde(default = "default_window_maps")]
+    pub window_maps: usize,
+    /// At most this many reference samples are mapped when a baseline is built: a systematic sample
+    /// (every `⌈N / reference_samples⌉`-th of the `N` reference samples). Each costs about one more
+    /// scoring pass; 128 keep a demo-sized reference (256 samples) at +50 % build time and a large
+    /// one at a few percent.
+    #[serde(default = "default_reference_maps")]
+    pub reference_samples: u64,
+}
+
 /// `[[sources]]`, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -240,6 +266,18 @@ const fn default_max_batch_delay_ms() -> u64 {
 const fn default_queue_capacity() -> usize {
     64
 }
+const fn default_true() -> bool {
+    true
+}
+const fn default_maps_every() -> u64 {
+    10
+}
+const fn default_window_maps() -> usize {
+    256
+}
+const fn default_reference_maps() -> u64 {
+    128
+}
 const fn default_reservoir_samples() -> usize {
     crate::drift::DEFAULT_RESERVOIR_SIZE
 }
@@ -301,6 +339,17 @@ impl Default for BaselineConfig {
 impl Default for WindowConfig {
     fn default() -> Self {
         WindowConfig { samples: Some(1000), secs: None }
+    }
+}
+
+impl Default for MapsConfig {
+    fn default() -> Self {
+        MapsConfig {
+            enabled: true,
+            every: default_maps_every(),
+            window_maps: default_window_maps(),
+            reference_samples: default_reference_maps(),
+        }
     }
 }
 

@@ -297,3 +297,20 @@ fn limits_parse_override_and_validate() {
     let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
     assert!(err.contains("max_pixels"), "{err}");
 }
+
+#[test]
+fn maps_settings_default_and_are_validated() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Config::load_with_env(&write(d.path(), &valid(d.path())), HashMap::new()).unwrap();
+    assert_eq!(cfg.maps, MapsConfig::default());
+    assert!(cfg.maps.enabled && cfg.maps.every >= 1);
+    let text = valid(d.path()) + "\n[maps]\nevery = 0\nwindow_maps = 0\nreference_samples = 0\n";
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
+    for k in ["maps.every", "maps.window_maps", "maps.reference_samples"] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+    let text = valid(d.path()) + "\n[maps]\nevry = 2\n";
+    let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("evry"), "{err}");
+}

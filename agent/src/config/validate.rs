@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    BaselineConfig, Config, EngineConfig, ModelConfig, NoiseConfig, PreprocessingConfig, SourceConfig,
-    WindowConfig,
+    BaselineConfig, Config, EngineConfig, MapsConfig, ModelConfig, NoiseConfig, PreprocessingConfig,
+    SourceConfig, WindowConfig,
 };
 
 /// One thing wrong with a configuration.
@@ -47,6 +47,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     noise(&mut p, &cfg.noise);
     baseline(&mut p, &cfg.baseline, &file);
     window(&mut p, &cfg.window);
+    maps(&mut p, &cfg.maps);
     sources(&mut p, &cfg.sources);
     server_and_logging(&mut p, cfg);
     p.out
@@ -214,6 +215,19 @@ fn window(p: &mut Problems, w: &WindowConfig) {
                 p.add("window.secs", "must be at least 1");
             }
         }
+    }
+}
+
+/// `[maps]`: every bound at least 1 (`enabled = false` turns the maps off).
+fn maps(p: &mut Problems, m: &MapsConfig) {
+    if m.every == 0 {
+        p.add("maps.every", "must be at least 1 (1 maps every sample); set enabled = false for no maps");
+    }
+    if m.window_maps == 0 {
+        p.add("maps.window_maps", "must be at least 1");
+    }
+    if m.reference_samples == 0 {
+        p.add("maps.reference_samples", "must be at least 1");
     }
 }
 

@@ -104,13 +104,21 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
     tracing::info!(reference = %reference.display(), "building the baseline from reference data");
     let opts = decode_options(cfg, scorer.input_shape());
     let mut last_log = Instant::now();
-    let base =
-        build(scorer, reference, &opts, cfg.engine.batch_size, b.reservoir_samples, None, &mut |d, t| {
+    let base = build(
+        scorer,
+        reference,
+        &opts,
+        cfg.engine.batch_size,
+        b.reservoir_samples,
+        &cfg.maps,
+        None,
+        &mut |d, t| {
             if last_log.elapsed() > Duration::from_secs(5) {
                 last_log = Instant::now();
                 tracing::info!(done = d, total = t, "scoring reference data");
             }
-        })?;
+        },
+    )?;
     if let Some(path) = &b.path {
         save(&base, path)?;
         tracing::info!(path = %path.display(), samples = samples(&base), "baseline built and saved");
@@ -157,7 +165,9 @@ pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
 /// A shard owns the samples whose global index (files in name order, rows in order) is `I mod N`:
 /// every worker decodes every file (cheap next to scoring) and scores an equal share, whatever the
 /// mix of single-sample and batch files. Each shard seeds its reservoirs with its index, so the
-/// partials' reservoirs are independent, which their merge needs to stay uniform.
+/// partials' reservoirs are independent, which their merge needs to stay uniform. The reference
+/// maps (`maps`) are computed after the scores, on the systematic sample [`super::maps::reference`]
+/// picks by global index, so a shard maps its share of the whole build's sample.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     scorer: &mut dyn Scorer,
@@ -165,22 +175,29 @@ pub fn build(
     opts: &DecodeOptions,
     batch_size: usize,
     reservoir_samples: usize,
+    maps: &crate::config::MapsConfig,
     shard: Option<Shard>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Baseline> {
     let files = reference_files(reference)?;
     let mut batches: Vec<ArrayD<f32>> = Vec::new();
+    // The global index of every row kept, per batch (the reference maps pick by it).
+    let mut globals: Vec<Vec<u64>> = Vec::new();
     let mut offset = 0u64;
     for f in &files {
         let batch = decode_file(f, opts)
             .map_err(|r| anyhow::anyhow!("reference input rejected ({}): {r}", r.reason.as_str()))?;
         let rows = batch.len_of(Axis(0)) as u64;
         match shard {
-            None => batches.push(batch),
+            None => {
+                batches.push(batch);
+                globals.push((offset..offset + rows).collect());
+            }
             Some(s) => {
                 let own: Vec<usize> = (0..rows).filter(|r| s.owns(offset + r)).map(|r| r as usize).collect();
                 if !own.is_empty() {
                     batches.push(batch.select(Axis(0), &own));
+                    globals.push(own.iter().map(|&r| offset + r as u64).collect());
                 }
             }
         }
@@ -224,6 +241,7 @@ pub fn build(
     }
     let mut b = builder.finish()?;
     b.shard = shard;
+    b.maps = super::maps::reference(scorer, &batches, &globals, offset, maps, batch_size);
     Ok(b)
 }
 
@@ -250,6 +268,7 @@ pub fn command(config: &Path, reference: &Path, out: &Path, shard: Option<Shard>
         &opts,
         cfg.engine.batch_size,
         cfg.baseline.reservoir_samples,
+        &cfg.maps,
         shard,
         &mut |d, t| {
             bar.set_length(t);

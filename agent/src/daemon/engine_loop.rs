@@ -29,6 +29,7 @@ pub(super) fn serve(
     let model = cfg.model.name.as_str();
     let batch_size = cfg.engine.batch_size.max(1);
     let delay = Duration::from_millis(cfg.engine.max_batch_delay_ms);
+    super::maps::install(&state.maps, cfg, &*scorer, monitor.baseline());
     loop {
         // Wake up at least every second so that a time-bounded window expires on the gauges too.
         let first = match rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await })
@@ -71,9 +72,15 @@ fn process(
 ) {
     let views: Vec<_> = items.iter().map(|d| d.batch.view()).collect();
     let joined = concatenate(Axis(0), &views).context("joining the batch's inputs");
-    let scored = joined.and_then(|b| score_chunks(scorer, &b, batch_size, state, model));
+    let scored = match &joined {
+        Ok(b) => score_chunks(scorer, b, batch_size, state, model),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
     match scored {
         Ok(all) => {
+            if let Ok(b) = &joined {
+                super::maps::observe(&state.maps, scorer, b.view());
+            }
             let mut it = all.into_iter();
             for d in items {
                 let n = d.batch.len_of(Axis(0));

@@ -13,8 +13,10 @@ mod budget;
 pub mod check;
 mod endpoint;
 mod engine_loop;
+mod heatmap;
 pub mod ingest;
 mod locks;
+pub mod maps;
 pub mod monitor;
 mod pipeline;
 mod publish;
@@ -44,6 +46,11 @@ pub trait Scorer: Send {
     fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>>;
     fn model_sha256(&self) -> &str;
     fn settings_hash(&self) -> &str;
+    /// Per sample, per key: the embedding-aggregated map `E` (the reference and window maps,
+    /// [`maps`]). A scorer without maps says so; the maps view then shows why it is empty.
+    fn embedding_maps(&mut self, _batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
+        anyhow::bail!("this scorer computes no attribution maps")
+    }
 }
 
 impl Scorer for Engine {
@@ -67,6 +74,9 @@ impl Scorer for Engine {
     }
     fn settings_hash(&self) -> &str {
         Engine::settings_hash(self)
+    }
+    fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
+        Engine::embedding_maps(self, batch)
     }
 }
 

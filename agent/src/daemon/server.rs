@@ -1,5 +1,5 @@
-//! HTTP: `/metrics`, `/`, `/healthz`, `/readyz`, `/api/v1/status`, and the ingest endpoints
-//! (`super::ingest`).
+//! HTTP: `/metrics`, `/`, `/healthz`, `/readyz`, `/api/v1/status`, `/api/v1/maps`, and the ingest
+//! endpoints (`super::ingest`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/maps", get(maps))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/", get(landing))
@@ -88,6 +89,18 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.status()).into_response()
 }
 
+/// The reference and window maps ([`super::maps::MapsView`]); 503 before the first pipeline is up.
+async fn maps(State(state): State<Arc<AppState>>) -> Response {
+    match super::maps::view(&state.maps) {
+        Some(v) => axum::Json(v).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"error": "no maps: the pipeline is not running yet"})),
+        )
+            .into_response(),
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -111,13 +124,16 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
             k.noise_benchmark
         ));
     }
+    let maps = super::maps::view(&state.maps).map(|v| super::heatmap::section(&v)).unwrap_or_default();
     Html(format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>agent: {model}</title></head><body>\n\
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"10\">\
+         <title>agent: {model}</title></head><body>\n\
          <h1>agent {version}</h1>\n<p>model <b>{model}</b>, provider <b>{provider}</b>, {ready}, \
          {n} samples in the window, {scored} scored.</p>\n\
          <table border=\"1\" cellpadding=\"4\"><tr><th>layer</th><th>method</th><th>NS (window)</th>\
-         <th>NS (baseline)</th><th>ΔNS</th><th>VS (window)</th><th>NS bench</th></tr>\n{rows}</table>\n\
+         <th>NS (baseline)</th><th>ΔNS</th><th>VS (window)</th><th>NS bench</th></tr>\n{rows}</table>\n{maps}\
          <p><a href=\"/metrics\">/metrics</a> · <a href=\"/api/v1/status\">/api/v1/status</a> · \
+         <a href=\"/api/v1/maps\">/api/v1/maps</a> · \
          <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\n</body></html>\n",
         model = esc(&st.model),
         version = env!("CARGO_PKG_VERSION"),

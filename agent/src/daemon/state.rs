@@ -47,6 +47,8 @@ pub struct AppState {
     pub ingest: RwLock<IngestState>,
     /// Sources whose ledger totals were already added to the counters (once per process).
     seeded: Mutex<HashSet<String>>,
+    /// The running pipeline's reference and window maps (`/api/v1/maps`, the landing page).
+    pub maps: Mutex<Option<super::maps::LiveMaps>>,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             auth_token: RwLock::new(None),
             ingest: RwLock::new(IngestState::Off),
             seeded: Mutex::new(HashSet::new()),
+            maps: Mutex::new(None),
         }
     }
 

@@ -103,6 +103,11 @@ pub struct Baseline {
     /// combines all `N` of them into one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// The reference's mean embedding-aggregated map per (layer, method) (`super::maps`). Absent in
+    /// files written before maps existed or with `maps.enabled = false`: such a file still loads,
+    /// and the maps view says the reference has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps: Option<super::maps::ReferenceMaps>,
 }
 
 /// Which share of the reference a partial baseline covers: the samples whose index `g` in the
@@ -255,6 +260,7 @@ impl BaselineBuilder {
             reservoir_size: self.reservoir_size,
             entries,
             shard: None,
+            maps: None,
         })
     }
 }

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::baseline::{BASELINE_FORMAT, Baseline, BaselineEntry, BaselineError, ScoreSummary};
+use super::maps::ReferenceMaps;
 use super::welford::RunningStats;
 
 /// Merges the `N` partials of one sharded build into the baseline of the whole reference.
@@ -102,6 +103,7 @@ pub fn merge(parts: &[Baseline], seed: u64, created_unix_secs: u64) -> Result<Ba
         let noise_score = merged.pop().expect("two summaries");
         entries.push(BaselineEntry { noise_score, variance_score, ..head.clone() });
     }
+    let maps = merge_maps(parts)?;
     let mut meta = first.meta.clone();
     meta.created_unix_secs = created_unix_secs;
     Ok(Baseline {
@@ -111,7 +113,24 @@ pub fn merge(parts: &[Baseline], seed: u64, created_unix_secs: u64) -> Result<Ba
         reservoir_size: k,
         entries,
         shard: None,
+        maps,
     })
+}
+
+/// The partials' reference maps merged (count-weighted means): all partials have them, or none.
+fn merge_maps(parts: &[Baseline]) -> Result<Option<ReferenceMaps>, BaselineError> {
+    let have: Vec<&ReferenceMaps> = parts.iter().filter_map(|p| p.maps.as_ref()).collect();
+    if have.is_empty() {
+        return Ok(None);
+    }
+    if let Some(i) = parts.iter().position(|p| p.maps.is_none()) {
+        return Err(BaselineError::Merge(format!(
+            "partial {} has no reference maps and partial {} has (build every shard with the same [maps] settings)",
+            i + 1,
+            parts.iter().position(|p| p.maps.is_some()).unwrap_or(0) + 1
+        )));
+    }
+    ReferenceMaps::merge(&have).map(Some).map_err(|e| BaselineError::Merge(format!("reference maps: {e}")))
 }
 
 /// One score's summaries, merged (see the module documentation for the reservoir).
@@ -271,6 +290,31 @@ mod tests {
         let from_first: u64 = hits.iter().step_by(3).sum();
         let share = from_first as f64 / (runs as usize * k) as f64;
         assert!((share - 67.0 / 200.0).abs() < 0.01, "{share}");
+    }
+
+    /// Reference maps merge into the count-weighted mean; partials with and without maps do not mix.
+    #[test]
+    fn reference_maps_merge_with_the_partials() {
+        use crate::drift::maps::MapSums;
+        let values: Vec<f64> = (0..6).map(f64::from).collect();
+        let mut parts = partials(&values, 2, 16);
+        let map = |v: f32| ndarray::array![[v, 2.0 * v]];
+        // Shard 0 mapped samples 0, 2, 4; shard 1 samples 1, 3, 5 (their values as maps).
+        for (i, p) in parts.iter_mut().enumerate() {
+            let mut s = MapSums::new(vec![("conv1".into(), Method::Vanilla)]);
+            for v in (i..6).step_by(2) {
+                s.push(&[map(v as f32)]).unwrap();
+            }
+            p.maps = Some(s.finish(1));
+        }
+        let m = merge(&parts, 0, 1).unwrap().maps.unwrap();
+        assert_eq!((m.samples(), m.stride), (6, 1));
+        assert_eq!(m.maps[0].mean, vec![2.5, 5.0]);
+        parts[1].maps = None;
+        let e = merge(&parts, 0, 1).unwrap_err().to_string();
+        assert!(e.contains("partial 2 has no reference maps and partial 1 has"), "{e}");
+        parts[0].maps = None;
+        assert_eq!(merge(&parts, 0, 1).unwrap().maps, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod baseline;
 pub mod ks;
+pub mod maps;
 pub mod merge;
 pub mod welford;
 pub mod window;
@@ -16,6 +17,7 @@ pub use baseline::{
     DEFAULT_RESERVOIR_SIZE, ScoreSummary, Shard,
 };
 pub use ks::{KsResult, kolmogorov_q, ks_two_sample};
+pub use maps::{MapError, MapSums, MapWindow, MeanMap, ReferenceMaps};
 pub use merge::merge;
 pub use welford::RunningStats;
 pub use window::{Window, WindowError};
