@@ -15,8 +15,8 @@
 //! An input holds one sample (the model's input shape without the batch axis) or a batch (with it).
 
 pub mod image;
-mod npy;
 pub mod tokens;
+mod npy;
 pub mod v2;
 
 use std::path::Path;
