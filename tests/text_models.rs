@@ -324,3 +324,15 @@ fn check_says_what_it_decided_for_a_text_model_and_refuses_smoothing() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("none with the ids role") && out.contains("each role is one input"), "{out}");
 }
+
+#[test]
+fn layers_lists_a_text_model_at_a_fixed_length_with_token_strips() {
+    let m = manifest();
+    let model = onnx::decode(&std::fs::read(model_path()).unwrap()).unwrap();
+    let report = compiler::layers::list(&model, Some(&m.embedding)).unwrap_or_else(|e| panic!("{e:#}"));
+    let t = compiler::layers::LIST_LENGTH;
+    let layer = report.tensors.iter().find(|x| x.name == m.layer).expect("the fixture's layer is listed");
+    assert_eq!(layer.shape, [t as i64, m.hidden as i64]);
+    assert_eq!((layer.layout.as_str(), layer.grid, layer.prefix_tokens), ("tokens", [t, 1], 0), "{layer:?}");
+    assert!(layer.monitorable, "{layer:?}");
+}
