@@ -56,8 +56,29 @@ pub struct TextSettings {
     pub vocab_size: Option<usize>,
     /// Text models: ids never drawn for noise inputs — the special tokens ([CLS], [SEP], [PAD],
     /// [MASK], [UNK], …), from the tokenizer [default: the pad id only].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "ids_or_strings")]
     pub noise_exclude_ids: Option<Vec<i64>>,
+}
+
+/// A list of ids as numbers, or as strings of digits: an environment override
+/// (`AGENT__MODEL__NOISE_EXCLUDE_IDS=0,100,101`) reaches a flattened key as strings.
+fn ids_or_strings<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<i64>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    let Some(ids) = Option::<Vec<Id>>::deserialize(d)? else { return Ok(None) };
+    ids.into_iter()
+        .map(|id| match id {
+            Id::Number(n) => Ok(n),
+            Id::Text(s) => {
+                s.trim().parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a token id")))
+            }
+        })
+        .collect::<std::result::Result<Vec<i64>, _>>()
+        .map(Some)
 }
 
 impl TextSettings {
@@ -138,6 +159,12 @@ impl TextModel {
         let length = settings.max_length();
         if length == 0 || vocab_size == 0 || vocab_size > MAX_VOCAB {
             bail!("max_length = {length}, vocab_size = {vocab_size}: both must be at least 1 (vocab ≤ 2^24)");
+        }
+        if !inputs.iter().any(|i| i.role == InputRole::Mask) {
+            tracing::warn!(
+                "the text model has no attention-mask input: unless it masks pad id {} itself, a sample's tokens attend to its padding (docs/spec/scores.md#text-models)",
+                settings.pad_id()
+            );
         }
         let exclude = settings.noise_exclude_ids();
         if exclude.iter().filter(|&&i| (0..vocab_size as i64).contains(&i)).count() >= vocab_size {
