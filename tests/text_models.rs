@@ -215,6 +215,15 @@ fn padding_never_leaks_into_a_score() {
     let mut e24 = Engine::new(&spec(24)).unwrap();
     let longer = e24.score_all_tokens(&xs, 2).unwrap();
     assert_close(&together, &longer, "padded to 16 vs padded to 24");
+    // Shorter compiled lengths: each batch runs on the first that holds its longest sample (chunks
+    // of 2: 5 and 9 tokens at 16, 14 and 6 at 16, 2 at 8), with the same scores.
+    let mut bucketed = spec(24);
+    bucketed.text.length_buckets = Some(vec![16, 8]);
+    let mut eb = Engine::new(&bucketed).unwrap();
+    assert_eq!(eb.text_model().unwrap().length_for(6), 8);
+    let by_bucket = eb.score_all_tokens(&xs, 2).unwrap();
+    assert_close(&together, &by_bucket, "padded to 16 vs padded to the first bucket that holds the batch");
+    assert_eq!(eb.settings_hash(), e24.settings_hash(), "buckets change no score");
     // The maps are the samples' own positions.
     let maps = e16.token_maps(&xs).unwrap();
     for (x, per) in xs.iter().zip(&maps) {
