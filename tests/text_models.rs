@@ -345,3 +345,23 @@ fn layers_lists_a_text_model_at_a_fixed_length_with_token_strips() {
     assert_eq!((layer.layout.as_str(), layer.grid, layer.prefix_tokens), ("tokens", [t, 1], 0), "{layer:?}");
     assert!(layer.monitorable, "{layer:?}");
 }
+
+#[test]
+fn compile_fixes_the_length_and_names_the_roles() {
+    let m = manifest();
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["compile", "--model"])
+        .arg(model_path())
+        .args(["--embedding", &m.embedding, "--layer", &m.layer, "--max-length", "20", "--out"])
+        .arg(d.path().join("g.onnx"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for want in
+        ["input_ids [N, [20]]", "20x1 map", "input input_ids: ids (detected", "input attention_mask: mask"]
+    {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+}
