@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings,
+    EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings, TextSettings,
 };
 
 pub use validate::Problem;
@@ -76,6 +76,10 @@ pub struct ModelConfig {
     /// meanings on [`ScoreSettings`]).
     #[serde(flatten)]
     pub score: ScoreSettings,
+    /// Text models: `input_roles`, `pad_id`, `max_length`, `vocab_size`, `noise_exclude_ids`
+    /// (defaults and meanings on [`TextSettings`]).
+    #[serde(flatten)]
+    pub text: TextSettings,
     #[serde(default)]
     pub preprocessing: PreprocessingConfig,
 }
@@ -411,6 +415,7 @@ impl Config {
                     .with_list_parse_key("engine.providers")
                     .with_list_parse_key("model.methods")
                     .with_list_parse_key("noise.inputs")
+                    .with_list_parse_key("model.noise_exclude_ids")
                     .source(Some(env)),
             )
             .build()
@@ -467,6 +472,7 @@ impl Config {
             noise: self.noise.clone(),
             normalization: m.preprocessing.normalization(),
             runtime: self.engine.runtime.clone(),
+            text: m.text.clone(),
         }
     }
 }
