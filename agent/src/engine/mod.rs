@@ -202,7 +202,9 @@ pub fn score_in_chunks(
     Ok(())
 }
 
+pub mod embed;
 mod session;
 mod settings;
+pub use embed::EmbeddingModel;
 pub use session::{Engine, normalize};
 pub use settings::{NoiseSettings, RuntimeSettings, ScoreSettings};
