@@ -172,7 +172,7 @@ pub struct WindowConfig {
 
 /// `[detectors]`: the embedding drift detectors (`agent::detectors`) the daemon runs on its window,
 /// beside the paper's scores. They need the embedding `z` of every scored sample (a forward-only
-/// session on the model cut at `model.embedding`, about `1/(D·S)` of scoring's cost) and reference
+/// session on the model cut at `model.embedding`: one forward pass per sample) and reference
 /// embeddings in the baseline (kept when it is built; a baseline built without them is used without
 /// the detectors, with a warning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

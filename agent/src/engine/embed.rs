@@ -1,8 +1,9 @@
 //! The model cut at its embedding, in a forward-only ONNX Runtime session of its own: the embedding
 //! detectors ([`crate::detectors`]) need `z` for every scored sample, and the attribution graph's
-//! session keeps only maps and scores. A forward pass is about `1/(D·S)` of scoring a sample (the
-//! attribution graph runs `D` cotangent rows at each of `S` smoothing points), so embedding every
-//! scored sample adds little. Kept apart from `session.rs` so the scoring path stays untouched.
+//! session keeps only maps and scores. Embedding a sample is one forward pass of the model up to
+//! the embedding, where scoring it runs the attribution graph with `D` cotangent rows at each of
+//! `S` smoothing points, so embedding every scored sample adds little. Kept apart from `session.rs`
+//! so the scoring path stays untouched.
 
 use anyhow::{Context, Result, anyhow};
 use ndarray::{Array2, ArrayViewD};
