@@ -101,6 +101,10 @@ impl EmbeddingMonitor {
         self.window.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.window.is_empty()
+    }
+
     /// Runs the detectors when due: the window changed, the last run is `interval` old, and the
     /// window holds `min_window_samples`. Below that the verdicts are dropped (their series go away
     /// rather than keep an old verdict). A detector error (none is expected: the embeddings are

@@ -159,3 +159,49 @@ fn publish_detectors(t: &crate::telemetry::Telemetry, model: &str, d: &super::de
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::detect::DetectorsView;
+    use crate::detectors::DetectorResult;
+    use crate::telemetry::Telemetry;
+
+    fn result(name: &str, p: Option<f64>, drift: bool) -> DetectorResult {
+        DetectorResult { name: name.into(), statistic: 2.0, p_value: p, threshold: 1.5, drift }
+    }
+
+    /// One series per detector with a verdict, none for a p-value a detector does not have, and none
+    /// left once the verdicts are gone (an old verdict must not hold an alert).
+    #[test]
+    fn detector_gauges_follow_the_verdicts() {
+        let t = Telemetry::new();
+        let mut view = DetectorsView {
+            detectors: vec!["embedding_mmd", "embedding_pca"],
+            window_samples: 40,
+            results: vec![result("embedding_mmd", Some(0.004), true), result("embedding_pca", None, false)],
+            last_run_seconds: Some(0.25),
+        };
+        publish_detectors(&t, "m", &view);
+        let text = t.encode();
+        for line in [
+            "agent_embedding_drift{detector=\"embedding_mmd\",model=\"m\"} 1",
+            "agent_embedding_drift{detector=\"embedding_pca\",model=\"m\"} 0",
+            "agent_embedding_drift_pvalue{detector=\"embedding_mmd\",model=\"m\"} 0.004",
+            "agent_embedding_drift_statistic{detector=\"embedding_pca\",model=\"m\"} 2",
+            "agent_embedding_drift_threshold{detector=\"embedding_mmd\",model=\"m\"} 1.5",
+            "agent_embedding_window_samples{model=\"m\"} 40",
+            "agent_embedding_detectors_run_seconds{model=\"m\"} 0.25",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("agent_embedding_drift_pvalue{detector=\"embedding_pca\""), "{text}");
+        view.results.clear();
+        view.window_samples = 3;
+        publish_detectors(&t, "m", &view);
+        let text = t.encode();
+        assert!(!text.contains("agent_embedding_drift{"), "{text}");
+        assert!(!text.contains("agent_embedding_drift_statistic{"), "{text}");
+        assert!(text.contains("agent_embedding_window_samples{model=\"m\"} 3"), "{text}");
+    }
+}
