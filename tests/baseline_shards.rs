@@ -112,6 +112,18 @@ fn four_shards_merged_equal_one_process() {
         same(&x.noise_score, &y.noise_score, &format!("{} {} noise", x.layer, x.method.as_str()));
         same(&x.variance_score, &y.variance_score, &format!("{} {} variance", x.layer, x.method.as_str()));
     }
+    // The reference embeddings (for the embedding detectors, on by default): all 40 fit in the
+    // reservoir, so the merged sample holds the same rows as the single process's, in another order.
+    let rows = |b: &Baseline| {
+        let e = b.embeddings.as_ref().expect("reference embeddings");
+        assert_eq!((e.count, e.dim, e.rows.len()), (40, 32, 40));
+        let mut r = e.rows.clone();
+        r.sort_by(|p, q| p.partial_cmp(q).unwrap());
+        r
+    };
+    for (x, y) in rows(&a).iter().zip(&rows(&b)) {
+        assert!(x.iter().zip(y).all(|(u, v)| close(f64::from(*u), f64::from(*v))), "{x:?} vs {y:?}");
+    }
 
     // The merged baseline is usable; a partial is refused, naming what it is.
     std::fs::copy(&merged, dir.join("baseline.json")).unwrap();

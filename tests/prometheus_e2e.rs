@@ -34,7 +34,14 @@
 //!   panel's query must show the feed's 500s (`status`) and timeouts at a rate above zero while they
 //!   happen, and later the silent feed's timeouts still, beside its `protocol` error and the inbox's
 //!   `io` error; the feed panel its age (past 10 s); the ingest panel the codes 202 and 400.
+//! - The embedding detectors (default set: MMD, centroid, PCA; run every second here) and the
+//!   calibrated `|Δ|` thresholds: in each phase AgentEmbeddingDrift, AgentNoiseScoreDrift and
+//!   AgentVarianceScoreDrift are expected exactly when the agent's own verdicts say so
+//!   (`agent_embedding_drift`, `|Δ|` against `agent_*_score_drift_threshold`, read once the
+//!   detectors have run on the phase's final window), and the drifted window must be seen by both.
 //! - `promtool check metrics` passes on a live scrape.
+//! - A second test ([`fleet_view_sums_two_agents`]) runs two agents sharing one reference against
+//!   the shipped rules: the fleet recording rules add both agents' rank histograms, bucket by bucket.
 //!
 //! Every wait is bounded; both processes are killed when the test ends, also on failure.
 
@@ -709,6 +716,50 @@ fn files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+// --- the agent's own verdicts ----------------------------------------------------------------------
+
+/// What the agent itself says of its current window: any embedding detector reporting drift, any
+/// `|ΔNS|` (`|ΔVS|`) beyond its calibrated threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Verdicts {
+    embedding: bool,
+    noise: bool,
+    variance: bool,
+}
+
+fn verdicts(text: &str) -> Verdicts {
+    let over = |score: &str| {
+        samples(text, &format!("agent_{score}_score_drift")).iter().any(|(labels, v)| {
+            sample_of(text, &format!("agent_{score}_score_drift_threshold"), labels)
+                .is_some_and(|t| v.abs() > t)
+        })
+    };
+    Verdicts {
+        embedding: samples(text, "agent_embedding_drift").iter().any(|(_, v)| *v == 1.0),
+        noise: over("noise"),
+        variance: over("variance"),
+    }
+}
+
+/// The verdicts once the detectors and the calibration have run on the final window of a phase:
+/// its embeddings all there, and the same verdicts and detector statistics on two scrapes more than
+/// one detector interval (1 s) apart.
+fn settled_verdicts(agent: &Agent, window: usize) -> Verdicts {
+    let snapshot = || {
+        let t = agent.metrics();
+        let stats: Vec<(String, f64)> = samples(&t, "agent_embedding_drift_statistic");
+        (verdicts(&t), stats, sample(&t, "agent_embedding_window_samples", &[]))
+    };
+    let v = wait_for("the detectors' verdicts on the full window", Duration::from_secs(30), || {
+        let first = snapshot();
+        std::thread::sleep(Duration::from_millis(1500));
+        let second = snapshot();
+        (first == second && first.2 == Some(window as f64) && !first.1.is_empty()).then_some(first)
+    });
+    eprintln!("  verdicts {:?}; detector statistics {:?}", v.0, v.1);
+    v.0
+}
+
 // --- setup -----------------------------------------------------------------------------------------
 
 fn ensure_prometheus() {
@@ -748,7 +799,11 @@ smoothing = 0.0
         ),
         window: format!("samples = {WINDOW}"),
         rest: format!(
-            r#"[[sources]]
+            r#"# The shipped detectors, run every second so each phase's verdict is there within seconds.
+[detectors]
+interval_secs = 1.0
+
+[[sources]]
 type = "dir"
 name = "inbox"
 path = "{inbox}"
@@ -962,6 +1017,10 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     let text = agent.metrics();
     assert_eq!(mirror(&text, "400"), Some(1.0), "ingest requests answered 400");
     assert_eq!(sample(&text, "agent_samples_rejected_total", &[("reason", "shape")]), Some(1.0));
+    let verdicts = settled_verdicts(&agent, WINDOW);
+    alerts.set("AgentEmbeddingDrift", verdicts.embedding);
+    alerts.set("AgentNoiseScoreDrift", verdicts.noise);
+    alerts.set("AgentVarianceScoreDrift", verdicts.variance);
     alerts.check(&prom, "clean window");
 
     // Phase 3: the same digits drifted, clip(x + λε, 0, 1): the drift alerts fire.
@@ -970,17 +1029,20 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     wait_for("the drifted stream scored and scraped", Duration::from_secs(180), scored_in_prom(scored));
     eprintln!("[{:>5.1}s] drifted stream scored", t0.elapsed().as_secs_f64());
     let text = agent.metrics();
-    let over = |name: &str, limit: f64| samples(&text, name).iter().any(|(_, v)| v.abs() > limit);
     for (labels, v) in samples(&text, "agent_noise_score_drift") {
         eprintln!("  drifted ΔNS {labels}: {v:.4}");
     }
     for (labels, v) in samples(&text, "agent_variance_score_drift") {
         eprintln!("  drifted ΔVS {labels}: {v:.4}");
     }
+    // The drift is seen by the scores against their calibrated thresholds and by the embedding
+    // detectors; the rules must agree with the agent's verdicts.
+    let verdicts = settled_verdicts(&agent, WINDOW);
+    assert!(verdicts.noise && verdicts.embedding, "the λ = {LAMBDA} drift unseen: {verdicts:?}");
     alerts.set("AgentNoiseScoreDrift", true);
     alerts.set("AgentScoreDistributionDrift", true);
-    // Whether the variance score moves enough depends on the model; the rule must agree with the agent.
-    alerts.set("AgentVarianceScoreDrift", over("agent_variance_score_drift", 0.2));
+    alerts.set("AgentVarianceScoreDrift", verdicts.variance);
+    alerts.set("AgentEmbeddingDrift", true);
     let collapsed = samples(&text, "agent_variance_score").iter().any(|(labels, v)| {
         sample_of(&text, "agent_baseline_variance_score", labels)
             .is_some_and(|base| base > 0.0 && v / base < 0.25)
@@ -1007,11 +1069,12 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     for (labels, r) in &ratios {
         eprintln!("  spots VS / VS_ref {labels}: {r:.3}");
     }
-    let over = |name: &str, limit: f64| samples(&text, name).iter().any(|(_, v)| v.abs() > limit);
     alerts.set("AgentVarianceCollapse", true);
     assert!(ratios.iter().any(|(_, r)| *r < 0.25), "no variance score below 25% of the reference's");
-    alerts.set("AgentNoiseScoreDrift", over("agent_noise_score_drift", 0.2));
-    alerts.set("AgentVarianceScoreDrift", over("agent_variance_score_drift", 0.2));
+    let verdicts = settled_verdicts(&agent, WINDOW);
+    alerts.set("AgentNoiseScoreDrift", verdicts.noise);
+    alerts.set("AgentVarianceScoreDrift", verdicts.variance);
+    alerts.set("AgentEmbeddingDrift", verdicts.embedding);
     alerts.set(
         "AgentScoreDistributionDrift",
         samples(&text, "agent_drift_ks_pvalue").iter().any(|(_, p)| *p < 0.01),
@@ -1180,6 +1243,7 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
         "AgentScoreDistributionDrift",
         "AgentVarianceScoreDrift",
         "AgentVarianceCollapse",
+        "AgentEmbeddingDrift",
     ] {
         alerts.set(a, false);
     }
@@ -1219,4 +1283,125 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
         t0.elapsed().as_secs_f64()
     );
     drop(prom);
+}
+
+/// The fleet view: two agents (two replicas of one deployment, each with its own baseline built from
+/// the same reference) scraped by one real Prometheus with the shipped rules. Replica A sees 64 clean
+/// digits, replica B 48 drifted ones (λ = 0.9). Their rank histograms have the same buckets, so the
+/// recording rule `agent:variance_score_rank_bucket:rate5m` sums them: it returns one series per
+/// bucket with no `instance`, whose total is both agents' rate; summed raw counters count every
+/// sample of both; and the fleet's share above the reference's 95th percentile lies between the
+/// clean replica's (low) and the drifted one's (high).
+#[test]
+fn fleet_view_sums_two_agents() {
+    ensure_prometheus();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let ports = [free_port(), free_port()];
+    let prom_port = free_port();
+    let logs: Vec<std::path::PathBuf> =
+        ["a.log", "b.log", "prometheus.log"].iter().map(|f| dir.join(f)).collect();
+    let _logs = LogsOnFailure(logs.clone());
+    let rules = repo_root().join("deploy/prometheus/rules/agent.rules.yml");
+    let prom_yml = dir.join("prometheus.yml");
+    let targets = format!("\"127.0.0.1:{}\", \"127.0.0.1:{}\"", ports[0], ports[1]);
+    std::fs::write(
+        &prom_yml,
+        prometheus_config(&rules, ports[0]).replace(&format!("\"127.0.0.1:{}\"", ports[0]), &targets),
+    )
+    .unwrap();
+    let _prom = Proc::spawn(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", prom_yml.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+        &logs[2],
+        "prometheus",
+    );
+    let prom = Prom { _proc: _prom, port: prom_port };
+    wait_for("Prometheus /-/ready", Duration::from_secs(30), || {
+        http(prom_port, "GET", "/-/ready", &[]).filter(|(c, _)| *c == 200)
+    });
+    let stream = load("stream.npy");
+    let feeds = [
+        stream.slice(s![0..64, .., .., ..]).to_owned(),
+        drifted(&stream.slice(s![64..112, .., .., ..]).to_owned(), LAMBDA, 3),
+    ];
+    let mut agents = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let sub = dir.join(name);
+        let inbox = sub.join("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let cfg = support::DemoConfig {
+            model: "methods = [\"vanilla\", \"actgrad\"]\nsmoothing_points = 1\nsmoothing = 0.0".into(),
+            baseline: format!(
+                "path = \"{}/baseline.json\"\nreference_dir = \"{}\"",
+                sub.display(),
+                repo_root().join("models/digits/reference.npy").display()
+            ),
+            window: format!("samples = {WINDOW}"),
+            rest: format!(
+                "[[sources]]\ntype = \"dir\"\nname = \"inbox\"\npath = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:{}\"\nauth_token = \"{TOKEN}\"\n\n[logging]\nlevel = \"info,ort=warn\"\n",
+                inbox.display(),
+                ports[i]
+            ),
+            ..support::DemoConfig::default()
+        }
+        .toml();
+        let cfg_path = sub.join("agent.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let agent = Agent(support::Daemon::start_on(&cfg_path, &logs[i], ports[i]));
+        agents.push((agent, inbox));
+    }
+    for (agent, _) in &agents {
+        wait_for("the agent's /readyz", Duration::from_secs(120), || {
+            agent.get("/readyz").filter(|(c, _)| *c == 200)
+        });
+    }
+    for ((_, inbox), x) in agents.iter().zip(&feeds) {
+        put_batches(inbox, "x", x);
+    }
+    let n = [64usize, 48];
+    let (a, b) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    let bucket = |le: &str| {
+        format!("agent_variance_score_rank_bucket{{layer=\"block2\",method=\"actgrad\",le=\"{le}\"}}")
+    };
+    // Every sample of both agents scraped.
+    let counts = wait_for("both agents' samples in Prometheus", Duration::from_secs(120), || {
+        let total = prom.scalar(&format!("sum({})", bucket("+Inf")))?;
+        (total == (n[0] + n[1]) as f64).then_some(total)
+    });
+    // The fleet recording rule: one series per bucket, no instance, both agents' rate.
+    let fleet = wait_for("the fleet recording rule over both agents", Duration::from_secs(30), || {
+        let r = prom.query("agent:variance_score_rank_bucket:rate5m{layer=\"block2\", method=\"actgrad\"}");
+        (r.len() == 21).then_some(r)
+    });
+    assert!(fleet.iter().all(|s| s["metric"].get("instance").is_none()), "{fleet:?}");
+    let fleet_total = value_of(&fleet, &[("le", "+Inf")]).unwrap();
+    let per_agent = prom.query(
+        "sum by (instance) (rate(agent_variance_score_rank_count{layer=\"block2\", method=\"actgrad\"}[5m]))",
+    );
+    let rate = |inst: &str| value_of(&per_agent, &[("instance", inst)]).unwrap_or(0.0);
+    let (ra, rb) = (rate(&a), rate(&b));
+    eprintln!("[fleet] {counts} samples; fleet rate {fleet_total:.4}/s = agent a {ra:.4} + agent b {rb:.4}");
+    assert!(ra > 0.0 && rb > 0.0, "both agents contribute: {per_agent:?}");
+    assert!((fleet_total / (ra + rb) - 1.0).abs() < 0.25, "fleet {fleet_total} vs {ra} + {rb}");
+    // Where the drift is: the share of samples above the reference's 95th percentile.
+    let above = |filter: &str| {
+        let inf = prom.scalar(&format!("sum(agent_variance_score_rank_bucket{{layer=\"block2\",method=\"actgrad\",le=\"+Inf\"{filter}}})")).unwrap();
+        let le = prom.scalar(&format!("sum(agent_variance_score_rank_bucket{{layer=\"block2\",method=\"actgrad\",le=\"0.95\"{filter}}})")).unwrap();
+        1.0 - le / inf
+    };
+    let (sa, sb, sf) =
+        (above(&format!(",instance=\"{a}\"")), above(&format!(",instance=\"{b}\"")), above(""));
+    eprintln!(
+        "[fleet] share above the reference's 95th percentile: clean agent {sa:.3}, drifted agent {sb:.3}, fleet {sf:.3}"
+    );
+    assert!(sa < 0.3 && sb > 0.5, "clean {sa}, drifted {sb}");
+    let expected = (sa * n[0] as f64 + sb * n[1] as f64) / (n[0] + n[1]) as f64;
+    assert!((sf - expected).abs() < 1e-9, "fleet {sf} vs {expected}");
+    let share =
+        prom.scalar("agent:variance_score_rank:outside90_ratio5m{layer=\"block2\", method=\"actgrad\"}");
+    eprintln!("[fleet] recorded share outside the central 90 %: {share:?}");
+    assert!(share.is_some_and(|s| s > sa), "{share:?}");
 }

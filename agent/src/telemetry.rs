@@ -1,7 +1,7 @@
 //! Every metric the agent exports (the contract is `docs/metrics.md`), in one private registry.
 //!
-//! Labels are bounded: `model`, `layer`, `method`, `score`, `reason`, `source`, `provider`, `kind`,
-//! `code`, `result` — never a file name or a sample id.
+//! Labels are bounded: `model`, `layer`, `method`, `score`, `detector`, `reason`, `source`,
+//! `provider`, `kind`, `code`, `result` — never a file name or a sample id.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -14,6 +14,7 @@ use plugins::decode::RejectReason;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const KEY: &[&str] = &["model", "layer", "method"];
+const DETECTOR: &[&str] = &["model", "detector"];
 
 /// The `kind` values of `agent_source_errors_total` for an `http` source.
 pub const FEED_ERROR_KINDS: [&str; 6] = ["connect", "timeout", "status", "body", "protocol", "io"];
@@ -35,9 +36,19 @@ pub struct Telemetry {
     pub variance_score_drift: GaugeVec,
     pub drift_ks_statistic: GaugeVec,
     pub drift_ks_pvalue: GaugeVec,
+    pub noise_score_drift_threshold: GaugeVec,
+    pub variance_score_drift_threshold: GaugeVec,
+    pub embedding_drift_statistic: GaugeVec,
+    pub embedding_drift_pvalue: GaugeVec,
+    pub embedding_drift_threshold: GaugeVec,
+    pub embedding_drift: GaugeVec,
+    pub embedding_window_samples: IntGaugeVec,
+    pub embedding_detectors_run_seconds: GaugeVec,
     pub window_samples: IntGaugeVec,
     pub noise_score_per_sample: HistogramVec,
     pub variance_score_per_sample: HistogramVec,
+    pub noise_score_rank: HistogramVec,
+    pub variance_score_rank: HistogramVec,
     pub inference_duration_seconds: HistogramVec,
     pub batch_size: HistogramVec,
     pub queue_depth: IntGaugeVec,
@@ -48,6 +59,12 @@ pub struct Telemetry {
     pub feed_last_success_timestamp_seconds: GaugeVec,
     pub ingest_requests: IntCounterVec,
     pub config_reloads: IntCounterVec,
+}
+
+/// `1/n, 2/n, …, 1`: each bound the nearest double to the fraction, so the `le` labels print as
+/// `0.15`, not `0.15000000000000002` (which `0.05·3` gives), and rules can name them.
+fn fractions(n: usize) -> Vec<f64> {
+    (1..=n).map(|i| i as f64 / n as f64).collect()
 }
 
 fn linear(step: f64, n: usize) -> Vec<f64> {
@@ -126,6 +143,46 @@ impl Telemetry {
                 "P-value of the two-sample Kolmogorov-Smirnov test.",
                 &["model", "layer", "method", "score"]
             )),
+            noise_score_drift_threshold: reg!(g(
+                "agent_noise_score_drift_threshold",
+                "|dNS| beyond which the window is unusual at the configured false-alarm rate (from the baseline).",
+                KEY
+            )),
+            variance_score_drift_threshold: reg!(g(
+                "agent_variance_score_drift_threshold",
+                "|dVS| beyond which the window is unusual at the configured false-alarm rate (from the baseline).",
+                KEY
+            )),
+            embedding_drift_statistic: reg!(g(
+                "agent_embedding_drift_statistic",
+                "Embedding drift detector statistic, window vs reference embeddings.",
+                DETECTOR
+            )),
+            embedding_drift_pvalue: reg!(g(
+                "agent_embedding_drift_pvalue",
+                "P-value of the embedding drift detector (absent for embedding_pca).",
+                DETECTOR
+            )),
+            embedding_drift_threshold: reg!(g(
+                "agent_embedding_drift_threshold",
+                "Statistic beyond which the embedding drift detector reports drift.",
+                DETECTOR
+            )),
+            embedding_drift: reg!(g(
+                "agent_embedding_drift",
+                "1 when the embedding drift detector reports drift, else 0.",
+                DETECTOR
+            )),
+            embedding_window_samples: reg!(ig(
+                "agent_embedding_window_samples",
+                "Embeddings in the embedding detectors' window.",
+                &["model"]
+            )),
+            embedding_detectors_run_seconds: reg!(g(
+                "agent_embedding_detectors_run_seconds",
+                "Wall time of the last run of the embedding drift detectors.",
+                &["model"]
+            )),
             window_samples: reg!(ig("agent_window_samples", "Samples currently in the window.", &["model"])),
             noise_score_per_sample: reg!(h(
                 "agent_noise_score_per_sample",
@@ -138,6 +195,18 @@ impl Telemetry {
                 "Per-sample variance score.",
                 KEY,
                 linear(0.0125, 20)
+            )),
+            noise_score_rank: reg!(h(
+                "agent_noise_score_rank",
+                "Per-sample noise score as its rank in the baseline's reference scores (0..1; uniform without drift).",
+                KEY,
+                fractions(20)
+            )),
+            variance_score_rank: reg!(h(
+                "agent_variance_score_rank",
+                "Per-sample variance score as its rank in the baseline's reference scores (0..1; uniform without drift).",
+                KEY,
+                fractions(20)
             )),
             inference_duration_seconds: reg!(h(
                 "agent_inference_duration_seconds",
@@ -260,6 +329,21 @@ mod tests {
         t.execution_provider_info.with_label_values(&["digits", "cpu", "cuda"]).set(1);
         t.ready.set(1);
         t.window_samples.with_label_values(&["digits"]).set(3);
+        t.noise_score_drift_threshold.with_label_values(&k).set(0.02);
+        t.variance_score_drift_threshold.with_label_values(&k).set(0.03);
+        let det = ["digits", "embedding_mmd"];
+        for gv in [
+            &t.embedding_drift_statistic,
+            &t.embedding_drift_pvalue,
+            &t.embedding_drift_threshold,
+            &t.embedding_drift,
+        ] {
+            gv.with_label_values(&det).set(0.0);
+        }
+        t.embedding_window_samples.with_label_values(&["digits"]).set(3);
+        t.embedding_detectors_run_seconds.with_label_values(&["digits"]).set(0.01);
+        t.noise_score_rank.with_label_values(&k).observe(0.5);
+        t.variance_score_rank.with_label_values(&k).observe(0.5);
         t.noise_score_per_sample.with_label_values(&k).observe(0.3);
         t.variance_score_per_sample.with_label_values(&k).observe(0.1);
         t.inference_duration_seconds.with_label_values(&["digits"]).observe(0.01);
@@ -279,5 +363,12 @@ mod tests {
         }
         assert!(text.contains("agent_samples_rejected_total{model=\"digits\",reason=\"non_finite\"} 0"));
         assert!(text.contains("agent_samples_skipped_total{model=\"digits\",reason=\"budget\"} 0"));
+        // The rank buckets' bounds as the fleet rules name them.
+        for le in ["0.05", "0.15", "0.95", "1", "+Inf"] {
+            let bucket = format!(
+                "agent_noise_score_rank_bucket{{layer=\"conv2_in\",method=\"vanilla\",model=\"digits\",le=\"{le}\"}}"
+            );
+            assert!(text.contains(&bucket), "{bucket} not in the exposition");
+        }
     }
 }

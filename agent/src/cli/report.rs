@@ -6,7 +6,7 @@
 //! Both sides are scored by the same [`Engine`] as `agent score` and `agent baseline` (the config's
 //! `[model]`, `[noise]` and `[engine]`; no sources, no baseline file). The embeddings `z` come from a
 //! second, forward-only session on the model cut at the embedding, because the attribution graph's
-//! engine keeps only maps and scores.
+//! engine keeps only maps and scores ([`EmbeddingModel`], shared with the daemon).
 
 pub mod html;
 
@@ -15,17 +15,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use ndarray::{Array2, ArrayView2, ArrayViewD, Axis};
-use ort::session::Session;
-use ort::value::TensorRef;
+use ndarray::{Array2, ArrayView2, Axis};
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::daemon::baseline::{decode_options, reference_files};
 use crate::detectors::{self, DetectorResult};
 use crate::drift::{kolmogorov_q, ks_two_sample, relative_drift};
-use crate::engine::{Engine, EngineSpec, SampleScores};
-use crate::runtime::{self, SessionOptions};
+pub use crate::engine::EmbeddingModel;
+use crate::engine::{Engine, SampleScores};
 use plugins::decode::{DecodeOptions, decode_file};
 
 #[derive(Debug, Clone, Args)]
@@ -98,45 +96,6 @@ pub struct Side {
     pub embeddings: Array2<f32>,
     pub mean_maps: Vec<Array2<f64>>,
     pub map_count: usize,
-}
-
-/// The model cut at the embedding, in its own ONNX Runtime session.
-pub struct EmbeddingModel {
-    session: Session,
-    input: String,
-    output: String,
-}
-
-impl EmbeddingModel {
-    pub fn new(spec: &EngineSpec, input: &str) -> Result<EmbeddingModel> {
-        let (env, _) = runtime::environment(spec.runtime.onnxruntime_path.as_deref())?;
-        let mut model = crate::onnx::load(&spec.model_path)?;
-        let graph =
-            model.graph.as_mut().with_context(|| format!("{} has no graph", spec.model_path.display()))?;
-        graph.output = vec![crate::onnx::value_info(
-            &spec.embedding,
-            crate::onnx::proto::data_type::FLOAT,
-            &[Err("N"), Err("D")],
-        )];
-        let so = SessionOptions {
-            providers: spec.runtime.providers().to_vec(),
-            threads: spec.runtime.threads(),
-            device_id: 0,
-        };
-        let (session, _) = runtime::session(env, &crate::onnx::encode(&model), &so)
-            .with_context(|| format!("the forward session of {}", spec.model_path.display()))?;
-        Ok(EmbeddingModel { session, input: input.to_string(), output: spec.embedding.clone() })
-    }
-
-    /// `[B, D]` embeddings of a batch.
-    pub fn embed(&mut self, batch: ArrayViewD<f32>) -> Result<Array2<f32>> {
-        let feeds = ort::inputs![
-            self.input.as_str() => TensorRef::from_array_view(batch).map_err(|e| anyhow!("{e}"))?,
-        ];
-        let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
-        let z = out[self.output.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
-        Ok(z.into_dimensionality::<ndarray::Ix2>()?.to_owned())
-    }
 }
 
 /// Decodes, scores and embeds every sample of `path` (a file or a directory), `batch_size` at a time.

@@ -33,6 +33,7 @@ pub struct Config {
     pub window: WindowConfig,
     #[serde(default)]
     pub maps: MapsConfig,
+    pub detectors: DetectorsConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
@@ -198,6 +199,61 @@ pub struct MapsConfig {
     pub reference_samples: u64,
 }
 
+/// `[detectors]`: the embedding drift detectors (`agent::detectors`) the daemon runs on its window,
+/// beside the paper's scores. They need the embedding `z` of every scored sample (a forward-only
+/// session on the model cut at `model.embedding`: one forward pass per sample) and reference
+/// embeddings in the baseline (kept when it is built; a baseline built without them is used without
+/// the detectors, with a warning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorsConfig {
+    /// Which detectors run: any of `mmd`, `ks_share`, `centroid`, `pca`; `[]` runs none and computes
+    /// no embedding.
+    #[serde(default = "default_detectors")]
+    pub enabled: Vec<crate::detectors::DetectorKind>,
+    /// Reference embeddings kept in the baseline (a uniform sample), which the detectors are fitted
+    /// on when the daemon starts.
+    #[serde(default = "default_reference_samples")]
+    pub reference_samples: usize,
+    /// The false-alarm rate of every test with a p-value (MMD, KS share, centroid) and of the
+    /// calibrated `|Δ|` thresholds (`agent_*_score_drift_threshold`).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// MMD permutations and the centroid's and PCA's resamples of the reference.
+    #[serde(default = "default_permutations")]
+    pub permutations: usize,
+    /// MMD rows per side (a seeded subset beyond it): bounds the kernel matrix at twice this squared.
+    #[serde(default = "default_mmd_max_samples")]
+    pub mmd_max_samples: usize,
+    /// The newest this many of the window's samples keep their embedding for the detectors.
+    #[serde(default = "default_max_window_samples")]
+    pub max_window_samples: usize,
+    /// Seconds between two runs of the detectors (they run only when the window changed).
+    #[serde(default = "default_interval_secs")]
+    pub interval_secs: f64,
+    /// Below this many embeddings in the window the detectors do not run (their series are absent).
+    #[serde(default = "default_min_window_samples")]
+    pub min_window_samples: usize,
+}
+
+impl DetectorsConfig {
+    /// Whether any detector runs (and so whether embeddings are computed at all).
+    pub fn active(&self) -> bool {
+        !self.enabled.is_empty()
+    }
+
+    /// The detectors' own settings.
+    pub fn online(&self) -> crate::detectors::OnlineSettings {
+        crate::detectors::OnlineSettings {
+            enabled: self.enabled.clone(),
+            alpha: self.alpha,
+            permutations: self.permutations,
+            mmd_max_samples: self.mmd_max_samples,
+            seed: 0,
+        }
+    }
+}
+
 /// `[[sources]]`, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -285,6 +341,34 @@ const fn default_reference_maps() -> u64 {
 const fn default_reservoir_samples() -> usize {
     crate::drift::DEFAULT_RESERVOIR_SIZE
 }
+/// docs/DRIFT_SIGNALS.md: MMD and the centroid see a changed mix of normal inputs (class-prior
+/// shift) that the paper's scores do not see at all; PCA sees structure inside `z` change (blur,
+/// contrast, occlusion). The KS share adds nothing the MMD does not see first, at MMD's cost.
+fn default_detectors() -> Vec<crate::detectors::DetectorKind> {
+    use crate::detectors::DetectorKind;
+    vec![DetectorKind::Mmd, DetectorKind::Centroid, DetectorKind::Pca]
+}
+const fn default_reference_samples() -> usize {
+    crate::drift::DEFAULT_EMBEDDING_RESERVOIR_SIZE
+}
+const fn default_alpha() -> f64 {
+    0.01
+}
+const fn default_permutations() -> usize {
+    200
+}
+const fn default_mmd_max_samples() -> usize {
+    500
+}
+const fn default_max_window_samples() -> usize {
+    1000
+}
+const fn default_interval_secs() -> f64 {
+    10.0
+}
+const fn default_min_window_samples() -> usize {
+    20
+}
 fn default_listen() -> String {
     "127.0.0.1:9717".to_string()
 }
@@ -357,6 +441,21 @@ impl Default for MapsConfig {
     }
 }
 
+impl Default for DetectorsConfig {
+    fn default() -> Self {
+        DetectorsConfig {
+            enabled: default_detectors(),
+            reference_samples: default_reference_samples(),
+            alpha: default_alpha(),
+            permutations: default_permutations(),
+            mmd_max_samples: default_mmd_max_samples(),
+            max_window_samples: default_max_window_samples(),
+            interval_secs: default_interval_secs(),
+            min_window_samples: default_min_window_samples(),
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig { listen: default_listen(), auth_token: None }
@@ -416,6 +515,7 @@ impl Config {
                     .with_list_parse_key("model.methods")
                     .with_list_parse_key("noise.inputs")
                     .with_list_parse_key("model.noise_exclude_ids")
+                    .with_list_parse_key("detectors.enabled")
                     .source(Some(env)),
             )
             .build()

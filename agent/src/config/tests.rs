@@ -350,3 +350,45 @@ fn text_keys_parse_into_the_engine_spec_and_their_problems_are_named() {
     assert_eq!(problems[0].key, "model.smoothing_points");
     assert!(problems[0].why.contains("token ids"), "{problems:?}");
 }
+
+#[test]
+fn detectors_defaults_and_every_problem_listed() {
+    use crate::detectors::DetectorKind;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Config::load_with_env(&write(d.path(), &valid(d.path())), HashMap::new()).unwrap();
+    assert_eq!(cfg.detectors.enabled, vec![DetectorKind::Mmd, DetectorKind::Centroid, DetectorKind::Pca]);
+    assert!(cfg.detectors.active() && cfg.detectors.alpha == 0.01 && cfg.detectors.reference_samples == 1000);
+    let text = valid(d.path()).replace(
+        "[window]",
+        r#"[detectors]
+enabled = ["mmd", "ks_share", "mmd"]
+alpha = 0.01
+permutations = 50
+reference_samples = 1
+mmd_max_samples = 1
+min_window_samples = 30
+max_window_samples = 10
+interval_secs = 0
+
+[window]"#,
+    );
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| format!("{}: {}", p.key, p.why)).collect();
+    for expected in [
+        "detectors.enabled[2]: Mmd is listed twice",
+        "detectors.permutations: 50 permutations cannot give a p-value at or below alpha = 0.01 (the smallest is 1/(1 + 50)); use at least 99",
+        "detectors.reference_samples: must be at least 2",
+        "detectors.mmd_max_samples: must be at least 2",
+        "detectors.max_window_samples: 10 is below detectors.min_window_samples (30)",
+        "detectors.interval_secs: 0 is not a positive number of seconds",
+    ] {
+        assert!(keys.iter().any(|k| k.starts_with(expected)), "{expected:?} not in {keys:#?}");
+    }
+    assert_eq!(keys.len(), 6, "{keys:#?}");
+    let off = valid(d.path()).replace("[window]", "[detectors]\nenabled = []\n\n[window]");
+    let cfg = Config::load_with_env(&write(d.path(), &off), HashMap::new()).unwrap();
+    assert!(!cfg.detectors.active() && cfg.validate().is_empty());
+    let bad = valid(d.path()).replace("[window]", "[detectors]\nenabled = [\"domain\"]\n\n[window]");
+    let e = Config::load_with_env(&write(d.path(), &bad), HashMap::new()).unwrap_err().to_string();
+    assert!(e.contains("domain") && e.contains("detectors.enabled"), "{e}");
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    BaselineConfig, Config, EngineConfig, MapsConfig, ModelConfig, NoiseConfig, PreprocessingConfig,
+    BaselineConfig, Config, DetectorsConfig, EngineConfig, MapsConfig, ModelConfig, NoiseConfig, PreprocessingConfig,
     SourceConfig, WindowConfig,
 };
 
@@ -48,6 +48,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     baseline(&mut p, &cfg.baseline, &file);
     window(&mut p, &cfg.window);
     maps(&mut p, &cfg.maps);
+    detectors(&mut p, &cfg.detectors);
     sources(&mut p, &cfg.sources);
     server_and_logging(&mut p, cfg);
     p.out
@@ -260,6 +261,53 @@ fn maps(p: &mut Problems, m: &MapsConfig) {
     }
     if m.reference_samples == 0 {
         p.add("maps.reference_samples", "must be at least 1");
+    }
+}
+
+/// `[detectors]`: sizes the tests can work with, and a permutation count that can reach `alpha`.
+fn detectors(p: &mut Problems, d: &DetectorsConfig) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, k) in d.enabled.iter().enumerate() {
+        if !seen.insert(k) {
+            p.add(format!("detectors.enabled[{i}]"), format!("{k:?} is listed twice"));
+        }
+    }
+    if !(d.alpha > 0.0 && d.alpha < 1.0) {
+        p.add("detectors.alpha", format!("{} is not in (0, 1)", d.alpha));
+    } else if (d.permutations as f64 + 1.0) * d.alpha < 1.0 {
+        // The smallest permutation p-value is 1/(1 + permutations): with fewer, no test can fire.
+        p.add(
+            "detectors.permutations",
+            format!(
+                "{} permutations cannot give a p-value at or below alpha = {} (the smallest is 1/(1 + {})); \
+                 use at least {}",
+                d.permutations,
+                d.alpha,
+                d.permutations,
+                (1.0 / d.alpha).ceil() as usize - 1
+            ),
+        );
+    }
+    if d.reference_samples < 2 {
+        p.add("detectors.reference_samples", "must be at least 2 (the detectors need a reference spread)");
+    }
+    if d.mmd_max_samples < 2 {
+        p.add("detectors.mmd_max_samples", "must be at least 2");
+    }
+    if d.min_window_samples < 2 {
+        p.add("detectors.min_window_samples", "must be at least 2");
+    }
+    if d.max_window_samples < d.min_window_samples {
+        p.add(
+            "detectors.max_window_samples",
+            format!(
+                "{} is below detectors.min_window_samples ({})",
+                d.max_window_samples, d.min_window_samples
+            ),
+        );
+    }
+    if !(d.interval_secs > 0.0 && d.interval_secs.is_finite()) {
+        p.add("detectors.interval_secs", format!("{} is not a positive number of seconds", d.interval_secs));
     }
 }
 

@@ -104,21 +104,13 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
     tracing::info!(reference = %reference.display(), "building the baseline from reference data");
     let opts = decode_options(cfg, scorer.input_shape());
     let mut last_log = Instant::now();
-    let base = build(
-        scorer,
-        reference,
-        &opts,
-        cfg.engine.batch_size,
-        b.reservoir_samples,
-        &cfg.maps,
-        None,
-        &mut |d, t| {
-            if last_log.elapsed() > Duration::from_secs(5) {
-                last_log = Instant::now();
-                tracing::info!(done = d, total = t, "scoring reference data");
-            }
-        },
-    )?;
+    let sizes = Reservoirs { scores: b.reservoir_samples, embeddings: embedding_samples(cfg) };
+    let base = build(scorer, reference, &opts, cfg.engine.batch_size, sizes, &cfg.maps, None, &mut |d, t| {
+        if last_log.elapsed() > Duration::from_secs(5) {
+            last_log = Instant::now();
+            tracing::info!(done = d, total = t, "scoring reference data");
+        }
+    })?;
     if let Some(path) = &b.path {
         save(&base, path)?;
         tracing::info!(path = %path.display(), samples = samples(&base), "baseline built and saved");
@@ -158,6 +150,20 @@ pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
     }
 }
 
+/// How many reference scores (per layer, method and score) and embeddings a baseline keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservoirs {
+    pub scores: usize,
+    /// 0: none (the embedding detectors are off, or the scorer gives no embeddings).
+    pub embeddings: usize,
+}
+
+/// The reference embeddings a baseline built with `cfg` keeps: `[detectors] reference_samples`
+/// when any detector runs, else none.
+pub fn embedding_samples(cfg: &Config) -> usize {
+    if cfg.detectors.active() { cfg.detectors.reference_samples } else { 0 }
+}
+
 /// Scores every reference sample (with `shard`, only the shard's share), `batch_size` at a time;
 /// `progress(done, total)` after each batch. A reference file that does not decode is an error: a
 /// baseline must not silently skip data.
@@ -165,16 +171,18 @@ pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
 /// A shard owns the samples whose global index (files in name order, rows in order) is `I mod N`:
 /// every worker decodes every file (cheap next to scoring) and scores an equal share, whatever the
 /// mix of single-sample and batch files. Each shard seeds its reservoirs with its index, so the
-/// partials' reservoirs are independent, which their merge needs to stay uniform. The reference
-/// maps (`maps`) are computed after the scores, on the systematic sample [`super::maps::reference`]
-/// picks by global index, so a shard maps its share of the whole build's sample.
+/// partials' reservoirs are independent, which their merge needs to stay uniform. The embeddings
+/// are kept when `sizes.embeddings > 0` and the scorer gives them ([`Scorer::enable_embeddings`]).
+/// The reference maps (`maps`) are computed after the scores, on the systematic sample
+/// [`super::maps::reference`] picks by global index, so a shard maps its share of the whole build's
+/// sample.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     scorer: &mut dyn Scorer,
     reference: &Path,
     opts: &DecodeOptions,
     batch_size: usize,
-    reservoir_samples: usize,
+    sizes: Reservoirs,
     maps: &crate::config::MapsConfig,
     shard: Option<Shard>,
     progress: &mut dyn FnMut(u64, u64),
@@ -211,17 +219,34 @@ pub fn build(
     };
     // Seed 0 (the shard index when sharded): the same reference data gives the same baseline file.
     let seed = shard.map_or(0, |s| u64::from(s.index));
-    let mut builder = BaselineBuilder::new(meta, scorer.keys(), reservoir_samples, seed);
+    let mut builder = BaselineBuilder::new(meta, scorer.keys(), sizes.scores, seed);
+    if sizes.embeddings > 0 {
+        builder = builder.with_embeddings(sizes.embeddings, seed);
+    }
     let mut done = 0u64;
     progress(0, total);
+    // The chunk's embeddings, from the scoring call to the callback that records the chunk.
+    let pending = std::cell::Cell::new(None);
     for batch in &batches {
         crate::engine::score_in_chunks(
             batch.view(),
             batch_size,
-            &mut |b| scorer.score_batch(b),
+            &mut |b| {
+                let (scores, z) = scorer.score_with_embeddings(b)?;
+                pending.set(z);
+                Ok(scores)
+            },
             &mut |_, scores| {
                 for s in &scores {
                     builder.push(s)?;
+                }
+                if let Some(z) = pending.take() {
+                    if z.nrows() != scores.len() {
+                        bail!("{} embeddings for {} scored samples", z.nrows(), scores.len());
+                    }
+                    for row in z.rows() {
+                        builder.push_embedding(&row.to_vec())?;
+                    }
                 }
                 done += scores.len() as u64;
                 progress(done, total);
@@ -252,7 +277,10 @@ pub fn command(config: &Path, reference: &Path, out: &Path, shard: Option<Shard>
     for p in &cfg.deprecated {
         eprintln!("warning: {p}");
     }
-    let mut engine = crate::engine::Engine::new(&cfg.to_engine_spec())?;
+    let mut engine = super::EngineScorer::new(&cfg.to_engine_spec())?;
+    if cfg.detectors.active() {
+        engine.enable_embeddings()?;
+    }
     let opts = decode_options(&cfg, engine.input_shape());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -267,7 +295,7 @@ pub fn command(config: &Path, reference: &Path, out: &Path, shard: Option<Shard>
         reference,
         &opts,
         cfg.engine.batch_size,
-        cfg.baseline.reservoir_samples,
+        Reservoirs { scores: cfg.baseline.reservoir_samples, embeddings: embedding_samples(&cfg) },
         &cfg.maps,
         shard,
         &mut |d, t| {

@@ -1,12 +1,12 @@
 //! The engine thread's loop: it takes deliveries off the bounded queue, micro-batches them (up to
-//! `batch_size` samples, waiting at most `max_batch_delay_ms` for a batch to fill), scores them,
-//! records the scores in the drift windows and the per-sample histograms, acknowledges each input,
-//! and publishes the window gauges.
+//! `batch_size` samples, waiting at most `max_batch_delay_ms` for a batch to fill), scores them (and,
+//! when the embedding detectors run, embeds them), records the scores and embeddings in the drift
+//! windows and the per-sample histograms, acknowledges each input, and publishes the window gauges.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ndarray::{Axis, concatenate};
+use ndarray::{Array2, ArrayView2, Axis, concatenate};
 use tokio::sync::mpsc;
 
 use super::monitor::Monitor;
@@ -72,20 +72,24 @@ fn process(
 ) {
     let views: Vec<_> = items.iter().map(|d| d.batch.view()).collect();
     let joined = concatenate(Axis(0), &views).context("joining the batch's inputs");
+    let embed = monitor.wants_embeddings();
     let scored = match &joined {
-        Ok(b) => score_chunks(scorer, b, batch_size, state, model),
+        Ok(b) => score_chunks(scorer, b, batch_size, embed, state, model),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     match scored {
-        Ok(all) => {
+        Ok((all, z)) => {
             if let Ok(b) = &joined {
                 super::maps::observe(&state.maps, scorer, b.view());
             }
             let mut it = all.into_iter();
+            let mut row = 0;
             for d in items {
                 let n = d.batch.len_of(Axis(0));
                 let scores: Vec<_> = it.by_ref().take(n).collect();
-                finish_scored(monitor, d, &scores, state, model);
+                let zs = z.as_ref().map(|z| z.slice(ndarray::s![row..row + n, ..]));
+                row += n;
+                finish_scored(monitor, d, &scores, zs, state, model);
             }
         }
         Err(e) if items.len() > 1 => {
@@ -107,34 +111,60 @@ fn process(
     }
 }
 
-/// Scores a batch `batch_size` samples per engine run, timing each run.
+/// Scores a batch `batch_size` samples per engine run, timing each run; with `embed`, also returns
+/// the `[n, D]` embeddings (`None` when the scorer gives none).
 fn score_chunks(
     scorer: &mut dyn Scorer,
     batch: &ndarray::ArrayD<f32>,
     batch_size: usize,
+    embed: bool,
     state: &AppState,
     model: &str,
-) -> anyhow::Result<Vec<crate::engine::SampleScores>> {
+) -> anyhow::Result<(Vec<crate::engine::SampleScores>, Option<Array2<f32>>)> {
     let mut out = Vec::with_capacity(batch.len_of(Axis(0)));
+    let mut zs: Vec<Array2<f32>> = Vec::new();
     let t = &state.telemetry;
     let secs = std::cell::Cell::new(0.0);
+    let pending = std::cell::Cell::new(None);
     crate::engine::score_in_chunks(
         batch.view(),
         batch_size,
         &mut |b| {
             let t0 = Instant::now();
-            let scores = scorer.score_batch(b);
+            let scores = if embed {
+                scorer.score_with_embeddings(b).map(|(s, z)| {
+                    pending.set(z);
+                    s
+                })
+            } else {
+                scorer.score_batch(b)
+            };
             secs.set(t0.elapsed().as_secs_f64());
             scores
         },
         &mut |_, scores| {
             t.inference_duration_seconds.with_label_values(&[model]).observe(secs.get());
             t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
+            if let Some(z) = pending.take() {
+                anyhow::ensure!(
+                    z.nrows() == scores.len(),
+                    "{} embeddings for {} scored samples",
+                    z.nrows(),
+                    scores.len()
+                );
+                zs.push(z);
+            }
             out.extend(scores);
             Ok(())
         },
     )?;
-    Ok(out)
+    let z = if embed && !zs.is_empty() && zs.iter().map(|z| z.nrows()).sum::<usize>() == out.len() {
+        let views: Vec<_> = zs.iter().map(|z| z.view()).collect();
+        Some(concatenate(Axis(0), &views).context("joining the batch's embeddings")?)
+    } else {
+        None
+    };
+    Ok((out, z))
 }
 
 /// Records an input's scores, then acknowledges it (durably), then counts it.
@@ -142,6 +172,7 @@ fn finish_scored(
     monitor: &mut Monitor,
     d: Delivery,
     scores: &[crate::engine::SampleScores],
+    z: Option<ArrayView2<f32>>,
     state: &AppState,
     model: &str,
 ) {
@@ -150,12 +181,21 @@ fn finish_scored(
         let snap = monitor.snapshot(now);
         snap.iter().map(|k| (k.layer.clone(), k.method.as_str())).collect()
     };
-    for s in scores {
-        monitor.record(now, s);
-        for ((layer, method), v) in keys.iter().zip(&s.scores) {
+    let t = &state.telemetry;
+    for (i, s) in scores.iter().enumerate() {
+        let row = z.as_ref().map(|z| z.row(i).to_vec());
+        monitor.record(now, s, row.as_deref());
+        let ranks = monitor.ranks(s);
+        for (((layer, method), v), [rn, rv]) in keys.iter().zip(&s.scores).zip(ranks) {
             let l = [model, layer.as_str(), method];
-            state.telemetry.noise_score_per_sample.with_label_values(&l).observe(v.noise_score);
-            state.telemetry.variance_score_per_sample.with_label_values(&l).observe(v.variance_score);
+            t.noise_score_per_sample.with_label_values(&l).observe(v.noise_score);
+            t.variance_score_per_sample.with_label_values(&l).observe(v.variance_score);
+            if let Some(r) = rn {
+                t.noise_score_rank.with_label_values(&l).observe(r);
+            }
+            if let Some(r) = rv {
+                t.variance_score_rank.with_label_values(&l).observe(r);
+            }
         }
     }
     let samples = scores.len() as u64;

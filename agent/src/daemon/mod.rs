@@ -11,6 +11,7 @@
 pub mod baseline;
 mod budget;
 pub mod check;
+pub mod detect;
 mod endpoint;
 mod engine_loop;
 mod heatmap;
@@ -28,11 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ndarray::ArrayViewD;
+use ndarray::{Array2, ArrayViewD};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, LogFormat};
-use crate::engine::{Engine, EngineSpec, SampleScores, ScoreKey};
+use crate::engine::{EmbeddingModel, Engine, EngineSpec, SampleScores, ScoreKey};
 use crate::runtime::Provider;
 use pipeline::Pipeline;
 use state::AppState;
@@ -50,6 +51,77 @@ pub trait Scorer: Send {
     /// [`maps`]). A scorer without maps says so; the maps view then shows why it is empty.
     fn embedding_maps(&mut self, _batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
         anyhow::bail!("this scorer computes no attribution maps")
+    }
+    /// From now on, [`Scorer::score_with_embeddings`] also returns the embeddings `z`; `false` when
+    /// this scorer has none to give (the embedding detectors then stay off).
+    fn enable_embeddings(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Scores a batch and, once enabled, its `[B, D]` embeddings.
+    fn score_with_embeddings(
+        &mut self,
+        batch: ArrayViewD<f32>,
+    ) -> Result<(Vec<SampleScores>, Option<Array2<f32>>)> {
+        Ok((self.score_batch(batch)?, None))
+    }
+}
+
+/// The daemon's scorer: the engine, and beside it, once enabled, the model cut at the embedding
+/// (`engine::embed`) for the embedding detectors.
+pub struct EngineScorer {
+    engine: Engine,
+    spec: EngineSpec,
+    forward: Option<EmbeddingModel>,
+}
+
+impl EngineScorer {
+    pub fn new(spec: &EngineSpec) -> Result<EngineScorer> {
+        Ok(EngineScorer { engine: Engine::new(spec)?, spec: spec.clone(), forward: None })
+    }
+}
+
+impl Scorer for EngineScorer {
+    fn keys(&self) -> &[ScoreKey] {
+        self.engine.keys()
+    }
+    fn input_shape(&self) -> &[usize] {
+        self.engine.input_shape()
+    }
+    fn provider(&self) -> Provider {
+        self.engine.provider()
+    }
+    fn requested_provider(&self) -> Provider {
+        self.engine.requested_provider()
+    }
+    fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
+        self.engine.score_batch(batch)
+    }
+    fn model_sha256(&self) -> &str {
+        self.engine.model_sha256()
+    }
+    fn settings_hash(&self) -> &str {
+        self.engine.settings_hash()
+    }
+    fn enable_embeddings(&mut self) -> Result<bool> {
+        if self.forward.is_none() {
+            let input = self.engine.graph().inputs[0].name.clone();
+            self.forward = Some(EmbeddingModel::new(&self.spec, &input)?);
+        }
+        Ok(true)
+    }
+    fn score_with_embeddings(
+        &mut self,
+        batch: ArrayViewD<f32>,
+    ) -> Result<(Vec<SampleScores>, Option<Array2<f32>>)> {
+        let scores = self.engine.score_batch(batch.view())?;
+        let z = match &mut self.forward {
+            Some(f) => Some(f.embed(batch).context("the embedding of the batch")?),
+            None => None,
+        };
+        Ok((scores, z))
+    }
+    fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
+        self.engine.embedding_maps(batch)
     }
 }
 
@@ -89,7 +161,7 @@ pub type ScorerFactory = Arc<dyn Fn(&EngineSpec) -> Result<Box<dyn Scorer>> + Se
 
 /// The real engine.
 pub fn engine_factory() -> ScorerFactory {
-    Arc::new(|spec: &EngineSpec| Ok(Box::new(Engine::new(spec)?) as Box<dyn Scorer>))
+    Arc::new(|spec: &EngineSpec| Ok(Box::new(EngineScorer::new(spec)?) as Box<dyn Scorer>))
 }
 
 type FilterHandle =

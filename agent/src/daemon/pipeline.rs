@@ -68,8 +68,14 @@ impl Pipeline {
             .spawn(move || {
                 let started = (|| -> Result<(Box<dyn Scorer>, Monitor)> {
                     let mut scorer = factory(&cfg2.to_engine_spec()).context("loading the engine")?;
+                    let embeds = cfg2.detectors.active()
+                        && scorer.enable_embeddings().context("the embedding detectors' forward session")?;
                     let base = baseline::obtain(&mut *scorer, &cfg2)?;
-                    let monitor = Monitor::new(scorer.keys(), &cfg2.window, Some(base))?;
+                    let monitor = Monitor::new(scorer.keys(), &cfg2.window, Some(base))?.with_detectors(
+                        &cfg2.detectors,
+                        &cfg2.window,
+                        embeds,
+                    );
                     Ok((scorer, monitor))
                 })();
                 match started {

@@ -30,9 +30,17 @@ pub(super) fn publish_static(state: &AppState, cfg: &Config, scorer: &dyn Scorer
         &t.drift_ks_statistic,
         &t.drift_ks_pvalue,
         &t.baseline_created_timestamp_seconds,
+        &t.noise_score_drift_threshold,
+        &t.variance_score_drift_threshold,
+        &t.embedding_drift_statistic,
+        &t.embedding_drift_pvalue,
+        &t.embedding_drift_threshold,
+        &t.embedding_drift,
+        &t.embedding_detectors_run_seconds,
     ] {
         g.reset();
     }
+    t.embedding_window_samples.reset();
     if provider != requested {
         tracing::warn!(
             provider,
@@ -85,6 +93,8 @@ pub(super) fn publish_window(state: &AppState, model: &str, monitor: &mut Monito
         set(&t.variance_score, k.variance_score);
         set(&t.noise_score_drift, k.noise_score_drift);
         set(&t.variance_score_drift, k.variance_score_drift);
+        set(&t.noise_score_drift_threshold, k.noise_score_drift_threshold);
+        set(&t.variance_score_drift_threshold, k.variance_score_drift_threshold);
         // Without a test result (empty window: after a reload, or when a time-bounded window
         // expires) the series go away, like the other window gauges, instead of keeping an old
         // p-value that would hold a distribution-drift alert firing.
@@ -102,9 +112,96 @@ pub(super) fn publish_window(state: &AppState, model: &str, monitor: &mut Monito
             }
         }
     }
+    let detectors = monitor.detectors(now);
+    if let Some(d) = &detectors {
+        publish_detectors(t, model, d);
+    }
     let n = monitor.window_len(now);
     t.window_samples.with_label_values(&[model]).set(n as i64);
     let mut st = super::locks::write(&state.status);
     st.layers = view;
     st.window_samples = n;
+    st.embedding_detectors = detectors;
+    st.embedding_detectors_note = monitor.detectors_note().map(str::to_string);
+}
+
+/// The embedding detectors' gauges: one series per detector while it has a verdict; none below the
+/// detectors' minimum window (as the KS gauges, so no old verdict holds an alert).
+fn publish_detectors(t: &crate::telemetry::Telemetry, model: &str, d: &super::detect::DetectorsView) {
+    t.embedding_window_samples.with_label_values(&[model]).set(d.window_samples as i64);
+    if let Some(s) = d.last_run_seconds {
+        t.embedding_detectors_run_seconds.with_label_values(&[model]).set(s);
+    }
+    for name in &d.detectors {
+        let l = [model, *name];
+        match d.results.iter().find(|r| r.name == *name) {
+            Some(r) => {
+                t.embedding_drift_statistic.with_label_values(&l).set(r.statistic);
+                t.embedding_drift_threshold.with_label_values(&l).set(r.threshold);
+                t.embedding_drift.with_label_values(&l).set(if r.drift { 1.0 } else { 0.0 });
+                match r.p_value {
+                    Some(p) => t.embedding_drift_pvalue.with_label_values(&l).set(p),
+                    None => {
+                        let _ = t.embedding_drift_pvalue.remove_label_values(&l);
+                    }
+                }
+            }
+            None => {
+                for g in [
+                    &t.embedding_drift_statistic,
+                    &t.embedding_drift_pvalue,
+                    &t.embedding_drift_threshold,
+                    &t.embedding_drift,
+                ] {
+                    let _ = g.remove_label_values(&l);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::detect::DetectorsView;
+    use crate::detectors::DetectorResult;
+    use crate::telemetry::Telemetry;
+
+    fn result(name: &str, p: Option<f64>, drift: bool) -> DetectorResult {
+        DetectorResult { name: name.into(), statistic: 2.0, p_value: p, threshold: 1.5, drift }
+    }
+
+    /// One series per detector with a verdict, none for a p-value a detector does not have, and none
+    /// left once the verdicts are gone (an old verdict must not hold an alert).
+    #[test]
+    fn detector_gauges_follow_the_verdicts() {
+        let t = Telemetry::new();
+        let mut view = DetectorsView {
+            detectors: vec!["embedding_mmd", "embedding_pca"],
+            window_samples: 40,
+            results: vec![result("embedding_mmd", Some(0.004), true), result("embedding_pca", None, false)],
+            last_run_seconds: Some(0.25),
+        };
+        publish_detectors(&t, "m", &view);
+        let text = t.encode();
+        for line in [
+            "agent_embedding_drift{detector=\"embedding_mmd\",model=\"m\"} 1",
+            "agent_embedding_drift{detector=\"embedding_pca\",model=\"m\"} 0",
+            "agent_embedding_drift_pvalue{detector=\"embedding_mmd\",model=\"m\"} 0.004",
+            "agent_embedding_drift_statistic{detector=\"embedding_pca\",model=\"m\"} 2",
+            "agent_embedding_drift_threshold{detector=\"embedding_mmd\",model=\"m\"} 1.5",
+            "agent_embedding_window_samples{model=\"m\"} 40",
+            "agent_embedding_detectors_run_seconds{model=\"m\"} 0.25",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("agent_embedding_drift_pvalue{detector=\"embedding_pca\""), "{text}");
+        view.results.clear();
+        view.window_samples = 3;
+        publish_detectors(&t, "m", &view);
+        let text = t.encode();
+        assert!(!text.contains("agent_embedding_drift{"), "{text}");
+        assert!(!text.contains("agent_embedding_drift_statistic{"), "{text}");
+        assert!(text.contains("agent_embedding_window_samples{model=\"m\"} 3"), "{text}");
+    }
 }

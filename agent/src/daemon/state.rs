@@ -31,6 +31,10 @@ pub struct Status {
     pub ready: bool,
     pub layers: Vec<KeyView>,
     pub window_samples: usize,
+    /// The embedding detectors' last verdicts (absent when they are off).
+    pub embedding_detectors: Option<super::detect::DetectorsView>,
+    /// Why the embedding detectors are off although configured.
+    pub embedding_detectors_note: Option<String>,
     pub baseline: Option<BaselineInfo>,
     pub samples_scored: u64,
     pub samples_rejected: BTreeMap<&'static str, u64>,

@@ -17,6 +17,15 @@ pub const BASELINE_FORMAT: u32 = 1;
 /// hundred samples, while keeping the file at about a hundred kB per pair.
 pub const DEFAULT_RESERVOIR_SIZE: usize = 2048;
 
+/// Default bound on the stored reference embeddings (`[detectors] reference_samples`): the detectors
+/// cap their reference side at 500 (MMD) to 1000 (centroid) rows anyway, and 1000 rows of `D = 2048`
+/// are 8 MB in memory (about 20 MB of JSON); at the demo's `D = 32`, a few hundred kB.
+pub const DEFAULT_EMBEDDING_RESERVOIR_SIZE: usize = 1000;
+
+/// The ChaCha8 stream of the embedding reservoir's generator: far above the score reservoirs'
+/// `2·index + 1`, so adding a layer never reshuffles it (nor it them).
+const EMBEDDING_STREAM: u64 = 1 << 40;
+
 /// Why a baseline cannot be built, read or used. The messages say what is wrong; how to rebuild a
 /// baseline is the caller's to add (it knows the command line and the configuration).
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +44,35 @@ pub enum BaselineError {
     NoFiniteScore { layer: String, method: &'static str },
     #[error("cannot merge the partial baselines: {0}")]
     Merge(String),
+    #[error("embedding {row} has {found} components, the earlier ones {expected}")]
+    EmbeddingWidth { row: u64, found: usize, expected: usize },
+}
+
+/// A uniform sample of the reference's embeddings `z`, for the embedding detectors
+/// (`agent::detectors`), which are fitted on it when the daemon loads the baseline (with fixed
+/// seeds, so a baseline gives the same thresholds on every start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingSample {
+    /// Finite embeddings seen (all of them, not only those kept).
+    pub count: u64,
+    /// Embeddings skipped for a non-finite component.
+    #[serde(default)]
+    pub non_finite: u64,
+    /// Components per embedding (`D`).
+    pub dim: usize,
+    /// The bound on `rows` (the builder's reservoir size).
+    pub capacity: usize,
+    /// At most `capacity` embeddings, a uniform random sample (reservoir sampling, seeded) of those
+    /// seen, in no particular order. All of them when `count` is within the bound.
+    pub rows: Vec<Vec<f32>>,
+}
+
+impl EmbeddingSample {
+    /// The rows as a `[n, D]` matrix.
+    pub fn matrix(&self) -> ndarray::Array2<f32> {
+        let flat: Vec<f32> = self.rows.iter().flatten().copied().collect();
+        ndarray::Array2::from_shape_vec((self.rows.len(), self.dim), flat).expect("rows of width dim")
+    }
 }
 
 /// One score's reference distribution.
@@ -66,6 +104,22 @@ impl ScoreSummary {
         let lo = pos.floor() as usize;
         let hi = (lo + 1).min(v.len() - 1);
         Some(v[lo] + (pos - lo as f64) * (v[hi] - v[lo]))
+    }
+
+    /// Where `value` falls in the reference distribution, in `[0, 1]`: the reservoir's empirical CDF
+    /// at `value` with ties counted half (`(#below + #equal/2) / n`, the mid-distribution function).
+    /// Under no drift a sample's rank is uniform on `[0, 1]` (up to the reservoir's discreteness),
+    /// whatever the scale of the score, which is what lets one fixed set of histogram buckets
+    /// resolve every layer's scores and lets replicas sharing a baseline add their histograms up.
+    /// `None` when the reservoir is empty or `value` is not finite.
+    pub fn rank(&self, value: f64) -> Option<f64> {
+        let v = &self.reservoir;
+        if v.is_empty() || !value.is_finite() {
+            return None;
+        }
+        let below = v.partition_point(|&x| x < value);
+        let not_above = v.partition_point(|&x| x <= value);
+        Some((below as f64 + (not_above - below) as f64 / 2.0) / v.len() as f64)
     }
 }
 
@@ -108,6 +162,11 @@ pub struct Baseline {
     /// and the maps view says the reference has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maps: Option<super::maps::ReferenceMaps>,
+    /// The reference embeddings the embedding detectors are fitted on; absent in baselines built
+    /// before the daemon ran those detectors (the daemon then runs without them and says so). Added
+    /// without a format change: older agents ignore it, newer ones read older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingSample>,
 }
 
 /// Which share of the reference a partial baseline covers: the samples whose index `g` in the
@@ -206,6 +265,7 @@ pub struct BaselineBuilder {
     reservoir_size: usize,
     noise: Vec<Summarizer>,
     variance: Vec<Summarizer>,
+    embeddings: Option<EmbeddingReservoir>,
 }
 
 impl BaselineBuilder {
@@ -217,7 +277,52 @@ impl BaselineBuilder {
             reservoir_size,
             noise: (0..keys.len() as u64).map(|i| make(2 * i)).collect(),
             variance: (0..keys.len() as u64).map(|i| make(2 * i + 1)).collect(),
+            embeddings: None,
         }
+    }
+
+    /// Also keeps a uniform sample of at most `capacity` embeddings ([`BaselineBuilder::push_embedding`]),
+    /// from its own generator (same `seed`, its own stream).
+    pub fn with_embeddings(mut self, capacity: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(EMBEDDING_STREAM);
+        self.embeddings = Some(EmbeddingReservoir {
+            sample: EmbeddingSample { count: 0, non_finite: 0, dim: 0, capacity, rows: Vec::new() },
+            rng,
+        });
+        self
+    }
+
+    /// Adds one sample's embedding (ignored unless [`BaselineBuilder::with_embeddings`]). An
+    /// embedding with a non-finite component is counted and skipped; one of another width than the
+    /// first is an error (the model's embedding has one width).
+    pub fn push_embedding(&mut self, z: &[f32]) -> Result<(), BaselineError> {
+        let Some(e) = &mut self.embeddings else { return Ok(()) };
+        let s = &mut e.sample;
+        if s.count == 0 && s.non_finite == 0 {
+            s.dim = z.len();
+        } else if z.len() != s.dim {
+            return Err(BaselineError::EmbeddingWidth {
+                row: s.count + s.non_finite,
+                found: z.len(),
+                expected: s.dim,
+            });
+        }
+        if z.iter().any(|v| !v.is_finite()) {
+            s.non_finite += 1;
+            return Ok(());
+        }
+        let seen = s.count;
+        s.count += 1;
+        if s.rows.len() < s.capacity {
+            s.rows.push(z.to_vec());
+        } else if s.capacity > 0 {
+            let slot = e.rng.random_range(0..=seen);
+            if let Some(r) = s.rows.get_mut(slot as usize) {
+                r.copy_from_slice(z);
+            }
+        }
+        Ok(())
     }
 
     /// Adds one sample's scores, aligned with the keys.
@@ -261,8 +366,16 @@ impl BaselineBuilder {
             entries,
             shard: None,
             maps: None,
+            embeddings: self.embeddings.map(|e| e.sample).filter(|s| s.count > 0),
         })
     }
+}
+
+/// Algorithm R over embeddings, as [`Summarizer`] over scores.
+#[derive(Debug, Clone)]
+struct EmbeddingReservoir {
+    sample: EmbeddingSample,
+    rng: ChaCha8Rng,
 }
 
 /// Moments plus a reservoir (Vitter's algorithm R: the `i`-th value, 0-based, replaces a uniformly
@@ -361,6 +474,21 @@ mod tests {
     }
 
     #[test]
+    fn rank_is_the_mid_distribution_function() {
+        let samples: Vec<_> = [0.1, 0.4, 0.2, 0.3].iter().map(|&v| sample(v, 0.2)).collect();
+        let b = Baseline::from_samples(meta(), &keys(), &samples, 16, 0).unwrap();
+        let ns = &b.entries[0].noise_score;
+        assert_eq!(ns.rank(0.05), Some(0.0));
+        assert_eq!(ns.rank(0.25), Some(0.5));
+        // 0.2 itself: one below, one equal → (1 + 1/2)/4
+        assert_eq!(ns.rank(0.2), Some(0.375));
+        assert_eq!(ns.rank(9.0), Some(1.0));
+        assert_eq!(ns.rank(f64::NAN), None);
+        // all four variance scores are 0.2: a tie everywhere gives the middle
+        assert_eq!(b.entries[0].variance_score.rank(0.2), Some(0.5));
+    }
+
+    #[test]
     fn reservoir_is_bounded_sorted_seeded_and_roughly_uniform() {
         let samples: Vec<_> = (0..10_000).map(|i| sample(f64::from(i), 0.0)).collect();
         let b = Baseline::from_samples(meta(), &keys(), &samples, 500, 7).unwrap();
@@ -400,5 +528,48 @@ mod tests {
         assert!(Baseline::from_samples(meta(), &keys(), &[short], 8, 0).is_err());
         let nan = Baseline::from_samples(meta(), &keys(), &[sample(f64::NAN, 0.1), sample(0.5, 0.1)], 8, 0);
         assert_eq!(nan.unwrap().entries[0].noise_score.non_finite, 1);
+    }
+
+    /// The embedding reservoir keeps everything within its bound, a seeded uniform sample beyond it,
+    /// skips non-finite rows, refuses a change of width, and survives JSON; a baseline without it
+    /// (older files) still reads.
+    #[test]
+    fn embedding_reservoir() {
+        let mut b = BaselineBuilder::new(meta(), &keys(), 8, 0).with_embeddings(3, 5);
+        for i in 0..2 {
+            b.push_embedding(&[i as f32, 1.0]).unwrap();
+        }
+        b.push_embedding(&[f32::NAN, 0.0]).unwrap();
+        assert!(
+            b.push_embedding(&[1.0]).unwrap_err().to_string().contains("1 components, the earlier ones 2")
+        );
+        b.push(&sample(0.5, 0.1)).unwrap();
+        let base = b.finish().unwrap();
+        let e = base.embeddings.as_ref().unwrap();
+        assert_eq!((e.count, e.non_finite, e.dim, e.rows.len()), (2, 1, 2, 2));
+        assert_eq!(e.matrix(), ndarray::array![[0.0f32, 1.0], [1.0, 1.0]]);
+        assert_eq!(Baseline::from_json(&base.to_json().unwrap()).unwrap(), base);
+        let mut old = base.clone();
+        old.embeddings = None;
+        let text = old.to_json().unwrap();
+        assert!(!text.contains("embeddings"));
+        assert_eq!(Baseline::from_json(&text).unwrap().embeddings, None);
+
+        // 10 000 rows through a reservoir of 100, 200 times: each row's inclusion rate is 1 %.
+        let mut hits = vec![0u32; 10];
+        for seed in 0..200 {
+            let mut b = BaselineBuilder::new(meta(), &keys(), 8, seed).with_embeddings(100, seed);
+            for i in 0..10_000 {
+                b.push_embedding(&[i as f32]).unwrap();
+            }
+            b.push(&sample(0.5, 0.1)).unwrap();
+            let e = b.finish().unwrap().embeddings.unwrap();
+            assert_eq!((e.count, e.rows.len()), (10_000, 100));
+            for r in &e.rows {
+                hits[r[0] as usize / 1000] += 1;
+            }
+        }
+        // Per block of 1000 rows: 200 runs × 100 slots × 1/10 = 2000 expected, sd ≈ 42.
+        assert!(hits.iter().all(|&h| (1800..2200).contains(&h)), "{hits:?}");
     }
 }

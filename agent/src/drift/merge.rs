@@ -10,11 +10,18 @@
 //! scores (and independent of the others': each shard seeds its own generator), so a uniform subset
 //! of it is a uniform subset of the partial, and the hypergeometric counts make the union uniform:
 //! every `m`-subset of all the scores is equally likely.
+//!
+//! The reference embeddings ([`EmbeddingSample`]) merge the same way, rows for scores: each shard's
+//! builder keeps a uniform sample of its own embeddings from its own seeded generator, so the same
+//! hypergeometric split gives a uniform sample of all of them. Partials must agree on having them,
+//! on `D` and on the bound.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::baseline::{BASELINE_FORMAT, Baseline, BaselineEntry, BaselineError, ScoreSummary};
+use super::baseline::{
+    BASELINE_FORMAT, Baseline, BaselineEntry, BaselineError, EmbeddingSample, ScoreSummary,
+};
 use super::maps::ReferenceMaps;
 use super::welford::RunningStats;
 
@@ -104,6 +111,7 @@ pub fn merge(parts: &[Baseline], seed: u64, created_unix_secs: u64) -> Result<Ba
         entries.push(BaselineEntry { noise_score, variance_score, ..head.clone() });
     }
     let maps = merge_maps(parts)?;
+    let embeddings = merge_embeddings(parts, seed)?;
     let mut meta = first.meta.clone();
     meta.created_unix_secs = created_unix_secs;
     Ok(Baseline {
@@ -114,7 +122,98 @@ pub fn merge(parts: &[Baseline], seed: u64, created_unix_secs: u64) -> Result<Ba
         entries,
         shard: None,
         maps,
+        embeddings,
     })
+}
+
+/// The partials' embedding samples merged into one uniform sample of all their embeddings.
+fn merge_embeddings(parts: &[Baseline], seed: u64) -> Result<Option<EmbeddingSample>, BaselineError> {
+    let err = |m: String| Err(BaselineError::Merge(m));
+    let samples: Vec<Option<&EmbeddingSample>> = parts.iter().map(|p| p.embeddings.as_ref()).collect();
+    if samples.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mut have = Vec::with_capacity(parts.len());
+    for (i, s) in samples.iter().enumerate() {
+        let Some(s) = s else {
+            return err(format!(
+                "partial {} has no reference embeddings and others have (built by an older agent?)",
+                i + 1
+            ));
+        };
+        let head = samples[0].expect("checked above");
+        if s.dim != head.dim || s.capacity != head.capacity {
+            return err(format!(
+                "partial {} keeps embeddings of D = {} (at most {}), partial 1 of D = {} (at most {})",
+                i + 1,
+                s.dim,
+                s.capacity,
+                head.dim,
+                head.capacity
+            ));
+        }
+        let expected = usize::try_from(s.count).unwrap_or(usize::MAX).min(s.capacity);
+        if s.rows.len() != expected || s.rows.iter().any(|r| r.len() != s.dim) {
+            return err(format!(
+                "partial {} keeps {} reference embeddings for {} seen (expected {expected} of width {})",
+                i + 1,
+                s.rows.len(),
+                s.count,
+                s.dim
+            ));
+        }
+        have.push(s);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(1 << 40);
+    let sets: Vec<(&[Vec<f32>], u64)> = have.iter().map(|s| (s.rows.as_slice(), s.count)).collect();
+    let capacity = have[0].capacity;
+    Ok(Some(EmbeddingSample {
+        count: have.iter().map(|s| s.count).sum(),
+        non_finite: have.iter().map(|s| s.non_finite).sum(),
+        dim: have[0].dim,
+        capacity,
+        rows: uniform_union(&sets, capacity, &mut rng),
+    }))
+}
+
+/// A uniform sample of at most `k` of the union of several populations, each given as a uniform
+/// sample of itself (`.0`) and its size (`.1`): a multivariate hypergeometric split of the `k` slots
+/// by population, then that many drawn without replacement from each sample.
+fn uniform_union<T: Clone>(parts: &[(&[T], u64)], k: usize, rng: &mut impl Rng) -> Vec<T> {
+    let total: u64 = parts.iter().map(|p| p.1).sum();
+    let m = usize::try_from(total).unwrap_or(usize::MAX).min(k);
+    let mut left: Vec<u64> = parts.iter().map(|p| p.1).collect();
+    let mut take = vec![0usize; parts.len()];
+    let mut remaining = total;
+    for _ in 0..m {
+        let mut u = rng.random_range(0..remaining);
+        let j = left
+            .iter()
+            .position(|&l| {
+                if u < l {
+                    true
+                } else {
+                    u -= l;
+                    false
+                }
+            })
+            .expect("u < remaining = Σ left");
+        left[j] -= 1;
+        take[j] += 1;
+        remaining -= 1;
+    }
+    let mut out = Vec::with_capacity(m);
+    for ((sample, _), &t) in parts.iter().zip(&take) {
+        // A partial Fisher–Yates shuffle: the first t of a random permutation are a uniform t-subset.
+        let mut v: Vec<T> = sample.to_vec();
+        for i in 0..t {
+            let r = rng.random_range(i..v.len());
+            v.swap(i, r);
+        }
+        out.extend_from_slice(&v[..t]);
+    }
+    out
 }
 
 /// The partials' reference maps merged (count-weighted means): all partials have them, or none.
@@ -155,38 +254,8 @@ pub fn merge_summaries(
         non_finite += p.non_finite;
     }
     let total = stats.count();
-    let m = usize::try_from(total).unwrap_or(usize::MAX).min(k);
-    // Multivariate hypergeometric: m draws without replacement from the scores, labelled by partial.
-    let mut left: Vec<u64> = parts.iter().map(|p| p.count).collect();
-    let mut take = vec![0usize; parts.len()];
-    let mut remaining = total;
-    for _ in 0..m {
-        let mut u = rng.random_range(0..remaining);
-        let j = left
-            .iter()
-            .position(|&l| {
-                if u < l {
-                    true
-                } else {
-                    u -= l;
-                    false
-                }
-            })
-            .expect("u < remaining = Σ left");
-        left[j] -= 1;
-        take[j] += 1;
-        remaining -= 1;
-    }
-    let mut reservoir = Vec::with_capacity(m);
-    for (p, &t) in parts.iter().zip(&take) {
-        // A partial Fisher–Yates shuffle: the first t of a random permutation are a uniform t-subset.
-        let mut v = p.reservoir.clone();
-        for i in 0..t {
-            let r = rng.random_range(i..v.len());
-            v.swap(i, r);
-        }
-        reservoir.extend_from_slice(&v[..t]);
-    }
+    let sets: Vec<(&[f64], u64)> = parts.iter().map(|p| (p.reservoir.as_slice(), p.count)).collect();
+    let mut reservoir = uniform_union(&sets, k, rng);
     reservoir.sort_by(f64::total_cmp);
     Ok(ScoreSummary {
         count: total,
@@ -342,5 +411,43 @@ mod tests {
         assert!(merge(&bad, 0, 1).unwrap_err().to_string().contains("shard index 9 is not below"));
         assert_eq!(Shard::parse("2/4"), Ok(Shard { index: 2, count: 4 }));
         assert!(Shard::parse("4/4").is_err() && Shard::parse("x").is_err() && Shard::parse("1/0").is_err());
+    }
+
+    /// Sharded embedding samples merge into a uniform sample of all the embeddings: over many merges
+    /// every one of 120 rows lands in the 12-row merged sample equally often; partials without
+    /// embeddings beside ones with are refused.
+    #[test]
+    fn embedding_samples_merge_uniformly() {
+        let (n, k, runs) = (120usize, 12usize, 2000u64);
+        let mut hits = vec![0u64; n];
+        for run in 0..runs {
+            let parts: Vec<Baseline> = (0..3u32)
+                .map(|i| {
+                    let shard = Shard { index: i, count: 3 };
+                    let mut b = BaselineBuilder::new(meta(), &keys(), 4, run * 3 + u64::from(i))
+                        .with_embeddings(k, run * 3 + u64::from(i));
+                    for g in (0..n).filter(|g| shard.owns(*g as u64)) {
+                        b.push(&sample(g as f64)).unwrap();
+                        b.push_embedding(&[g as f32, 0.5]).unwrap();
+                    }
+                    Baseline { shard: Some(shard), ..b.finish().unwrap() }
+                })
+                .collect();
+            let m = merge(&parts, run, 1).unwrap().embeddings.unwrap();
+            assert_eq!((m.count, m.dim, m.rows.len()), (n as u64, 2, k));
+            for r in &m.rows {
+                hits[r[0] as usize] += 1;
+            }
+            if run == 0 {
+                let mut mixed = parts.clone();
+                mixed[1].embeddings = None;
+                let e = merge(&mixed, 0, 1).unwrap_err().to_string();
+                assert!(e.contains("partial 2 has no reference embeddings"), "{e}");
+            }
+        }
+        let expected = (runs as usize * k) as f64 / n as f64;
+        let chi2: f64 = hits.iter().map(|&h| (h as f64 - expected).powi(2) / expected).sum();
+        // 119 degrees of freedom: the 0.1 % upper critical value is about 168.
+        assert!(chi2 < 168.0, "chi-square {chi2:.1} over 119 dof: not uniform ({hits:?})");
     }
 }

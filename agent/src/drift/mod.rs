@@ -6,6 +6,7 @@
 //! checked by the `layers` test in `lib.rs`): no engine, no configuration, no command-line text.
 
 pub mod baseline;
+pub mod calibrate;
 pub mod ks;
 pub mod maps;
 pub mod merge;
@@ -14,8 +15,9 @@ pub mod window;
 
 pub use baseline::{
     BASELINE_FORMAT, Baseline, BaselineBuilder, BaselineEntry, BaselineError, BaselineMeta,
-    DEFAULT_RESERVOIR_SIZE, ScoreSummary, Shard,
+    DEFAULT_EMBEDDING_RESERVOIR_SIZE, DEFAULT_RESERVOIR_SIZE, EmbeddingSample, ScoreSummary, Shard,
 };
+pub use calibrate::abs_drift_threshold;
 pub use ks::{KsResult, kolmogorov_q, ks_two_sample};
 pub use maps::{MapError, MapSums, MapWindow, MeanMap, ReferenceMaps};
 pub use merge::merge;

@@ -206,9 +206,11 @@ pub fn score_in_chunks(
     Ok(())
 }
 
+pub mod embed;
 mod session;
 mod settings;
 pub mod tokens;
+pub use embed::EmbeddingModel;
 pub use session::{Engine, normalize};
 pub use settings::{NoiseSettings, RuntimeSettings, ScoreSettings};
 pub use tokens::{TextModel, TextSettings, TokenSample, score_tokens_in_chunks};
