@@ -33,6 +33,7 @@ pub struct Config {
     pub window: WindowConfig,
     #[serde(default)]
     pub maps: MapsConfig,
+    #[serde(default)]
     pub detectors: DetectorsConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
