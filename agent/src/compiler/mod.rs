@@ -335,7 +335,7 @@ fn attribution_outputs(
         // the per-point gradient is computed anyway (another method multiplies it by the activation
         // at each point, or it flows on to an earlier layer), where that would only add work.
         let per_point_needed = opts.methods.iter().any(|&m| m != Method::Vanilla)
-            || cx.b.nodes.iter().any(|n| n.input.iter().any(|i| *i == g));
+            || cx.b.nodes.iter().any(|n| n.input.contains(&g));
         let averaged =
             if per_point_needed { None } else { hoisted_mean(cx, &g, opts.smoothing_samples, &data_inputs) };
         for &method in &opts.methods {
