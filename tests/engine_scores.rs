@@ -285,3 +285,25 @@ fn run_sizes_chosen_from_the_memory_limit_change_no_score() {
         }
     }
 }
+
+/// The IoBinding run path (on by default for CUDA sessions) gives the scores of the plain one, on the
+/// CPU, with the rows chunked so that the bound points serve several runs.
+#[test]
+fn io_binding_runs_give_the_same_scores() {
+    let model = repo_root().join("models/digits/encoder.onnx");
+    let batch =
+        ndarray::stack(Axis(0), &[uniform(&[1, 28, 28], 7).view(), uniform(&[1, 28, 28], 8).view()]).unwrap();
+    let mut s = spec(&model, "/pool1/MaxPool_output_0", vec![Method::Vanilla, Method::ActGrad]);
+    s.score.smoothing_points = Some(2);
+    s.score.rows_per_run = Some(5);
+    let mut e = Engine::new(&s).unwrap();
+    let plain = e.score_batch(batch.view().into_dyn()).unwrap();
+    e.set_io_binding(true);
+    let bound = e.score_batch(batch.view().into_dyn()).unwrap();
+    assert_eq!(plain.len(), 2);
+    for (x, y) in pairs(&plain, &bound) {
+        for (a, b) in pairs(&x.scores, &y.scores) {
+            assert_eq!((a.noise_score, a.variance_score), (b.noise_score, b.variance_score));
+        }
+    }
+}

@@ -272,3 +272,54 @@ fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
         }
     }
 }
+
+/// Smoothed `vanilla` maps, whose mean over the points the compiler takes before the layer's
+/// transposed convolution (`hoisted_mean` in the compiler), equal the mean of the plain graph's
+/// per-point maps on the same points: raw `[B, K, C, H, W]` and `abs`-aggregated, on the encoder
+/// (non-overlapping pools) and the AlexNet-like stack (overlapping ones).
+#[test]
+fn smoothed_vanilla_maps_equal_the_mean_of_the_per_point_maps() {
+    const S: usize = 4;
+    for name in ["mnist_encoder", "alexnet_small"] {
+        let entry = manifest().into_iter().find(|e| e.name == name).unwrap();
+        let model = onnx::decode(&std::fs::read(entry.path()).unwrap()).unwrap();
+        let mut shape = vec![2 * S];
+        shape.extend(&entry.input_shape);
+        let points = uniform(&shape, 11);
+        let v = uniform(&[3, entry.d], 12) - 0.5;
+        for agg in [None, Some(Aggregation::Abs)] {
+            let opts = |samples| CompileOptions {
+                embedding: entry.embedding.clone(),
+                layers: vec![entry.layers[0].clone()],
+                methods: vec![Method::Vanilla],
+                channel_agg: agg,
+                smoothing_samples: samples,
+                layouts: vec![],
+            };
+            let smoothed = compiler::compile(&model, "t", &opts(S)).unwrap();
+            // The mean is taken before the transposed convolution: the graph divides the points'
+            // batch by S to find the samples' (the one `Div` the compiler emits).
+            assert!(
+                smoothed.model.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "Div"),
+                "{name}: the mean was not hoisted"
+            );
+            let feeds = || vec![("input", points.clone()), (compiler::COTANGENT, v.clone())];
+            let got = run(&smoothed.to_bytes(), feeds(), &["attr/0/vanilla"]).remove(0);
+            let plain =
+                compiler::compile(&model, "t", &CompileOptions { channel_agg: None, ..opts(1) }).unwrap();
+            let per_point = run(&plain.to_bytes(), feeds(), &["attr/0/vanilla"]).remove(0);
+            // [B·S, K, C, H, W] → mean over each sample's S points → aggregated as the graph does.
+            let mut grouped = vec![2, S];
+            grouped.extend(&per_point.shape()[1..]);
+            let mean = per_point.into_shape_with_order(IxDyn(&grouped)).unwrap().mean_axis(Axis(1)).unwrap();
+            let want = match agg {
+                None => mean,
+                _ => mean.mapv(f32::abs).mean_axis(Axis(2)).unwrap(),
+            };
+            assert_eq!(got.shape(), want.shape(), "{name} {agg:?}");
+            let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let err = (&got - &want).iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(err <= 1e-5 * scale, "{name} {agg:?}: max error {err} (scale {scale})");
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, CowArray, IxDyn};
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::value::{Tensor, TensorRef};
 
 use super::Estimator;
 use super::tokens::{self, NoiseCache, TextModel};
@@ -50,6 +50,8 @@ pub struct Engine {
     pub(super) buckets: std::collections::HashMap<usize, tokens::Bucket>,
     model_sha256: String,
     settings_hash: String,
+    /// Runs go through an `IoBinding` ([`Engine::set_io_binding`]); on by default for CUDA sessions.
+    io_binding: bool,
 }
 
 impl Engine {
@@ -156,6 +158,7 @@ impl Engine {
             buckets: Default::default(),
             model_sha256,
             settings_hash,
+            io_binding: provider == Provider::Cuda,
         };
         if engine.text.is_some() {
             engine.prepare_text_noise()?;
@@ -195,6 +198,15 @@ impl Engine {
     }
     pub fn graph(&self) -> &AttributionGraph {
         &self.graph
+    }
+
+    /// Whether runs bind their inputs through an ONNX Runtime `IoBinding`, which keeps a group's
+    /// points on the device while its cotangent chunks run. On by default for CUDA sessions, where
+    /// it saves a host-to-device copy of the points per chunk; on the CPU it saves nothing (the
+    /// runtime reads host memory either way), so it is off there, and tests turn it on to check that
+    /// both paths give the same scores.
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.io_binding = on;
     }
 
     /// Noise inputs: the given files, or `n_noise` draws of `U[0,1]` in the raw input domain passed
@@ -378,14 +390,40 @@ impl Engine {
         let mut mean_map: Vec<Vec<Option<Array2<f32>>>> = vec![vec![None; outputs.len()]; b];
         let n_components = self.components.len();
         let total = self.all_rows.nrows();
+        // With IoBinding the points are handed to ONNX Runtime once per group (on CUDA: copied to
+        // the device once) and stay bound while the row chunks run; only the chunk is bound anew.
+        // Bound values are owned tensors: `ort` (rc.15) clones a borrowed one through an internal
+        // IoBinding of its own, which deadlocks on its lock (seen on the CPU).
+        // A text model's several integer inputs go through `model_feeds`; the binding holds one.
+        let mut binding = if self.io_binding && self.text.is_none() {
+            let mut bd = self.session.create_binding()?;
+            bd.bind_input(self.input_name.as_str(), &Tensor::from_array(points.to_owned())?)?;
+            Some(bd)
+        } else {
+            None
+        };
         let mut start = 0;
         while start < total {
             let end = (start + rows_per_run.max(1)).min(total);
             // A row range of a row-major matrix is contiguous: fed as a view, no copy.
             let v = self.all_rows.slice(ndarray::s![start..end, ..]);
-            let mut feeds = self.model_feeds(points.view())?;
-            feeds.push((compiler::COTANGENT.into(), TensorRef::from_array_view(v)?.into()));
-            let out = self.session.run(feeds).context("ONNX Runtime failed")?;
+            let out = match binding.as_mut() {
+                Some(bd) => {
+                    bd.bind_input(compiler::COTANGENT, &Tensor::from_array(v.to_owned())?)?;
+                    // Outputs bound to host memory anew each run: a bound output keeps its buffer,
+                    // whose shape the last, shorter chunk would not match.
+                    let host = ort::memory::MemoryInfo::default();
+                    for o in &outputs {
+                        bd.bind_output_to_device(o.name.as_str(), &host)?;
+                    }
+                    self.session.run_binding(bd).context("ONNX Runtime failed")?
+                }
+                None => {
+                    let mut feeds = self.model_feeds(points.view())?;
+                    feeds.push((compiler::COTANGENT.into(), TensorRef::from_array_view(v)?.into()));
+                    self.session.run(feeds).context("ONNX Runtime failed")?
+                }
+            };
             // Rows [0, split) of this chunk are component rows, the rest estimator rows.
             let split = n_components.clamp(start, end) - start;
             for (oi, o) in outputs.iter().enumerate() {
