@@ -3,9 +3,9 @@
 //! Data flows sources → decoders (crate `plugins`) → engine → scores → drift windows → telemetry;
 //! see ARCHITECTURE.md for the map.
 
-// `deny`, not `forbid`: ndarray's `s![]` macro expands to `#[allow(unsafe_code)] unsafe { … }`, which a
-// `forbid` refuses (E0453; engine/session.rs, scores/channel.rs). Our own code holds no `unsafe`.
-#![deny(unsafe_code)]
+// No `unsafe` anywhere in the crate; ndarray's `s![]` macro expands to an `unsafe` block, so slices are
+// taken with `slice_axis` instead.
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod compiler;

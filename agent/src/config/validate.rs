@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    BaselineConfig, Config, DetectorsConfig, EngineConfig, MapsConfig, ModelConfig, NoiseConfig, PreprocessingConfig,
-    SourceConfig, WindowConfig,
+    BaselineConfig, Config, DetectorsConfig, EngineConfig, MapsConfig, ModelConfig, NoiseConfig,
+    PreprocessingConfig, SourceConfig, WindowConfig,
 };
 
 /// One thing wrong with a configuration.

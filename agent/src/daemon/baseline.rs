@@ -105,12 +105,13 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
     let opts = decode_options(cfg, scorer.input_shape());
     let mut last_log = Instant::now();
     let sizes = Reservoirs { scores: b.reservoir_samples, embeddings: embedding_samples(cfg) };
-    let base = build(scorer, reference, &opts, cfg.engine.batch_size, sizes, &cfg.maps, None, &mut |d, t| {
-        if last_log.elapsed() > Duration::from_secs(5) {
-            last_log = Instant::now();
-            tracing::info!(done = d, total = t, "scoring reference data");
-        }
-    })?;
+    let base =
+        build(scorer, reference, &opts, cfg.engine.batch_size, sizes, &cfg.maps, None, &mut |d, t| {
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(done = d, total = t, "scoring reference data");
+            }
+        })?;
     if let Some(path) = &b.path {
         save(&base, path)?;
         tracing::info!(path = %path.display(), samples = samples(&base), "baseline built and saved");

@@ -87,7 +87,7 @@ fn process(
             for d in items {
                 let n = d.batch.len_of(Axis(0));
                 let scores: Vec<_> = it.by_ref().take(n).collect();
-                let zs = z.as_ref().map(|z| z.slice(ndarray::s![row..row + n, ..]));
+                let zs = z.as_ref().map(|z| z.slice_axis(Axis(0), (row..row + n).into()));
                 row += n;
                 finish_scored(monitor, d, &scores, zs, state, model);
             }

@@ -184,7 +184,7 @@ mod tests {
         let det = Centroid::fit(r.view(), CentroidConfig::default()).unwrap();
         let [_, euc] = det.test(testdata::window(100, 5, 1.0).view()).unwrap();
         assert!(euc.drift && euc.p_value == Some(1.0 / 201.0) && euc.statistic > euc.threshold);
-        let [cos, euc] = det.test(r.slice(ndarray::s![..100, ..])).unwrap();
+        let [cos, euc] = det.test(r.slice_axis(Axis(0), (..100).into())).unwrap();
         assert!(!euc.drift && !cos.drift, "{euc:?} {cos:?}");
         let null = det.null(10);
         assert!(det.test_with(r.view(), &null).unwrap_err().contains("windows of 10"));

@@ -148,8 +148,8 @@ mod tests {
         assert_eq!(got[4], pca.test(w.view()).unwrap());
         // Same window again: the kept null gives the same verdict; another size refits it.
         assert_eq!(all.test(w.view()).unwrap(), got);
-        assert_eq!(all.test(w.slice(ndarray::s![..20, ..])).unwrap()[2], {
-            c.test(w.slice(ndarray::s![..20, ..])).unwrap()[0].clone()
+        assert_eq!(all.test(w.slice_axis(ndarray::Axis(0), (..20).into())).unwrap()[2], {
+            c.test(w.slice_axis(ndarray::Axis(0), (..20).into())).unwrap()[0].clone()
         });
         let mut one = OnlineDetectors::fit(r.view(), &settings(vec![DetectorKind::Pca])).unwrap();
         assert_eq!(one.test(w.view()).unwrap(), vec![got[4].clone()]);

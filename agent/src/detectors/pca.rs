@@ -98,7 +98,7 @@ impl Pca {
                 break;
             }
         }
-        let axes = axes.slice(ndarray::s![..kept, ..]).to_owned();
+        let axes = axes.slice_axis(Axis(0), (..kept).into()).to_owned();
         Ok(Pca { mean, scale, axes, explained: cum / total, reference_errors: Vec::new(), config })
     }
 
@@ -217,7 +217,7 @@ mod tests {
             k += 1;
         }
         assert_eq!(det.components().0, k);
-        let axes = vecs.slice(ndarray::s![.., ..k]).t().to_owned();
+        let axes = vecs.slice_axis(Axis(1), (..k).into()).t().to_owned();
         let exact = Pca { axes, ..det.clone() };
         let (a, b) = (det.errors(x.view()).unwrap(), exact.errors(x.view()).unwrap());
         let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
@@ -243,7 +243,7 @@ mod tests {
     fn structure_change_is_flagged_and_the_reference_is_not() {
         let r = testdata::reference(300, 6);
         let det = Pca::fit(r.view(), PcaConfig::default()).unwrap();
-        assert!(!det.test(r.slice(ndarray::s![..100, ..])).unwrap().drift);
+        assert!(!det.test(r.slice_axis(Axis(0), (..100).into())).unwrap().drift);
         // Same marginal spread, different joint structure: columns permuted.
         let permuted = r.select(Axis(1), &[3, 5, 0, 1, 4, 2]);
         assert!(det.test(permuted.view()).unwrap().drift);

@@ -116,7 +116,7 @@ impl Engine {
         for (r, &c) in components.iter().enumerate() {
             all_rows[[r, c]] = 1.0;
         }
-        all_rows.slice_mut(ndarray::s![components.len().., ..]).assign(&extra_rows);
+        all_rows.slice_axis_mut(Axis(0), (components.len()..).into()).assign(&extra_rows);
         let unit_bytes = bytes_per_point_row(&graph.outputs);
         let (session, provider) = runtime::session(env, &graph.to_bytes(), &session_options(spec))?;
         let requested = spec.runtime.providers().first().copied().unwrap_or(Provider::Cpu);
@@ -406,7 +406,7 @@ impl Engine {
         while start < total {
             let end = (start + rows_per_run.max(1)).min(total);
             // A row range of a row-major matrix is contiguous: fed as a view, no copy.
-            let v = self.all_rows.slice(ndarray::s![start..end, ..]);
+            let v = self.all_rows.slice_axis(Axis(0), (start..end).into());
             let out = match binding.as_mut() {
                 Some(bd) => {
                     bd.bind_input(compiler::COTANGENT, &Tensor::from_array(v.to_owned())?)?;
@@ -431,13 +431,13 @@ impl Engine {
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
                 for s in 0..b {
                     let rows = m.index_axis(Axis(0), s);
-                    let rows = rows.slice(ndarray::s![.., ..visible[s][oi], ..]);
+                    let rows = rows.slice_axis(Axis(1), (..visible[s][oi]).into());
                     if split > 0 {
-                        let part = rows.slice(ndarray::s![..split, .., ..]);
+                        let part = rows.slice_axis(Axis(0), (..split).into());
                         acc[s][oi].push(part)?;
                     }
                     if split < end - start {
-                        let part = rows.slice(ndarray::s![split.., .., ..]);
+                        let part = rows.slice_axis(Axis(0), (split..).into());
                         match estimator {
                             Estimator::MeanMap => {
                                 mean_map[s][oi] = Some(part.index_axis(Axis(0), 0).to_owned())

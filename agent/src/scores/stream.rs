@@ -89,7 +89,7 @@ impl ScoreAccumulator {
 mod tests {
     use super::super::{embedding_aggregate, noise_score, variance_score};
     use super::*;
-    use ndarray::{Array3, s};
+    use ndarray::Array3;
     use proptest::prelude::*;
 
     const AGGS: [Aggregation; 3] = [Aggregation::Mean, Aggregation::Abs, Aggregation::Var];
@@ -108,7 +108,7 @@ mod tests {
         let mut start = 0;
         while start < d {
             let end = (start + k).min(d);
-            acc.push(maps.slice(s![start..end, .., ..])).unwrap();
+            acc.push(maps.slice_axis(Axis(0), (start..end).into())).unwrap();
             start = end;
         }
         acc.finish().unwrap()
