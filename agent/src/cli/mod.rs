@@ -40,6 +40,13 @@ pub struct ModelArgs {
     /// its label or tensor; default auto). Repeat per layer.
     #[arg(long = "layout", value_name = "LAYER=LAYOUT")]
     pub layouts: Vec<String>,
+    /// A text model's `tokenizer.json` [default with --config: its `[tokenizer] path`]: `.txt` and
+    /// `.jsonl` inputs are tokenized with it.
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    /// Longest encoding in tokens, special tokens included [default: the configuration's, else 128].
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
     #[command(flatten)]
     pub score: ScoreSettings,
     #[command(flatten)]
@@ -67,6 +74,20 @@ impl ModelArgs {
             Some(path) => Config::load(path)?.model.preprocessing.image_options(),
             None => plugins::decode::ImageOptions::default(),
         })
+    }
+
+    /// A text model's decoding: `--tokenizer` (and `--max-length`) over the configuration's
+    /// `[tokenizer]`; `None` for other models.
+    pub fn token_options(&self) -> Result<Option<plugins::decode::TokenOptions>> {
+        let configured = match &self.config {
+            Some(path) => Config::load(path)?.tokenizer,
+            None => None,
+        };
+        let path = self.tokenizer.clone().or_else(|| configured.as_ref().map(|t| t.path.clone()));
+        let Some(path) = path else { return Ok(None) };
+        let max_length = self.max_length.or_else(|| configured.as_ref().map(|t| t.max_length)).unwrap_or(128);
+        let tok = plugins::decode::text::TextTokenizer::from_file(&path, max_length, false)?;
+        Ok(Some(plugins::decode::TokenOptions::new(Some(std::sync::Arc::new(tok)))))
     }
 
     /// The engine specification these arguments describe. `score`'s defaults differ from the

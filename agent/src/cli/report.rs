@@ -288,7 +288,7 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
     let mut engine = Engine::new(&spec)?;
     let input = engine.graph().inputs[0].name.clone();
     let mut forward = EmbeddingModel::new(&spec, &input)?;
-    let opts = decode_options(&cfg, engine.input_shape());
+    let opts = decode_options(&cfg, engine.input_shape())?;
     let bs = cfg.engine.batch_size;
     let reference = collect(&mut engine, &mut forward, &args.reference, &opts, bs, args.map_samples)
         .with_context(|| format!("reference {}", args.reference.display()))?;

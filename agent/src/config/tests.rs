@@ -287,7 +287,7 @@ fn limits_parse_override_and_validate() {
         (1000, 8, 4096)
     );
     // The decoders get them.
-    assert_eq!(crate::daemon::baseline::decode_options(&cfg, &[1, 2]).limits, cfg.limits);
+    assert_eq!(crate::daemon::baseline::decode_options(&cfg, &[1, 2]).unwrap().limits, cfg.limits);
     // Per sample above per file, depth beyond the parser's own limit.
     let text = valid(d.path()) + "\n[limits]\nmax_elements_per_file = 10\nmax_json_depth = 500\n";
     let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();

@@ -49,6 +49,9 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     window(&mut p, &cfg.window);
     sources(&mut p, &cfg.sources);
     server_and_logging(&mut p, cfg);
+    for (key, why) in super::text::problems(cfg) {
+        p.add(key, why);
+    }
     p.out
 }
 

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ndarray::{ArrayD, Axis};
 
 use super::{Scorer, unix_now};
 use crate::config::Config;
 use crate::drift::{Baseline, BaselineBuilder, BaselineError, BaselineMeta, Shard};
 use crate::engine::ScoreKey;
-use plugins::decode::{DecodeOptions, decode_file};
+use plugins::decode::{DecodeOptions, Payload, decode_payload_file};
 
 /// How to make a fresh baseline, for messages that refuse one.
 const REBUILD: &str = "rebuild it with `agent baseline --config FILE --reference DIR --out BASELINE`";
@@ -102,7 +101,7 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
         bail!("no baseline: set baseline.path to an existing file or baseline.reference_dir");
     };
     tracing::info!(reference = %reference.display(), "building the baseline from reference data");
-    let opts = decode_options(cfg, scorer.input_shape());
+    let opts = decode_options(cfg, scorer.input_shape())?;
     let mut last_log = Instant::now();
     let base =
         build(scorer, reference, &opts, cfg.engine.batch_size, b.reservoir_samples, None, &mut |d, t| {
@@ -129,24 +128,32 @@ pub fn reference_files(reference: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-            p.is_file() && plugins::decode::EXTENSIONS.contains(&ext.as_str())
+            let known = plugins::decode::EXTENSIONS.iter().chain(&plugins::decode::text::TEXT_EXTENSIONS);
+            p.is_file() && known.into_iter().any(|e| *e == ext)
         })
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("no .npy, .npz, .png or .jpg file in reference directory {}", reference.display());
+        bail!("no .npy, .npz, .png, .jpg, .txt or .jsonl file in reference directory {}", reference.display());
     }
     Ok(files)
 }
 
 /// Decoding options for the configured model, given the engine's input shape.
-pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
+/// Fails only when a text model's tokenizer does not load.
+pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> Result<DecodeOptions> {
+    Ok(DecodeOptions { tokens: cfg.token_options()?, ..decode_options_dense(cfg, input_shape) })
+}
+
+/// [`decode_options`] without the tokenizer (the caller has loaded it, or the model has none).
+pub fn decode_options_dense(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
     DecodeOptions {
         input_shape: input_shape.to_vec(),
         max_bytes: 0,
         normalization: cfg.model.preprocessing.normalization(),
         image: cfg.model.preprocessing.image_options(),
         limits: cfg.limits.clone(),
+        tokens: None,
     }
 }
 
@@ -169,24 +176,25 @@ pub fn build(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Baseline> {
     let files = reference_files(reference)?;
-    let mut batches: Vec<ArrayD<f32>> = Vec::new();
+    let mut batches: Vec<Payload> = Vec::new();
     let mut offset = 0u64;
     for f in &files {
-        let batch = decode_file(f, opts)
+        let name = f.display().to_string();
+        let batch = decode_payload_file(f, &name, opts)
             .map_err(|r| anyhow::anyhow!("reference input rejected ({}): {r}", r.reason.as_str()))?;
-        let rows = batch.len_of(Axis(0)) as u64;
+        let rows = batch.samples() as u64;
         match shard {
             None => batches.push(batch),
             Some(s) => {
                 let own: Vec<usize> = (0..rows).filter(|r| s.owns(offset + r)).map(|r| r as usize).collect();
                 if !own.is_empty() {
-                    batches.push(batch.select(Axis(0), &own));
+                    batches.push(batch.select(&own));
                 }
             }
         }
         offset += rows;
     }
-    let total: u64 = batches.iter().map(|b| b.len_of(Axis(0)) as u64).sum();
+    let total: u64 = batches.iter().map(|b| b.samples() as u64).sum();
     let meta = BaselineMeta {
         model_sha256: scorer.model_sha256().to_string(),
         settings_hash: scorer.settings_hash().to_string(),
@@ -198,19 +206,14 @@ pub fn build(
     let mut done = 0u64;
     progress(0, total);
     for batch in &batches {
-        crate::engine::score_in_chunks(
-            batch.view(),
-            batch_size,
-            &mut |b| scorer.score_batch(b),
-            &mut |_, scores| {
-                for s in &scores {
-                    builder.push(s)?;
-                }
-                done += scores.len() as u64;
-                progress(done, total);
-                Ok(())
-            },
-        )?;
+        super::score_payload(scorer, batch, batch_size, &mut |scores, _| {
+            for s in &scores {
+                builder.push(s)?;
+            }
+            done += scores.len() as u64;
+            progress(done, total);
+            Ok(())
+        })?;
     }
     if done == 0 {
         match shard {
@@ -235,7 +238,7 @@ pub fn command(config: &Path, reference: &Path, out: &Path, shard: Option<Shard>
         eprintln!("warning: {p}");
     }
     let mut engine = crate::engine::Engine::new(&cfg.to_engine_spec())?;
-    let opts = decode_options(&cfg, engine.input_shape());
+    let opts = decode_options(&cfg, engine.input_shape())?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -14,7 +14,7 @@ use super::publish::publish_window;
 use super::state::AppState;
 use super::{Scorer, unix_now};
 use crate::config::Config;
-use plugins::decode::{RejectReason, Rejection};
+use plugins::decode::{Payload, RejectReason, Rejection};
 use plugins::sources::{Delivery, Outcome};
 
 /// The engine thread's loop: micro-batches until every source is gone and the queue is empty.
@@ -41,12 +41,12 @@ pub(super) fn serve(
             }
         };
         let mut items = vec![first];
-        let mut n: usize = items[0].batch.len_of(Axis(0));
+        let mut n: usize = items[0].batch.samples();
         let deadline = tokio::time::Instant::now() + delay;
         while n < batch_size {
             match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
                 Ok(Some(d)) => {
-                    n += d.batch.len_of(Axis(0));
+                    n += d.batch.samples();
                     items.push(d);
                 }
                 _ => break,
@@ -69,14 +69,13 @@ fn process(
     model: &str,
     batch_size: usize,
 ) {
-    let views: Vec<_> = items.iter().map(|d| d.batch.view()).collect();
-    let joined = concatenate(Axis(0), &views).context("joining the batch's inputs");
+    let joined = join(&items).context("joining the batch's inputs");
     let scored = joined.and_then(|b| score_chunks(scorer, &b, batch_size, state, model));
     match scored {
         Ok(all) => {
             let mut it = all.into_iter();
             for d in items {
-                let n = d.batch.len_of(Axis(0));
+                let n = d.batch.samples();
                 let scores: Vec<_> = it.by_ref().take(n).collect();
                 finish_scored(monitor, d, &scores, state, model);
             }
@@ -100,33 +99,42 @@ fn process(
     }
 }
 
+/// The items' samples as one payload (a queue holds one model's inputs, so one kind).
+fn join(items: &[Delivery]) -> anyhow::Result<Payload> {
+    if let [only] = items {
+        return Ok(only.batch.clone());
+    }
+    let mut dense = Vec::new();
+    let mut tokens = Vec::new();
+    for d in items {
+        match &d.batch {
+            Payload::Dense(a) => dense.push(a.view()),
+            Payload::Tokens(t) => tokens.extend(t.iter().cloned()),
+        }
+    }
+    match (dense.is_empty(), tokens.is_empty()) {
+        (false, true) => Ok(Payload::Dense(concatenate(Axis(0), &dense)?)),
+        (true, false) => Ok(Payload::Tokens(tokens)),
+        _ => anyhow::bail!("dense and token inputs in one batch"),
+    }
+}
+
 /// Scores a batch `batch_size` samples per engine run, timing each run.
 fn score_chunks(
     scorer: &mut dyn Scorer,
-    batch: &ndarray::ArrayD<f32>,
+    batch: &Payload,
     batch_size: usize,
     state: &AppState,
     model: &str,
 ) -> anyhow::Result<Vec<crate::engine::SampleScores>> {
-    let mut out = Vec::with_capacity(batch.len_of(Axis(0)));
+    let mut out = Vec::with_capacity(batch.samples());
     let t = &state.telemetry;
-    let secs = std::cell::Cell::new(0.0);
-    crate::engine::score_in_chunks(
-        batch.view(),
-        batch_size,
-        &mut |b| {
-            let t0 = Instant::now();
-            let scores = scorer.score_batch(b);
-            secs.set(t0.elapsed().as_secs_f64());
-            scores
-        },
-        &mut |_, scores| {
-            t.inference_duration_seconds.with_label_values(&[model]).observe(secs.get());
-            t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
-            out.extend(scores);
-            Ok(())
-        },
-    )?;
+    super::score_payload(scorer, batch, batch_size, &mut |scores, secs| {
+        t.inference_duration_seconds.with_label_values(&[model]).observe(secs);
+        t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
+        out.extend(scores);
+        Ok(())
+    })?;
     Ok(out)
 }
 

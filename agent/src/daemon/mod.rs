@@ -33,6 +33,8 @@ use crate::config::{Config, LogFormat};
 use crate::engine::{Engine, EngineSpec, SampleScores, ScoreKey};
 use crate::runtime::Provider;
 use pipeline::Pipeline;
+use plugins::decode::Payload;
+use plugins::decode::tokens::TokenSample;
 use state::AppState;
 
 /// What the daemon needs from the engine; [`Engine`] implements it, tests use a fake.
@@ -42,6 +44,12 @@ pub trait Scorer: Send {
     fn provider(&self) -> Provider;
     fn requested_provider(&self) -> Provider;
     fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>>;
+    /// A text model's samples (unpadded; the engine pads them). A scorer of dense inputs only
+    /// refuses them, which rejects the input as `engine`.
+    fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
+        let _ = samples;
+        anyhow::bail!("this model takes dense tensors, not token ids")
+    }
     fn model_sha256(&self) -> &str;
     fn settings_hash(&self) -> &str;
 }
@@ -67,6 +75,46 @@ impl Scorer for Engine {
     }
     fn settings_hash(&self) -> &str {
         Engine::settings_hash(self)
+    }
+}
+
+/// Scores a decoded input `batch_size` samples per engine run, in order; `each(scores, seconds)`
+/// after every run. The one loop over payloads shared by the daemon, the baseline and `agent score`.
+pub fn score_payload(
+    scorer: &mut dyn Scorer,
+    payload: &Payload,
+    batch_size: usize,
+    each: &mut dyn FnMut(Vec<SampleScores>, f64) -> Result<()>,
+) -> Result<()> {
+    match payload {
+        Payload::Dense(batch) => {
+            let secs = std::cell::Cell::new(0.0);
+            crate::engine::score_in_chunks(
+                batch.view(),
+                batch_size,
+                &mut |b| {
+                    let t0 = std::time::Instant::now();
+                    let scores = scorer.score_batch(b);
+                    secs.set(t0.elapsed().as_secs_f64());
+                    scores
+                },
+                &mut |_, scores| each(scores, secs.get()),
+            )
+        }
+        Payload::Tokens(samples) => {
+            for chunk in samples.chunks(batch_size.max(1)) {
+                let t0 = std::time::Instant::now();
+                let scores = scorer.score_tokens(chunk)?;
+                anyhow::ensure!(
+                    scores.len() == chunk.len(),
+                    "the engine returned {} scores for {} samples",
+                    scores.len(),
+                    chunk.len()
+                );
+                each(scores, t0.elapsed().as_secs_f64())?;
+            }
+            Ok(())
+        }
     }
 }
 
