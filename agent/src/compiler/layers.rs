@@ -120,10 +120,7 @@ pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport>
             (pick.name.clone(), true)
         }
     };
-    let hw = probe::model_inputs(graph)?
-        .iter()
-        .find(|i| i.elem_type == data_type::FLOAT)
-        .and_then(|i| layout::input_hw(&i.rest));
+    let hw = super::inputs::model_hw(&probe::model_inputs(graph)?);
     let emb = ix.id[embedding.as_str()];
     let mut tensors = Vec::new();
     for t in &candidates {

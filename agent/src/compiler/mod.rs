@@ -11,6 +11,7 @@ mod canonical;
 mod ctx;
 mod detect;
 mod graph;
+pub mod inputs;
 pub mod layers;
 pub mod layout;
 mod probe;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use graph::path_ops;
+pub use inputs::{DecidedInput, InputRole, decide_roles, with_sequence_length};
 pub use layout::{LayerLayout, LayerView, LayoutRequest};
 pub use probe::InputSpec;
 pub use registry::{markdown_table as rule_table, supported_ops};
@@ -128,7 +130,7 @@ pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -
     let probe = probe::probe(&model, &probe_targets(&graph, &analysis, &consts, opts))?;
     let inputs = probe::model_inputs(&graph)?;
     let d = check_shapes(&probe.shapes, opts)?;
-    let hw = inputs.iter().find(|i| i.elem_type == data_type::FLOAT).and_then(|i| layout::input_hw(&i.rest));
+    let hw = inputs::model_hw(&inputs);
     let views = opts
         .layers
         .iter()

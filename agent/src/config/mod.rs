@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings,
+    EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings, TextSettings,
 };
 
 pub use text::TokenizerConfig;
@@ -79,6 +79,10 @@ pub struct ModelConfig {
     /// meanings on [`ScoreSettings`]).
     #[serde(flatten)]
     pub score: ScoreSettings,
+    /// Text models: `input_roles`, `pad_id`, `max_length`, `vocab_size`, `noise_exclude_ids`
+    /// (defaults and meanings on [`TextSettings`]).
+    #[serde(flatten)]
+    pub text: TextSettings,
     #[serde(default)]
     pub preprocessing: PreprocessingConfig,
 }
@@ -423,6 +427,7 @@ impl Config {
             noise: self.noise.clone(),
             normalization: m.preprocessing.normalization(),
             runtime: self.engine.runtime.clone(),
+            text: m.text.clone(),
         }
     }
 }

@@ -106,6 +106,38 @@ fn model(p: &mut Problems, m: &ModelConfig) {
     {
         p.add("model.binarize", "threshold must lie strictly between 0 and 1");
     }
+    text(p, m);
+}
+
+/// The text-model keys of `[model]`, and smoothing, which a text model cannot take: the model file's
+/// declared inputs are read only when smoothing is asked for (the engine refuses the rest).
+fn text(p: &mut Problems, m: &ModelConfig) {
+    for (key, why) in m.text.problems() {
+        p.add(format!("model.{key}"), why);
+    }
+    let smoothing =
+        m.score.smoothing_points.is_some_and(|s| s > 1) || m.score.smoothing.is_some_and(|s| s > 0.0);
+    if smoothing && m.path.is_file() && model_takes_tokens(m) {
+        let key = if m.score.smoothing_points.is_some_and(|s| s > 1) {
+            "model.smoothing_points"
+        } else {
+            "model.smoothing"
+        };
+        p.add(key, crate::engine::tokens::SMOOTHING_REFUSED);
+    }
+}
+
+/// Whether the model file declares token inputs (integer inputs, or roles configured so).
+fn model_takes_tokens(m: &ModelConfig) -> bool {
+    let Ok(bytes) = std::fs::read(&m.path) else { return false };
+    let Ok(model) = crate::onnx::decode(&bytes) else { return false };
+    let Some(graph) = model.graph.as_ref() else { return false };
+    let Ok(declared) = crate::compiler::inputs::declared_inputs(graph) else { return false };
+    let pairs: Vec<(String, i32)> = declared.into_iter().map(|(n, t, _)| (n, t)).collect();
+    match crate::compiler::decide_roles(&pairs, &m.text.input_roles) {
+        Ok(d) => crate::compiler::inputs::is_text(&d),
+        Err(_) => pairs.iter().any(|(_, t)| *t != crate::onnx::proto::data_type::FLOAT),
+    }
 }
 
 /// `[model.preprocessing]`.

@@ -69,6 +69,10 @@ pub fn problems(config: &Path) -> Result<String, Vec<String>> {
     for (l, v) in cfg.model.layers.iter().zip(engine.views()) {
         summary.push_str(&format!("\n  layer {} ({}): {}", l.name, l.tensor, v.describe()));
     }
+    // A text model: each input's role and the padding, length and noise-id settings.
+    for line in engine.text_model().map(|t| t.describe()).unwrap_or_default() {
+        summary.push_str(&format!("\n  {line}"));
+    }
     Ok(summary)
 }
 

@@ -148,6 +148,9 @@ pub struct EngineSpec {
     pub normalization: Normalization,
     /// Providers in order of preference, threads, runtime library.
     pub runtime: RuntimeSettings,
+    /// Text models: input roles, pad id, length, noise ids (empty for a vision model).
+    #[serde(default)]
+    pub text: TextSettings,
 }
 
 impl EngineSpec {
@@ -170,6 +173,7 @@ impl EngineSpec {
             noise: NoiseSettings::default(),
             normalization: Normalization::default(),
             runtime: RuntimeSettings { providers: Some(vec![Provider::Cpu]), ..RuntimeSettings::default() },
+            text: TextSettings::default(),
         }
     }
 }
@@ -204,5 +208,7 @@ pub fn score_in_chunks(
 
 mod session;
 mod settings;
+pub mod tokens;
 pub use session::{Engine, normalize};
 pub use settings::{NoiseSettings, RuntimeSettings, ScoreSettings};
+pub use tokens::{TextModel, TextSettings, TokenSample, score_tokens_in_chunks};

@@ -17,14 +17,15 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::Estimator;
+use super::tokens::{self, NoiseCache, TextModel};
 use super::{EngineSpec, LayerScores, SampleScores, ScoreKey};
 use crate::compiler::{self, AttributionGraph, CompileOptions, LayerLayout, LayerView, MapOutput};
 use crate::runtime::{self, Provider, SessionOptions};
 use crate::scores::{self, Aggregation, HutchinsonAccumulator, Method, NoiseReference, ScoreAccumulator};
 
 pub struct Engine {
-    spec: EngineSpec,
-    graph: AttributionGraph,
+    pub(super) spec: EngineSpec,
+    pub(super) graph: AttributionGraph,
     session: Session,
     provider: Provider,
     input_name: String,
@@ -39,8 +40,12 @@ pub struct Engine {
     unit_bytes: u64,
     /// `x_ref` of the smoothed estimator when it is a file.
     smoothing_reference: Option<ArrayD<f32>>,
-    keys: Vec<ScoreKey>,
+    pub(super) keys: Vec<ScoreKey>,
     noise: Vec<NoiseReference>,
+    /// A text model's inputs and settings (`None`: one float input); its noise references per
+    /// sample length ([`super::tokens`]).
+    pub(super) text: Option<TextModel>,
+    pub(super) text_noise: NoiseCache,
     model_sha256: String,
     settings_hash: String,
 }
@@ -52,6 +57,16 @@ impl Engine {
         let bytes = std::fs::read(&spec.model_path)
             .with_context(|| format!("reading model {}", spec.model_path.display()))?;
         let model_sha256 = compiler::sha256_hex(&bytes);
+        let model = crate::onnx::decode(&bytes)
+            .with_context(|| format!("{} is not a valid ONNX model", spec.model_path.display()))?;
+        // Which inputs are fed how; a text model is compiled at its fixed length, and smoothing
+        // (which would perturb ids) is refused for it.
+        let text = TextModel::decide(&model, &spec.text)?;
+        let spec = &tokens::effective_spec(spec, text.as_ref())?;
+        let model = match &text {
+            Some(t) => t.fixed_model(&model)?,
+            None => model,
+        };
         if spec.score.smoothing_points() == 0 || spec.score.rows_per_run() == Some(0) {
             bail!("smoothing_points and rows_per_run must be at least 1");
         }
@@ -66,18 +81,23 @@ impl Engine {
             smoothing_samples: spec.score.smoothing_points(),
             layouts: spec.layers.iter().map(|l| l.layout_request()).collect(),
         };
-        let model = crate::onnx::decode(&bytes)
-            .with_context(|| format!("{} is not a valid ONNX model", spec.model_path.display()))?;
         let graph = compiler::compile(&model, &model_sha256, &opts)
             .with_context(|| format!("compiling the attribution graph of {}", spec.model_path.display()))?;
-        if graph.inputs.len() != 1 || graph.inputs[0].elem_type != crate::onnx::proto::data_type::FLOAT {
-            bail!(
-                "the engine scores models with exactly one float32 input; this one has {}",
-                graph.inputs.len()
-            );
-        }
-        let input_name = graph.inputs[0].name.clone();
-        let input_shape: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
+        let (input_name, input_shape) = match &text {
+            // The packed token batch `[B, ROWS, T]` (tokens.rs).
+            Some(t) => (String::new(), vec![tokens::ROWS, t.length]),
+            None => {
+                if graph.inputs.len() != 1
+                    || graph.inputs[0].elem_type != crate::onnx::proto::data_type::FLOAT
+                {
+                    bail!(
+                        "the engine scores models with exactly one float32 input; this one has {}",
+                        graph.inputs.len()
+                    );
+                }
+                (graph.inputs[0].name.clone(), graph.inputs[0].rest.iter().map(|&d| d as usize).collect())
+            }
+        };
         let d = graph.embedding_dim;
         let components = match spec.score.subset_components {
             Some(k) if k < d => scores::choose_dims(d, k, spec.estimator_seed()),
@@ -107,9 +127,13 @@ impl Engine {
         }
         tracing::info!(provider = provider.as_str(), model = %spec.model_path.display(), d, scored_components = components.len(), "engine ready");
         let settings_hash = with_views(settings_hash(spec, &model_sha256)?, &graph.views);
+        let settings_hash = match &text {
+            Some(t) => tokens::with_text(settings_hash, t),
+            None => settings_hash,
+        };
         let input_dims: Vec<usize> = graph.inputs[0].rest.iter().map(|&d| d as usize).collect();
         let smoothing_reference = match &spec.score.smoothing_reference() {
-            super::SmoothingReference::File(p) => {
+            super::SmoothingReference::File(p) if text.is_none() => {
                 Some(load_noise(p, &input_dims).context("smoothing reference")?)
             }
             _ => None,
@@ -127,10 +151,16 @@ impl Engine {
             smoothing_reference,
             keys: Vec::new(),
             noise: Vec::new(),
+            text,
+            text_noise: NoiseCache::default(),
             model_sha256,
             settings_hash,
         };
-        engine.prepare_noise()?;
+        if engine.text.is_some() {
+            engine.prepare_text_noise()?;
+        } else {
+            engine.prepare_noise()?;
+        }
         Ok(engine)
     }
 
@@ -207,6 +237,7 @@ impl Engine {
 
     /// Scores a batch `[B, …input_shape]`; one result per sample, aligned with [`Engine::keys`].
     pub fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
+        self.float_input_only("score_batch")?;
         let maps = self.maps(batch)?;
         maps.into_iter()
             .map(|per_output| {
@@ -244,11 +275,10 @@ impl Engine {
         if rows.ncols() != self.graph.embedding_dim {
             bail!("cotangent rows have {} columns; D = {}", rows.ncols(), self.graph.embedding_dim);
         }
+        self.float_input_only("run_rows")?;
         let points = self.points(batch)?;
-        let feeds = ort::inputs![
-            self.input_name.as_str() => TensorRef::from_array_view(points.view())?,
-            compiler::COTANGENT => TensorRef::from_array_view(rows)?,
-        ];
+        let mut feeds = self.model_feeds(points.view())?;
+        feeds.push((compiler::COTANGENT.into(), TensorRef::from_array_view(rows)?.into()));
         let out = self.session.run(feeds).context("ONNX Runtime failed")?;
         self.graph
             .outputs
@@ -262,6 +292,7 @@ impl Engine {
 
     /// Per sample, per output (aligned with [`Engine::keys`]): the embedding-aggregated map `E`.
     pub fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<Array2<f32>>>> {
+        self.float_input_only("embedding_maps")?;
         Ok(self.maps(batch)?.into_iter().map(|per| per.into_iter().map(|m| m.embedding).collect()).collect())
     }
 
@@ -279,7 +310,7 @@ impl Engine {
 
     /// Per sample, per output: the embedding-aggregated map and the variance score, computed group
     /// by group of [`RunPlan::samples_per_run`] samples.
-    fn maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<scores::SampleMaps>>> {
+    pub(super) fn maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<scores::SampleMaps>>> {
         if batch.ndim() != self.input_shape.len() + 1 || batch.shape()[1..] != self.input_shape[..] {
             bail!("batch has shape {:?}; the model takes [B, {:?}]", batch.shape(), self.input_shape);
         }
@@ -306,16 +337,19 @@ impl Engine {
         rows_per_run: usize,
     ) -> Result<Vec<Vec<scores::SampleMaps>>> {
         let b = batch.shape()[0];
+        let outputs: Vec<MapOutput> = self.graph.outputs.clone();
+        // Per sample and output, the map rows that are the sample's (text: its own tokens).
+        let visible = self.visible_heights(batch.view(), &outputs)?;
         let points = self.points(batch)?;
         let d = self.graph.embedding_dim;
-        let outputs: Vec<MapOutput> = self.graph.outputs.clone();
         let mut acc: Vec<Vec<ScoreAccumulator>> = (0..b)
-            .map(|_| {
+            .map(|s| {
                 outputs
                     .iter()
-                    .map(|o| {
+                    .enumerate()
+                    .map(|(oi, o)| {
                         let a = ScoreAccumulator::new(
-                            o.height,
+                            visible[s][oi],
                             o.width,
                             self.spec.score.embedding_agg(),
                             self.spec.score.normalize_dims,
@@ -329,7 +363,13 @@ impl Engine {
         let estimator = self.spec.score.estimator();
         let mut hutch: Vec<Vec<HutchinsonAccumulator>> = if estimator == Estimator::Hutchinson {
             (0..b)
-                .map(|_| outputs.iter().map(|o| HutchinsonAccumulator::new(o.height, o.width, d)).collect())
+                .map(|s| {
+                    outputs
+                        .iter()
+                        .enumerate()
+                        .map(|(oi, o)| HutchinsonAccumulator::new(visible[s][oi], o.width, d))
+                        .collect()
+                })
                 .collect()
         } else {
             Vec::new()
@@ -342,10 +382,8 @@ impl Engine {
             let end = (start + rows_per_run.max(1)).min(total);
             // A row range of a row-major matrix is contiguous: fed as a view, no copy.
             let v = self.all_rows.slice(ndarray::s![start..end, ..]);
-            let feeds = ort::inputs![
-                self.input_name.as_str() => TensorRef::from_array_view(points.view())?,
-                compiler::COTANGENT => TensorRef::from_array_view(v)?,
-            ];
+            let mut feeds = self.model_feeds(points.view())?;
+            feeds.push((compiler::COTANGENT.into(), TensorRef::from_array_view(v)?.into()));
             let out = self.session.run(feeds).context("ONNX Runtime failed")?;
             // Rows [0, split) of this chunk are component rows, the rest estimator rows.
             let split = n_components.clamp(start, end) - start;
@@ -354,6 +392,7 @@ impl Engine {
                 let m = m.into_dimensionality::<ndarray::Ix4>()?;
                 for s in 0..b {
                     let rows = m.index_axis(Axis(0), s);
+                    let rows = rows.slice(ndarray::s![.., ..visible[s][oi], ..]);
                     if split > 0 {
                         let part = rows.slice(ndarray::s![..split, .., ..]);
                         acc[s][oi].push(part)?;
@@ -389,6 +428,57 @@ impl Engine {
             result.push(per);
         }
         Ok(result)
+    }
+
+    /// The model's inputs for one run (without the cotangent): the float batch itself, or a text
+    /// model's int64 inputs from the packed token batch.
+    fn model_feeds<'v>(
+        &self,
+        points: ArrayViewD<'v, f32>,
+    ) -> Result<Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'v>)>> {
+        match &self.text {
+            Some(t) => t.feeds(points),
+            None => Ok(vec![(self.input_name.clone().into(), TensorRef::from_array_view(points)?.into())]),
+        }
+    }
+
+    /// Per sample and output, how many rows of the `[K, H, W]` map belong to the sample: all `H`,
+    /// except a text model's token layers, whose rows past the sample's length are padding
+    /// (docs/spec/scores.md#text-models).
+    fn visible_heights(&self, batch: ArrayViewD<f32>, outputs: &[MapOutput]) -> Result<Vec<Vec<usize>>> {
+        let Some(_) = &self.text else {
+            return Ok(vec![outputs.iter().map(|o| o.height).collect(); batch.shape()[0]]);
+        };
+        tokens::lengths(batch)
+            .into_iter()
+            .enumerate()
+            .map(|(s, len)| {
+                outputs
+                    .iter()
+                    .map(|o| {
+                        if o.layout != LayerLayout::Tokens {
+                            return Ok(o.height);
+                        }
+                        if len <= o.prefix_tokens {
+                            bail!(
+                                "token sample {s} has {len} tokens; layer {} leaves its first {} out of the map",
+                                o.layer,
+                                o.prefix_tokens
+                            );
+                        }
+                        Ok((len - o.prefix_tokens).min(o.height))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Refuses the float-batch entry points on a text model (its samples are token ids).
+    fn float_input_only(&self, what: &str) -> Result<()> {
+        if self.text.is_some() {
+            bail!("{what}: this is a text model; its samples are token ids (Engine::score_tokens)");
+        }
+        Ok(())
     }
 
     /// The model's batch: each sample's `S` smoothing points, consecutive (`S = 1`: the batch itself,
@@ -551,6 +641,7 @@ fn settings_hash(spec: &EngineSpec, model_sha256: &str) -> Result<String> {
         noise,
         normalization,
         runtime: _, // where the graph runs changes no score
+        text: _,    // a text model's settings: `tokens::with_text`, once decided
     } = spec;
     let super::ScoreSettings {
         normalize_dims,

@@ -75,6 +75,39 @@ pub fn noise_inputs(shape: &[usize], n: usize, seed: u64) -> Vec<ArrayD<f32>> {
     (0..n).map(|_| ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random::<f32>())).collect()
 }
 
+/// The noise inputs of a text model for samples of `len` tokens (docs/spec/scores.md#text-models):
+/// `n` sequences of `len` ids drawn uniformly from `0..vocab` without the ids in `exclude` (special
+/// tokens, padding), so the noise maps compare position by position with a sample's. Seeded from
+/// `seed` and `len` together: each length has its own draws, the same on every run and machine, and
+/// one length's draws do not depend on which other lengths were drawn before.
+///
+/// Errors when no id is left to draw.
+pub fn noise_token_ids(
+    len: usize,
+    n: usize,
+    seed: u64,
+    vocab: usize,
+    exclude: &[i64],
+) -> Result<Vec<Vec<i64>>, ScoreError> {
+    let excluded: std::collections::HashSet<i64> = exclude.iter().copied().collect();
+    let allowed = (0..vocab as i64).filter(|i| !excluded.contains(i)).count();
+    if allowed == 0 {
+        return Err(ScoreError::InvalidParameter(format!(
+            "every id of the vocabulary (0..{vocab}) is excluded from the noise ids"
+        )));
+    }
+    let mixed = seed ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = ChaCha8Rng::seed_from_u64(mixed);
+    // Rejection keeps the draw uniform over the allowed ids; at least one in `vocab` is allowed.
+    let mut draw = || loop {
+        let id = rng.random_range(0..vocab as i64);
+        if !excluded.contains(&id) {
+            return id;
+        }
+    };
+    Ok((0..n).map(|_| (0..len).map(|_| draw()).collect()).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +176,28 @@ mod tests {
         let big = &noise_inputs(&[10_000], 1, 0)[0];
         let mean = big.iter().map(|&v| f64::from(v)).sum::<f64>() / 1e4;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn noise_token_ids_have_the_length_skip_exclusions_and_follow_the_seed() {
+        let exclude = [0, 1, 2, 3, 4];
+        let a = noise_token_ids(12, 4, 9, 50, &exclude).unwrap();
+        assert_eq!(a.len(), 4);
+        assert!(a.iter().all(|s| s.len() == 12));
+        assert!(a.iter().flatten().all(|&id| (5..50).contains(&id)), "{a:?}");
+        assert_eq!(noise_token_ids(12, 4, 9, 50, &exclude).unwrap(), a);
+        assert_ne!(noise_token_ids(12, 4, 10, 50, &exclude).unwrap(), a);
+        // Another length draws afresh, not a prefix of this one.
+        let b = noise_token_ids(11, 4, 9, 50, &exclude).unwrap();
+        assert_ne!(b[0][..], a[0][..11]);
+        // Uniform over the allowed ids: each of 45 ids about 1/45 of 45 000 draws.
+        let big = noise_token_ids(45_000, 1, 3, 50, &exclude).unwrap();
+        let mut counts = [0usize; 50];
+        for &id in &big[0] {
+            counts[id as usize] += 1;
+        }
+        assert!(counts[5..].iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        // Only excluded ids left: an error, not an endless loop.
+        assert!(noise_token_ids(3, 1, 0, 5, &exclude).is_err());
     }
 }

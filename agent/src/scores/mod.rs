@@ -26,7 +26,7 @@ mod synthetic;
 pub mod variance;
 
 pub use channel::channel_aggregate;
-pub use draws::{noise_inputs, smoothing_points};
+pub use draws::{noise_inputs, noise_token_ids, smoothing_points};
 pub use embedding::{EmbeddingAccumulator, embedding_aggregate, embedding_aggregate_maps};
 pub use hutchinson::{HutchinsonAccumulator, hutchinson_probes, hutchinson_variance};
 pub use noise::{NoiseReference, noise_benchmark, noise_score};
