@@ -41,12 +41,9 @@ pub struct ModelArgs {
     #[arg(long = "layout", value_name = "LAYER=LAYOUT")]
     pub layouts: Vec<String>,
     /// A text model's `tokenizer.json` [default with --config: its `[tokenizer] path`]: `.txt` and
-    /// `.jsonl` inputs are tokenized with it.
+    /// `.jsonl` inputs are tokenized with it, truncated to the model's `max_length`.
     #[arg(long, value_name = "tokenizer.json")]
     pub tokenizer: Option<PathBuf>,
-    /// Longest encoding in tokens, special tokens included [default: the configuration's, else 128].
-    #[arg(long, value_name = "N")]
-    pub max_length: Option<usize>,
     #[command(flatten)]
     pub score: ScoreSettings,
     #[command(flatten)]
@@ -76,18 +73,22 @@ impl ModelArgs {
         })
     }
 
-    /// A text model's decoding: `--tokenizer` (and `--max-length`) over the configuration's
-    /// `[tokenizer]`; `None` for other models.
-    pub fn token_options(&self) -> Result<Option<plugins::decode::TokenOptions>> {
+    /// A text model's decoding (`None` for other models): `--tokenizer` over the configuration's
+    /// `[tokenizer] path`, for the text model the engine decided.
+    pub fn token_options(
+        &self,
+        engine: &crate::engine::Engine,
+    ) -> Result<Option<plugins::decode::TokenOptions>> {
         let configured = match &self.config {
-            Some(path) => Config::load(path)?.tokenizer,
+            Some(path) => Config::load(path)?.tokenizer.map(|t| t.path),
             None => None,
         };
-        let path = self.tokenizer.clone().or_else(|| configured.as_ref().map(|t| t.path.clone()));
-        let Some(path) = path else { return Ok(None) };
-        let max_length = self.max_length.or_else(|| configured.as_ref().map(|t| t.max_length)).unwrap_or(128);
-        let tok = plugins::decode::text::TextTokenizer::from_file(&path, max_length, false)?;
-        Ok(Some(plugins::decode::TokenOptions::new(Some(std::sync::Arc::new(tok)))))
+        let path = self.tokenizer.clone().or(configured);
+        match engine.text_model() {
+            Some(text) => Ok(Some(crate::config::token_options(text, path.as_deref())?)),
+            None if path.is_some() => bail!("a tokenizer is given, but the model takes a float input"),
+            None => Ok(None),
+        }
     }
 
     /// The engine specification these arguments describe. `score`'s defaults differ from the

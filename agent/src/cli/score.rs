@@ -74,9 +74,8 @@ pub fn options(
 pub fn run(args: &ScoreArgs) -> Result<i32> {
     let spec = args.model.engine_spec()?;
     let image = args.model.image_options()?;
-    let tokens = args.model.token_options()?;
     let mut engine = Engine::new(&spec)?;
-    let opts = options(&engine, &image, tokens);
+    let opts = options(&engine, &image, args.model.token_options(&engine)?);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !args.json {

@@ -17,7 +17,7 @@ use crate::engine::{
     EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings, TextSettings,
 };
 
-pub use text::TokenizerConfig;
+pub use text::{TokenizerConfig, token_options};
 pub use validate::Problem;
 
 /// The whole configuration file.
@@ -427,7 +427,7 @@ impl Config {
             noise: self.noise.clone(),
             normalization: m.preprocessing.normalization(),
             runtime: self.engine.runtime.clone(),
-            text: m.text.clone(),
+            text: self.text_settings(),
         }
     }
 }

@@ -134,7 +134,10 @@ pub fn reference_files(reference: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("no .npy, .npz, .png, .jpg, .txt or .jsonl file in reference directory {}", reference.display());
+        bail!(
+            "no .npy, .npz, .png, .jpg, .txt or .jsonl file in reference directory {}",
+            reference.display()
+        );
     }
     Ok(files)
 }

@@ -70,6 +70,9 @@ impl Scorer for Engine {
     fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
         Engine::score_batch(self, batch)
     }
+    fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
+        Engine::score_tokens(self, samples)
+    }
     fn model_sha256(&self) -> &str {
         Engine::model_sha256(self)
     }

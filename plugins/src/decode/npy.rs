@@ -191,7 +191,9 @@ pub(crate) fn read_npz_ints(
                     return Err(Rejection::new(
                         RejectReason::Dtype,
                         &at,
-                        format!("element type {d} is not supported for token inputs (expected int64 or int32)"),
+                        format!(
+                            "element type {d} is not supported for token inputs (expected int64 or int32)"
+                        ),
                     ));
                 }
                 Err(e) => return Err(npy_rejection(&at, e)),

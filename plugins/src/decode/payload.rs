@@ -102,7 +102,12 @@ pub fn decode_payload_file(path: &Path, name: &str, opts: &DecodeOptions) -> Res
 }
 
 /// Like [`super::decode_bytes`], for any model.
-pub fn decode_payload_bytes(name: &str, ext: &str, bytes: &[u8], opts: &DecodeOptions) -> Result<Payload, Rejection> {
+pub fn decode_payload_bytes(
+    name: &str,
+    ext: &str,
+    bytes: &[u8],
+    opts: &DecodeOptions,
+) -> Result<Payload, Rejection> {
     let Some(tokens) = &opts.tokens else {
         if TEXT_EXTENSIONS.contains(&ext) {
             return Err(unsupported(name, ext, opts));
@@ -157,9 +162,8 @@ pub fn token_rows(
 ) -> Result<Vec<TokenSample>, Rejection> {
     let as_rows = |a: ArrayD<i64>, what: &str| -> Result<ndarray::Array2<i64>, Rejection> {
         let a = if a.ndim() == 1 { a.insert_axis(Axis(0)) } else { a };
-        a.into_dimensionality::<ndarray::Ix2>().map_err(|_| {
-            Rejection::new(RejectReason::Shape, name, format!("{what} must be [T] or [B, T]"))
-        })
+        a.into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| Rejection::new(RejectReason::Shape, name, format!("{what} must be [T] or [B, T]")))
     };
     let ids = as_rows(ids, "the ids")?;
     let mask = mask.map(|m| as_rows(m, "the attention mask")).transpose()?;
@@ -204,7 +208,12 @@ pub fn token_rows(
     Ok(out)
 }
 
-fn token_npz(name: &str, bytes: &[u8], t: &TokenOptions, opts: &DecodeOptions) -> Result<Vec<TokenSample>, Rejection> {
+fn token_npz(
+    name: &str,
+    bytes: &[u8],
+    t: &TokenOptions,
+    opts: &DecodeOptions,
+) -> Result<Vec<TokenSample>, Rejection> {
     let mut members = vec![t.ids_input.as_str()];
     members.extend(t.mask_input.as_deref());
     members.extend(t.type_ids_input.as_deref());
@@ -235,7 +244,11 @@ pub(crate) fn check_ids(name: &str, samples: &[TokenSample], t: &TokenOptions) -
         if let Some(types) = &s.type_ids
             && let Some(v) = types.iter().find(|&&v| v < 0)
         {
-            return Err(Rejection::new(RejectReason::Decode, name, format!("token-type id {v} in sample {r}")));
+            return Err(Rejection::new(
+                RejectReason::Decode,
+                name,
+                format!("token-type id {v} in sample {r}"),
+            ));
         }
     }
     Ok(())

@@ -49,7 +49,9 @@ impl std::fmt::Debug for TextTokenizer {
 /// compares configurations, not vocabularies).
 impl PartialEq for TextTokenizer {
     fn eq(&self, other: &Self) -> bool {
-        self.path == other.path && self.max_length == other.max_length && self.with_type_ids == other.with_type_ids
+        self.path == other.path
+            && self.max_length == other.max_length
+            && self.with_type_ids == other.with_type_ids
     }
 }
 
@@ -62,13 +64,19 @@ impl TextTokenizer {
     }
 
     /// Like [`TextTokenizer::from_file`] from the file's bytes; `path` only names it.
-    pub fn from_bytes(bytes: &[u8], path: &Path, max_length: usize, with_type_ids: bool) -> Result<TextTokenizer> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        path: &Path,
+        max_length: usize,
+        with_type_ids: bool,
+    ) -> Result<TextTokenizer> {
         if max_length < 2 {
             bail!("max_length must be at least 2 (room for the special tokens), got {max_length}");
         }
-        let mut inner = Tokenizer::from_bytes(bytes)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("{} is not a tokenizer.json the tokenizers library reads", path.display()))?;
+        let mut inner =
+            Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| {
+                format!("{} is not a tokenizer.json the tokenizers library reads", path.display())
+            })?;
         inner
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,
@@ -102,8 +110,13 @@ impl TextTokenizer {
     /// The ids of special tokens (`[CLS]`, `[SEP]`, `[PAD]`, `[UNK]`, `[MASK]`, …), sorted: the noise
     /// input of a text sample draws from every other id.
     pub fn special_ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> =
-            self.inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| i64::from(*id)).collect();
+        let mut ids: Vec<i64> = self
+            .inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| i64::from(*id))
+            .collect();
         ids.sort_unstable();
         ids
     }
@@ -121,7 +134,10 @@ impl TextTokenizer {
     pub fn tokens(&self, ids: &[i64]) -> Vec<String> {
         ids.iter()
             .map(|&id| {
-                u32::try_from(id).ok().and_then(|i| self.inner.id_to_token(i)).unwrap_or_else(|| format!("[{id}]"))
+                u32::try_from(id)
+                    .ok()
+                    .and_then(|i| self.inner.id_to_token(i))
+                    .unwrap_or_else(|| format!("[{id}]"))
             })
             .collect()
     }
@@ -149,9 +165,19 @@ impl TextTokenizer {
     }
 
     /// Decodes a `.txt` or `.jsonl` file's bytes (`ext` lower case) into one sample per text.
-    pub fn decode(&self, name: &str, ext: &str, bytes: &[u8], limits: &Limits) -> Result<Vec<TokenSample>, Rejection> {
+    pub fn decode(
+        &self,
+        name: &str,
+        ext: &str,
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<TokenSample>, Rejection> {
         let texts = texts_of(name, ext, bytes, limits)?;
-        texts.iter().enumerate().map(|(i, t)| self.encode(&format!("{name} (text {})", i + 1), t, limits)).collect()
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.encode(&format!("{name} (text {})", i + 1), t, limits))
+            .collect()
     }
 }
 
@@ -161,11 +187,19 @@ pub fn texts_of(name: &str, ext: &str, bytes: &[u8], limits: &Limits) -> Result<
         return Err(Rejection::new(
             RejectReason::TooLarge,
             name,
-            format!("{} bytes of text exceed limits.max_elements_per_file = {}", bytes.len(), limits.max_elements_per_file),
+            format!(
+                "{} bytes of text exceed limits.max_elements_per_file = {}",
+                bytes.len(),
+                limits.max_elements_per_file
+            ),
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        Rejection::new(RejectReason::Decode, name, format!("not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
+        Rejection::new(
+            RejectReason::Decode,
+            name,
+            format!("not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+        )
     })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -177,8 +211,9 @@ pub fn texts_of(name: &str, ext: &str, bytes: &[u8], limits: &Limits) -> Result<
             "jsonl" => {
                 let at = format!("{name} line {}", i + 1);
                 limits.check_depth(&at, line.as_bytes())?;
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| Rejection::new(RejectReason::Decode, &at, format!("not a JSON object ({e})")))?;
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                    Rejection::new(RejectReason::Decode, &at, format!("not a JSON object ({e})"))
+                })?;
                 out.push(text_of_record(&at, &v)?);
             }
             other => {
@@ -198,9 +233,9 @@ pub fn texts_of(name: &str, ext: &str, bytes: &[u8], limits: &Limits) -> Result<
 
 /// The `"text"` field of a record `{"text": "…", …}`.
 pub fn text_of_record(name: &str, v: &serde_json::Value) -> Result<String, Rejection> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Rejection::new(RejectReason::Decode, name, "expected a JSON object with a \"text\" field"))?;
+    let obj = v.as_object().ok_or_else(|| {
+        Rejection::new(RejectReason::Decode, name, "expected a JSON object with a \"text\" field")
+    })?;
     match obj.get("text") {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(Rejection::new(

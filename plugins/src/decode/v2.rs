@@ -24,8 +24,8 @@ use serde_json::Value;
 use super::{DecodeOptions, RawArray, RejectReason, Rejection, finish};
 
 mod tokens;
-pub use tokens::decode_token_request;
 use crate::limits::Limits;
+pub use tokens::decode_token_request;
 
 /// An inference request; only what the agent uses is kept.
 #[derive(Debug, Clone, Deserialize)]

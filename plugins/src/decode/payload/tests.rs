@@ -126,7 +126,8 @@ fn v2_requests_with_texts_or_token_ids() {
     let parsed = parse_request("r", texts, None, &limits).unwrap();
     let s = crate::decode::v2::decode_token_request("r", &parsed, o.tokens.as_ref().unwrap(), &o).unwrap();
     assert_eq!(s.len(), 2);
-    let direct = o.tokens.as_ref().unwrap().tokenizer.as_ref().unwrap().encode("x", "hello world", &limits).unwrap();
+    let direct =
+        o.tokens.as_ref().unwrap().tokenizer.as_ref().unwrap().encode("x", "hello world", &limits).unwrap();
     assert_eq!(s[0], direct);
     let ids = br#"{"inputs": [
         {"name": "input_ids", "shape": [2, 3], "datatype": "INT64", "data": [[2, 40, 3], [2, 3, 0]]},
@@ -165,7 +166,8 @@ fn v2_requests_with_texts_or_token_ids() {
     body.extend(2u32.to_le_bytes());
     body.extend(b"\xff\xfe");
     let parsed = parse_request("r", &body, Some(header.len()), &limits).unwrap();
-    let e = crate::decode::v2::decode_token_request("r", &parsed, o.tokens.as_ref().unwrap(), &o).unwrap_err();
+    let e =
+        crate::decode::v2::decode_token_request("r", &parsed, o.tokens.as_ref().unwrap(), &o).unwrap_err();
     assert!(e.reason == RejectReason::Decode && e.message.contains("UTF-8"), "{}", e.message);
 }
 
@@ -181,7 +183,10 @@ fn text_records_from_the_feed_and_the_samples_endpoint() {
     assert_eq!(r.decode("feed", None, &o).unwrap_err().reason, RejectReason::Decode);
     // A dense model refuses a text record.
     let r = parse_line(br#"{"id": "9", "text": "hi"}"#, &limits).unwrap();
-    assert_eq!(r.decode("feed", None, &DecodeOptions::default()).unwrap_err().reason, RejectReason::Unsupported);
+    assert_eq!(
+        r.decode("feed", None, &DecodeOptions::default()).unwrap_err().reason,
+        RejectReason::Unsupported
+    );
     let (id, p) = decode_request("api/1", br#"{"id": "abc", "text": "Hello"}"#, None, None, &o).unwrap();
     assert_eq!(id.as_deref(), Some("abc"));
     assert_eq!(p.samples(), 1);

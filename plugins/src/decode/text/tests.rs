@@ -16,7 +16,8 @@ fn demo(max_length: usize) -> TextTokenizer {
 #[test]
 fn agrees_with_the_python_tokenizers_package() {
     let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/text/token_ids.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/text/token_ids.json")).unwrap())
+            .unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 30, "{} cases", cases.len());
     let (long, short) = (demo(128), demo(16));
@@ -59,7 +60,8 @@ fn special_tokens_pad_id_and_type_ids() {
 fn text_files_one_sample_per_line() {
     let tok = demo(32);
     let limits = Limits::default();
-    let s = tok.decode("a.txt", "txt", "first line\n\n  \nsecond line\r\nthird\n".as_bytes(), &limits).unwrap();
+    let s =
+        tok.decode("a.txt", "txt", "first line\n\n  \nsecond line\r\nthird\n".as_bytes(), &limits).unwrap();
     assert_eq!(s.len(), 3);
     let j = "{\"text\": \"first line\", \"topic\": \"x\"}\n\n{\"text\": \"Ñandú\"}\n";
     let s2 = tok.decode("a.jsonl", "jsonl", j.as_bytes(), &limits).unwrap();
@@ -96,7 +98,8 @@ fn bad_text_is_refused_with_a_reason() {
 
 #[test]
 fn a_broken_tokenizer_file_is_a_clear_error() {
-    let e = TextTokenizer::from_bytes(b"{\"not\": \"a tokenizer\"}", Path::new("t.json"), 128, false).unwrap_err();
+    let e = TextTokenizer::from_bytes(b"{\"not\": \"a tokenizer\"}", Path::new("t.json"), 128, false)
+        .unwrap_err();
     assert!(format!("{e:#}").contains("t.json"), "{e:#}");
     let e = TextTokenizer::from_file(&root().join("models/text/tokenizer.json"), 1, false).unwrap_err();
     assert!(format!("{e:#}").contains("max_length"), "{e:#}");

@@ -28,7 +28,8 @@ pub fn decode_token_request(
                 "a BYTES (text) input needs a tokenizer ([tokenizer] path); this model has none",
             )
         })?;
-        let texts = strings(&format!("{name}: input {:?}", inputs[i].name), &inputs[i], parsed.binary[i], opts)?;
+        let texts =
+            strings(&format!("{name}: input {:?}", inputs[i].name), &inputs[i], parsed.binary[i], opts)?;
         let samples: Vec<TokenSample> = texts
             .iter()
             .enumerate()
@@ -59,11 +60,27 @@ pub fn decode_token_request(
 }
 
 /// An integer tensor's values as `i64`.
-fn integers(name: &str, parsed: &Parsed<'_>, i: usize, opts: &DecodeOptions) -> Result<ArrayD<i64>, Rejection> {
+fn integers(
+    name: &str,
+    parsed: &Parsed<'_>,
+    i: usize,
+    opts: &DecodeOptions,
+) -> Result<ArrayD<i64>, Rejection> {
     let t = &parsed.request.inputs[i];
     let name = format!("{name}: input {:?}", t.name);
     let dtype = Datatype::parse(&t.datatype)
-        .filter(|d| matches!(d, Datatype::I64 | Datatype::I32 | Datatype::I16 | Datatype::I8 | Datatype::U8 | Datatype::U16 | Datatype::U32))
+        .filter(|d| {
+            matches!(
+                d,
+                Datatype::I64
+                    | Datatype::I32
+                    | Datatype::I16
+                    | Datatype::I8
+                    | Datatype::U8
+                    | Datatype::U16
+                    | Datatype::U32
+            )
+        })
         .ok_or_else(|| {
             Rejection::new(
                 RejectReason::Dtype,
@@ -80,7 +97,10 @@ fn integers(name: &str, parsed: &Parsed<'_>, i: usize, opts: &DecodeOptions) -> 
                 return Err(Rejection::new(
                     RejectReason::Shape,
                     &name,
-                    format!("the shape holds {count} INT64 values; the binary data has {} bytes", bytes.len()),
+                    format!(
+                        "the shape holds {count} INT64 values; the binary data has {} bytes",
+                        bytes.len()
+                    ),
                 ));
             }
             bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
@@ -107,14 +127,22 @@ fn strings(
         (Some(mut bytes), _) => {
             while !bytes.is_empty() {
                 let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
-                    return Err(Rejection::new(RejectReason::Decode, name, "a BYTES element's length is cut off"));
+                    return Err(Rejection::new(
+                        RejectReason::Decode,
+                        name,
+                        "a BYTES element's length is cut off",
+                    ));
                 };
                 let len = u32::from_le_bytes(*len) as usize;
                 if len > rest.len() {
                     return Err(Rejection::new(RejectReason::Decode, name, "a BYTES element is cut off"));
                 }
                 let s = std::str::from_utf8(&rest[..len]).map_err(|_| {
-                    Rejection::new(RejectReason::Decode, name, format!("element {} is not UTF-8 text", out.len()))
+                    Rejection::new(
+                        RejectReason::Decode,
+                        name,
+                        format!("element {} is not UTF-8 text", out.len()),
+                    )
                 })?;
                 out.push(s.to_string());
                 bytes = &rest[len..];

@@ -23,7 +23,10 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq)]
 enum Body {
     Tensors(Vec<Value>),
-    File { format: String, base64: String },
+    File {
+        format: String,
+        base64: String,
+    },
     /// A text model's raw text.
     Text(String),
     Invalid(String),
