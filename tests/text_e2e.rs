@@ -101,8 +101,9 @@ level = "info"
         .collect();
     put(&inbox, "clean.txt", &(plain.join("\n") + "\n\n"));
     for (i, t) in lines("models/text/stream.jsonl", 14, 2).iter().enumerate() {
-        let r = request(port, "POST", "/api/v1/samples", &[("Content-Type", "application/json")], t.as_bytes())
-            .unwrap();
+        let r =
+            request(port, "POST", "/api/v1/samples", &[("Content-Type", "application/json")], t.as_bytes())
+                .unwrap();
         assert_eq!(r.code, 202, "post {i}: {}", r.body);
         assert_eq!(r.json()["samples"], 1);
     }

@@ -20,13 +20,15 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use serde::Serialize;
 
+use crate::compiler::InputRole;
 use crate::config::Config;
 use crate::daemon::baseline::{decode_options, reference_files};
 use crate::detectors::{self, DetectorResult};
 use crate::drift::{kolmogorov_q, ks_two_sample, relative_drift};
 use crate::engine::{Engine, EngineSpec, SampleScores};
+use crate::engine::{TextModel, TokenSample};
 use crate::runtime::{self, SessionOptions};
-use plugins::decode::{DecodeOptions, decode_file};
+use plugins::decode::{DecodeOptions, Payload, decode_payload_file};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
@@ -137,6 +139,37 @@ impl EmbeddingModel {
         let z = out[self.output.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
         Ok(z.into_dimensionality::<ndarray::Ix2>()?.to_owned())
     }
+
+    /// `[B, D]` embeddings of a text model's samples, padded to the longest of them (pad id, mask 0),
+    /// which the model's own masking keeps out of each embedding.
+    pub fn embed_tokens(&mut self, text: &TextModel, samples: &[TokenSample]) -> Result<Array2<f32>> {
+        let (b, t) = (samples.len(), samples.iter().map(|s| s.len()).max().unwrap_or(0));
+        let mut feeds: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)> =
+            Vec::new();
+        for i in &text.inputs {
+            let a = Array2::<i64>::from_shape_fn((b, t), |(r, p)| {
+                let s = &samples[r];
+                let real = p < s.len();
+                match i.role {
+                    InputRole::Ids => {
+                        if real {
+                            s.ids[p]
+                        } else {
+                            text.pad_id
+                        }
+                    }
+                    InputRole::Mask => i64::from(real),
+                    InputRole::TokenTypes => s.type_ids.as_ref().filter(|_| real).map_or(0, |v| v[p]),
+                    InputRole::Positions | InputRole::Values => p as i64,
+                }
+            });
+            let v = ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?;
+            feeds.push((std::borrow::Cow::Owned(i.name.clone()), v.into_dyn().into()));
+        }
+        let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
+        let z = out[self.output.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
+        Ok(z.into_dimensionality::<ndarray::Ix2>()?.to_owned())
+    }
 }
 
 /// Decodes, scores and embeds every sample of `path` (a file or a directory), `batch_size` at a time.
@@ -154,8 +187,27 @@ pub fn collect(
     let mut sums: Vec<Array2<f64>> = Vec::new();
     let mut map_count = 0;
     for f in reference_files(path)? {
-        let batch = decode_file(&f, opts)
+        let payload = decode_payload_file(&f, &f.display().to_string(), opts)
             .map_err(|r| anyhow!("{}: input rejected ({}): {r}", f.display(), r.reason.as_str()))?;
+        let batch = match payload {
+            Payload::Dense(batch) => batch,
+            Payload::Tokens(samples) => {
+                // Token maps have each sample's own length, so they are not averaged into the report.
+                let text =
+                    engine.text_model().cloned().context("token samples for a model without token inputs")?;
+                for chunk in samples.chunks(batch_size.max(1)) {
+                    scores.extend(
+                        engine.score_tokens(chunk).with_context(|| format!("scoring {}", f.display()))?,
+                    );
+                    embeddings.push(
+                        forward
+                            .embed_tokens(&text, chunk)
+                            .with_context(|| format!("embedding {}", f.display()))?,
+                    );
+                }
+                continue;
+            }
+        };
         for chunk in batch.axis_chunks_iter(Axis(0), batch_size.max(1)) {
             scores.extend(
                 engine.score_batch(chunk.view()).with_context(|| format!("scoring {}", f.display()))?,
