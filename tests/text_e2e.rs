@@ -156,3 +156,69 @@ level = "info"
     assert_eq!(get(port, "/healthz").map(|r| r.code), Some(200));
     assert_eq!(scored(&daemon.metrics()), 32.0);
 }
+
+/// `agent score`, `agent explain` and `agent report` take text files as they take images.
+#[test]
+fn score_explain_and_report_take_text_files() {
+    let d = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    let demo = std::fs::read_to_string(root.join("config/text-demo.toml")).unwrap();
+    // The demo configuration with absolute paths and a short compiled length.
+    let cfg = demo
+        .replace("max_length = 128", "max_length = 32")
+        .replace("\"models/", &format!("\"{}/models/", root.display()));
+    let cfg_path = d.path().join("text.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let input = d.path().join("two.txt");
+    std::fs::write(&input, "Never trust a computer you cannot throw.\n<b>Grüße & \"quotes\"</b>\n").unwrap();
+    let agent = env!("CARGO_BIN_EXE_agent");
+    let cfg_arg = cfg_path.to_str().unwrap();
+
+    let out = std::process::Command::new(agent)
+        .args(["score", "--config", cfg_arg, "--json", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // 2 samples × 2 layers × 2 methods.
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r["noise_score"].as_f64().unwrap())));
+    assert_eq!(rows.iter().filter(|r| r["sample"] == 1).count(), 4);
+
+    let html = d.path().join("explain.html");
+    let out = std::process::Command::new(agent)
+        .args(["explain", "--config", cfg_arg, input.to_str().unwrap(), "--sample", "1", "--out"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.contains("block1 / actgrad"), "{page}");
+    // Every token is shown, escaped, with its value; the markup in the text stays text.
+    assert!(page.contains("(15 tokens)"), "{page}");
+    assert_eq!(page.matches("class=\"tok\"").count(), 4 * 15, "{page}");
+    assert!(page.contains(">&lt;</span>") && page.contains(">&amp;</span>") && !page.contains("<b>"));
+    assert!(!page.contains("src=") && !page.contains("<script"), "self-contained");
+
+    let reference = d.path().join("ref.jsonl");
+    let current = d.path().join("de.jsonl");
+    let take = |p: &str, n: usize| {
+        std::fs::read_to_string(root.join(p)).unwrap().lines().take(n).collect::<Vec<_>>().join("\n") + "\n"
+    };
+    std::fs::write(&reference, take("models/text/reference.jsonl", 12)).unwrap();
+    std::fs::write(&current, take("models/text/drift/german.jsonl", 12)).unwrap();
+    let out = std::process::Command::new(agent)
+        .args(["report", "--config", cfg_arg, "--json", "--permutations", "50", "--reference"])
+        .arg(&reference)
+        .arg("--current")
+        .arg(&current)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((doc["reference_samples"].as_u64(), doc["current_samples"].as_u64()), (Some(12), Some(12)));
+    let detectors = doc["detectors"].as_array().unwrap();
+    assert!(detectors.iter().any(|r| r["name"] == "embedding_mmd"), "{doc}");
+    assert!(detectors.iter().any(|r| r["name"] == "noise_score_ks" && r["layer"] == "block1"), "{doc}");
+}
