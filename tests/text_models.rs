@@ -215,6 +215,15 @@ fn padding_never_leaks_into_a_score() {
     let mut e24 = Engine::new(&spec(24)).unwrap();
     let longer = e24.score_all_tokens(&xs, 2).unwrap();
     assert_close(&together, &longer, "padded to 16 vs padded to 24");
+    // Shorter compiled lengths: each batch runs on the first that holds its longest sample (chunks
+    // of 2: 5 and 9 tokens at 16, 14 and 6 at 16, 2 at 8), with the same scores.
+    let mut bucketed = spec(24);
+    bucketed.text.length_buckets = Some(vec![16, 8]);
+    let mut eb = Engine::new(&bucketed).unwrap();
+    assert_eq!(eb.text_model().unwrap().length_for(6), 8);
+    let by_bucket = eb.score_all_tokens(&xs, 2).unwrap();
+    assert_close(&together, &by_bucket, "padded to 16 vs padded to the first bucket that holds the batch");
+    assert_eq!(eb.settings_hash(), e24.settings_hash(), "buckets change no score");
     // The maps are the samples' own positions.
     let maps = e16.token_maps(&xs).unwrap();
     for (x, per) in xs.iter().zip(&maps) {
@@ -323,4 +332,36 @@ fn check_says_what_it_decided_for_a_text_model_and_refuses_smoothing() {
     let (code, out) = check(&config(d.path(), "input_roles = { input_ids = \"mask\" }"));
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("none with the ids role") && out.contains("each role is one input"), "{out}");
+}
+
+#[test]
+fn layers_lists_a_text_model_at_a_fixed_length_with_token_strips() {
+    let m = manifest();
+    let model = onnx::decode(&std::fs::read(model_path()).unwrap()).unwrap();
+    let report = compiler::layers::list(&model, Some(&m.embedding)).unwrap_or_else(|e| panic!("{e:#}"));
+    let t = compiler::layers::LIST_LENGTH;
+    let layer = report.tensors.iter().find(|x| x.name == m.layer).expect("the fixture's layer is listed");
+    assert_eq!(layer.shape, [t as i64, m.hidden as i64]);
+    assert_eq!((layer.layout.as_str(), layer.grid, layer.prefix_tokens), ("tokens", [t, 1], 0), "{layer:?}");
+    assert!(layer.monitorable, "{layer:?}");
+}
+
+#[test]
+fn compile_fixes_the_length_and_names_the_roles() {
+    let m = manifest();
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["compile", "--model"])
+        .arg(model_path())
+        .args(["--embedding", &m.embedding, "--layer", &m.layer, "--max-length", "20", "--out"])
+        .arg(d.path().join("g.onnx"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for want in
+        ["input_ids [N, [20]]", "20x1 map", "input input_ids: ids (detected", "input attention_mask: mask"]
+    {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
 }

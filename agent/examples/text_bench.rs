@@ -7,8 +7,10 @@
 //! target/release/examples/text_bench [--threads 2] [--max-length 128]
 //! ```
 //!
-//! The graph is compiled at `max_length` and every batch is padded to it, so a sample costs the same
-//! whatever its own length; the bench shows it with samples of `max_length` tokens and of 16 tokens.
+//! Without `length_buckets` the graph is compiled at `max_length` and every batch is padded to it,
+//! so a sample costs the same whatever its own length; the bench shows it with samples of
+//! `max_length` tokens and of 16 tokens, then the 16-token samples again with `length_buckets = [16]`
+//! (their batches run on a graph compiled at 16 tokens).
 //! Marginal time per sample is `(t(2b) − t(b)) / b` (start-up and per-call overheads drop out), as
 //! process CPU time (all threads, /proc/self/stat) and wall time. The noise maps of a new length are
 //! computed on its first sample (a cache miss costs `n_noise` samples); the bench warms them first
@@ -88,22 +90,32 @@ fn main() {
         engine.embedding_dim(),
         start.elapsed().as_secs_f64()
     );
-    let b = 8;
-    for len in [t, 16.min(t)] {
+    let short = 16.min(t);
+    bench(&mut engine, &[t, short]);
+    spec.text.length_buckets = Some(vec![short]);
+    let mut engine = Engine::new(&spec).expect("engine");
+    println!("with length_buckets = [{short}]:");
+    bench(&mut engine, &[short]);
+}
+
+fn bench(engine: &mut Engine, lengths: &[usize]) {
+    let b = 32;
+    for &len in lengths {
         let warm = samples(1, len, 1);
-        let (miss_cpu, miss_wall) = time(&mut engine, &warm); // the first sample of this length
-        let (hit_cpu, hit_wall) = time(&mut engine, &warm);
+        let (miss_cpu, miss_wall) = time(engine, &warm); // the first sample of this length
+        let (hit_cpu, hit_wall) = time(engine, &warm);
         let mut best: Option<(f64, f64)> = None;
         for rep in 0..3 {
-            let (c1, w1) = time(&mut engine, &samples(b, len, 10 + rep));
-            let (c2, w2) = time(&mut engine, &samples(2 * b, len, 20 + rep));
+            let (c1, w1) = time(engine, &samples(b, len, 10 + rep));
+            let (c2, w2) = time(engine, &samples(2 * b, len, 20 + rep));
             let m = ((c2 - c1) / b as f64, (w2 - w1) / b as f64);
             best = Some(best.map_or(m, |x: (f64, f64)| (x.0.min(m.0), x.1.min(m.1))));
         }
         let (cpu, wall) = best.unwrap();
         println!(
             "  {len:3}-token samples: marginal {:.1} ms CPU, {:.1} ms wall per sample (best of 3, b = {b}); \
-             one sample alone {:.1} ms wall, its length's first sample {:.1} ms wall ({:.1} ms CPU: noise maps)",
+             one sample alone {:.1} ms wall, its length's first sample {:.1} ms wall ({:.1} ms more CPU: \
+             noise maps, a bucket's compile)",
             cpu * 1e3,
             wall * 1e3,
             hit_wall * 1e3,

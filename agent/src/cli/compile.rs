@@ -38,6 +38,9 @@ pub struct CompileArgs {
     /// Where to write the attribution graph.
     #[arg(long)]
     pub out: PathBuf,
+    /// Text models with a dynamic sequence length: the length the graph is compiled at.
+    #[arg(long, value_name = "T", default_value_t = 128)]
+    pub max_length: usize,
 }
 
 pub fn run(args: &CompileArgs) -> Result<()> {
@@ -61,7 +64,11 @@ pub fn run(args: &CompileArgs) -> Result<()> {
     };
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let start = Instant::now();
-    let graph = compiler::compile_bytes(&bytes, &opts)
+    let model =
+        crate::onnx::decode(&bytes).with_context(|| format!("{} is not ONNX", args.model.display()))?;
+    // A text model is compiled at a fixed length; its inputs' roles are printed below.
+    let model = compiler::inputs::with_dynamic_length_fixed(&model, args.max_length)?.unwrap_or(model);
+    let graph = compiler::compile(&model, &compiler::sha256_hex(&bytes), &opts)
         .with_context(|| format!("compiling {}", args.model.display()))?;
     let elapsed = start.elapsed();
     let out = graph.to_bytes();
@@ -87,6 +94,14 @@ pub fn run(args: &CompileArgs) -> Result<()> {
     }
     for v in &graph.views {
         println!("  layer {}: {}", v.layer, v.describe());
+    }
+    let declared: Vec<(String, i32)> = graph.inputs.iter().map(|i| (i.name.clone(), i.elem_type)).collect();
+    if let Ok(roles) = compiler::decide_roles(&declared, &Default::default())
+        && compiler::inputs::is_text(&roles)
+    {
+        for r in roles {
+            println!("  input {}", r.describe());
+        }
     }
     Ok(())
 }

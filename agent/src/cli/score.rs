@@ -88,6 +88,9 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
     for (l, v) in spec.layers.iter().zip(engine.views()) {
         eprintln!("layer {}: {}", l.name, v.describe());
     }
+    for line in engine.text_model().map(|t| t.describe()).unwrap_or_default() {
+        eprintln!("{line}");
+    }
     let mut failures = Vec::new();
     let (mut scored, start) = (0usize, Instant::now());
     for path in &args.inputs {

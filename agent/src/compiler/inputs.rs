@@ -228,6 +228,20 @@ pub fn with_sequence_length(model: &ModelProto, inputs: &[&str], t: usize) -> Re
     Ok(m)
 }
 
+/// A text model whose token inputs have a dynamic length, with that length fixed to `t` (`None`:
+/// nothing to fix — a model with a float input, or fixed lengths already).
+pub fn with_dynamic_length_fixed(model: &ModelProto, t: usize) -> Result<Option<ModelProto>> {
+    let Some(graph) = model.graph.as_ref() else { return Ok(None) };
+    let declared = declared_inputs(graph)?;
+    let tokens = !declared.is_empty()
+        && declared.iter().all(|(_, ty, dims)| *ty == data_type::INT64 && dims.len() == 2);
+    if !tokens || declared.iter().all(|(_, _, dims)| dims[1].is_some_and(|d| d > 0)) {
+        return Ok(None);
+    }
+    let names: Vec<&str> = declared.iter().map(|(n, _, _)| n.as_str()).collect();
+    with_sequence_length(model, &names, t).map(Some)
+}
+
 /// The input's map aspect for layout detection: a float input's `[C, H, W]`/`[H, W, C]`/`[H, W]`
 /// grid, else (a text model) the `T × 1` strip of its token sequence, so that a `[T, C]` token layer
 /// reads as `T` positions in order, with no prefix and no square grid guessed.

@@ -67,8 +67,15 @@ pub struct LayersReport {
     pub skipped: Vec<String>,
 }
 
+/// The sequence length a text model with a dynamic length is listed at.
+pub const LIST_LENGTH: usize = 16;
+
 /// Lists the tensors of `model` that reach `embedding` (or, without one, the first rank-2 output).
+/// A text model with a dynamic sequence axis is probed at [`LIST_LENGTH`] tokens (its token layers
+/// show `T` = that length).
 pub fn list(model: &ModelProto, embedding: Option<&str>) -> Result<LayersReport> {
+    let fixed = super::inputs::with_dynamic_length_fixed(model, LIST_LENGTH)?;
+    let model = fixed.as_ref().unwrap_or(model);
     let graph = model.graph.as_ref().context("model has no graph")?;
     let ix = Index::new(graph);
     let from_inputs = ix.active_from(graph, ix.inputs.iter().copied(), 0);

@@ -101,6 +101,10 @@ pub fn model_inputs(graph: &GraphProto) -> Result<Vec<InputSpec>> {
         for (axis, d) in dims.iter().enumerate().skip(1) {
             match d {
                 Some(d) if *d > 0 => rest.push(*d),
+                _ if elem_type == data_type::INT64 && axis == 1 && dims.len() == 2 => bail!(
+                    "model input {:?} is a token input with a dynamic sequence length; text models are compiled at a fixed length (the engine uses [model] max_length; compiler::with_sequence_length)",
+                    v.name
+                ),
                 _ => bail!(
                     "model input {:?} has a symbolic or unknown size on axis {axis}; only the batch axis (0) may be dynamic",
                     v.name

@@ -371,6 +371,7 @@ impl Config {
                     .with_list_parse_key("engine.providers")
                     .with_list_parse_key("model.methods")
                     .with_list_parse_key("noise.inputs")
+                    .with_list_parse_key("model.noise_exclude_ids")
                     .source(Some(env)),
             )
             .build()

@@ -297,3 +297,39 @@ fn limits_parse_override_and_validate() {
     let err = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap_err().to_string();
     assert!(err.contains("max_pixels"), "{err}");
 }
+
+#[test]
+fn text_keys_parse_into_the_engine_spec_and_their_problems_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let text = valid(d.path()).replace(
+        "embedding = \"embedding\"",
+        "embedding = \"embedding\"\ninput_roles = { ids_in = \"ids\", segs = \"token_types\" }\npad_id = 1\nmax_length = 64\nnoise_exclude_ids = [0, 1, 2]",
+    );
+    let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    let t = cfg.to_engine_spec().text;
+    assert_eq!(t.input_roles.get("segs"), Some(&crate::compiler::InputRole::TokenTypes));
+    assert_eq!((t.pad_id(), t.max_length(), t.noise_exclude_ids()), (1, 64, vec![0, 1, 2]));
+    // Through the environment too.
+    let env = HashMap::from([("AGENT__MODEL__NOISE_EXCLUDE_IDS".to_string(), "5,6".to_string())]);
+    let cfg = Config::load_with_env(&write(d.path(), &text), env).unwrap();
+    assert_eq!(cfg.model.text.noise_exclude_ids, Some(vec![5, 6]));
+    // Bad values, and an unknown key beside the flattened ones, are named.
+    let bad = text.replace("max_length = 64", "max_length = 0\nvocab_size = 2");
+    let cfg = Config::load_with_env(&write(d.path(), &bad), HashMap::new()).unwrap();
+    let keys: Vec<String> = cfg.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["model.max_length", "model.noise_exclude_ids"]);
+    let unknown = text.replace("pad_id = 1", "pad_token = 1");
+    let err = Config::load_with_env(&write(d.path(), &unknown), HashMap::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("pad_token"), "{err:#}");
+    // Smoothing on a text model is refused at validation, with the reason; the model is read for it.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/text/encoder.onnx");
+    let smoothed = valid(d.path())
+        .replace(&format!("{}/m.onnx", d.path().display()), &model.display().to_string())
+        .replace("embedding = \"embedding\"", "embedding = \"embedding\"\nsmoothing_points = 4");
+    let cfg = Config::load_with_env(&write(d.path(), &smoothed), HashMap::new()).unwrap();
+    let problems = cfg.validate();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "model.smoothing_points");
+    assert!(problems[0].why.contains("token ids"), "{problems:?}");
+}

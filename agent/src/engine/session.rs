@@ -26,10 +26,10 @@ use crate::scores::{self, Aggregation, HutchinsonAccumulator, Method, NoiseRefer
 pub struct Engine {
     pub(super) spec: EngineSpec,
     pub(super) graph: AttributionGraph,
-    session: Session,
+    pub(super) session: Session,
     provider: Provider,
     input_name: String,
-    input_shape: Vec<usize>,
+    pub(super) input_shape: Vec<usize>,
     /// Indices of the embedding components scored (all `D`, or a seeded subset).
     components: Vec<usize>,
     /// Every cotangent row of a sample, built once: the one-hot rows of `components`, then the
@@ -37,7 +37,7 @@ pub struct Engine {
     /// view of a range of them.
     all_rows: Array2<f32>,
     /// Estimated bytes of one run per (smoothing point × cotangent row) ([`bytes_per_point_row`]).
-    unit_bytes: u64,
+    pub(super) unit_bytes: u64,
     /// `x_ref` of the smoothed estimator when it is a file.
     smoothing_reference: Option<ArrayD<f32>>,
     pub(super) keys: Vec<ScoreKey>,
@@ -46,6 +46,8 @@ pub struct Engine {
     /// sample length ([`super::tokens`]).
     pub(super) text: Option<TextModel>,
     pub(super) text_noise: NoiseCache,
+    /// A text model's graphs compiled at its shorter `length_buckets`, on first use.
+    pub(super) buckets: std::collections::HashMap<usize, tokens::Bucket>,
     model_sha256: String,
     settings_hash: String,
 }
@@ -111,12 +113,7 @@ impl Engine {
         }
         all_rows.slice_mut(ndarray::s![components.len().., ..]).assign(&extra_rows);
         let unit_bytes = bytes_per_point_row(&graph.outputs);
-        let so = SessionOptions {
-            providers: spec.runtime.providers().to_vec(),
-            threads: spec.runtime.threads(),
-            device_id: 0,
-        };
-        let (session, provider) = runtime::session(env, &graph.to_bytes(), &so)?;
+        let (session, provider) = runtime::session(env, &graph.to_bytes(), &session_options(spec))?;
         let requested = spec.runtime.providers().first().copied().unwrap_or(Provider::Cpu);
         if provider != requested {
             tracing::warn!(
@@ -153,6 +150,7 @@ impl Engine {
             noise: Vec::new(),
             text,
             text_noise: NoiseCache::default(),
+            buckets: Default::default(),
             model_sha256,
             settings_hash,
         };
@@ -552,7 +550,7 @@ impl RunPlan {
 /// measurement: the daemon with the fixed chunking it had before (16 samples × 16 points × 32 rows
 /// per run, layers of 8·14·14 and 16·7·7 elements) peaked at 700 MiB against 82 MiB without
 /// smoothing, 79 KB per (point, row), 8.4 × the layers' 9408 bytes (docs/BENCHMARKS.md, "Memory").
-fn bytes_per_point_row(outputs: &[MapOutput]) -> u64 {
+pub(super) fn bytes_per_point_row(outputs: &[MapOutput]) -> u64 {
     const SAFETY: u64 = 10;
     let mut seen = std::collections::BTreeSet::new();
     let elements: u64 = outputs
@@ -561,6 +559,15 @@ fn bytes_per_point_row(outputs: &[MapOutput]) -> u64 {
         .map(|o| (o.channels * o.height * o.width) as u64)
         .sum();
     4 * elements.max(1) * SAFETY
+}
+
+/// The ONNX Runtime session options of a specification (every graph of an engine runs under them).
+pub(super) fn session_options(spec: &EngineSpec) -> SessionOptions {
+    SessionOptions {
+        providers: spec.runtime.providers().to_vec(),
+        threads: spec.runtime.threads(),
+        device_id: 0,
+    }
 }
 
 /// `seed` mixed with a hash of the sample's values (SHA-256 of its little-endian f32 bytes).

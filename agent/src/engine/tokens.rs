@@ -1,8 +1,9 @@
 //! Text models: token samples in, maps over the token axis out (docs/spec/scores.md#text-models).
 //!
 //! A text encoder's inputs are integers (ids, attention mask, token types), fed and never
-//! differentiated. The graph is compiled at one length `T = max_length` (the compiler needs fixed
-//! sizes), so every batch is padded to `T` with the pad id and a zero mask. Each sample's maps are its
+//! differentiated. The graph is compiled at fixed lengths (the compiler needs fixed sizes):
+//! `T = max_length`, and the shorter `length_buckets` on first use; a batch is padded to the
+//! shortest `T` that holds its longest sample, with the pad id and a zero mask. Each sample's maps are its
 //! own first `len` positions: the padded ones are sliced off before any score sees a map, so neither
 //! the noise score nor the variance score of a sample depends on what it was batched with.
 //!
@@ -50,14 +51,40 @@ pub struct TextSettings {
     /// longer samples are refused (truncate when tokenizing) [default: 128].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
+    /// Text models: shorter lengths to compile too; a batch then runs on the shortest one that holds
+    /// its longest sample, so short samples cost less (each is one more compile and session, made
+    /// on first use) [default: none — every batch is padded to max_length].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length_buckets: Option<Vec<usize>>,
     /// Text models: noise ids are drawn from `0..vocab_size` [default: the rows of the embedding
     /// table the ids input indexes].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<usize>,
     /// Text models: ids never drawn for noise inputs — the special tokens ([CLS], [SEP], [PAD],
     /// [MASK], [UNK], …), from the tokenizer [default: the pad id only].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "ids_or_strings")]
     pub noise_exclude_ids: Option<Vec<i64>>,
+}
+
+/// A list of ids as numbers, or as strings of digits: an environment override
+/// (`AGENT__MODEL__NOISE_EXCLUDE_IDS=0,100,101`) reaches a flattened key as strings.
+fn ids_or_strings<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<i64>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    let Some(ids) = Option::<Vec<Id>>::deserialize(d)? else { return Ok(None) };
+    ids.into_iter()
+        .map(|id| match id {
+            Id::Number(n) => Ok(n),
+            Id::Text(s) => {
+                s.trim().parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a token id")))
+            }
+        })
+        .collect::<std::result::Result<Vec<i64>, _>>()
+        .map(Some)
 }
 
 impl TextSettings {
@@ -82,6 +109,14 @@ impl TextSettings {
         if self.max_length == Some(0) {
             p.push(("max_length", "must be at least 1".to_string()));
         }
+        for &b in self.length_buckets.iter().flatten() {
+            if b == 0 || b > self.max_length() {
+                p.push((
+                    "length_buckets",
+                    format!("{b}; every bucket lies in 1..=max_length ({})", self.max_length()),
+                ));
+            }
+        }
         if self.pad_id.is_some_and(|id| id < 0) {
             p.push(("pad_id", "must be ≥ 0".to_string()));
         }
@@ -102,6 +137,8 @@ pub struct TextModel {
     pub inputs: Vec<DecidedInput>,
     /// `max_length`: the compiled sequence length.
     pub length: usize,
+    /// Shorter compiled lengths (`length_buckets`), ascending, each below `length`.
+    pub buckets: Vec<usize>,
     pub pad_id: i64,
     pub vocab_size: usize,
     /// Where the vocabulary size came from ("configured", or the embedding table found).
@@ -139,6 +176,19 @@ impl TextModel {
         if length == 0 || vocab_size == 0 || vocab_size > MAX_VOCAB {
             bail!("max_length = {length}, vocab_size = {vocab_size}: both must be at least 1 (vocab ≤ 2^24)");
         }
+        if !inputs.iter().any(|i| i.role == InputRole::Mask) {
+            tracing::warn!(
+                "the text model has no attention-mask input: unless it masks pad id {} itself, a sample's tokens attend to its padding (docs/spec/scores.md#text-models)",
+                settings.pad_id()
+            );
+        }
+        let mut buckets: Vec<usize> = settings.length_buckets.clone().unwrap_or_default();
+        if let Some(b) = buckets.iter().find(|&&b| b == 0 || b > length) {
+            bail!("length_buckets: {b} does not lie in 1..=max_length ({length})");
+        }
+        buckets.retain(|&b| b < length);
+        buckets.sort_unstable();
+        buckets.dedup();
         let exclude = settings.noise_exclude_ids();
         if exclude.iter().filter(|&&i| (0..vocab_size as i64).contains(&i)).count() >= vocab_size {
             bail!("noise_exclude_ids excludes every id of the vocabulary (0..{vocab_size})");
@@ -146,6 +196,7 @@ impl TextModel {
         Ok(Some(TextModel {
             inputs,
             length,
+            buckets,
             pad_id: settings.pad_id(),
             vocab_size,
             vocab_from,
@@ -155,16 +206,30 @@ impl TextModel {
 
     /// The model with its token inputs fixed to `[batch, length]`.
     pub fn fixed_model(&self, model: &ModelProto) -> Result<ModelProto> {
+        self.fixed_at(model, self.length)
+    }
+
+    fn fixed_at(&self, model: &ModelProto, t: usize) -> Result<ModelProto> {
         let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
-        crate::compiler::with_sequence_length(model, &names, self.length)
+        crate::compiler::with_sequence_length(model, &names, t)
+    }
+
+    /// The compiled length a batch whose longest sample has `len` tokens runs at.
+    pub fn length_for(&self, len: usize) -> usize {
+        self.buckets.iter().copied().find(|&b| b >= len).unwrap_or(self.length)
     }
 
     /// One line per input and the text settings, for `agent check` and `agent score`.
     pub fn describe(&self) -> Vec<String> {
         let mut out: Vec<String> = self.inputs.iter().map(|i| format!("input {}", i.describe())).collect();
         out.push(format!(
-            "text: max_length {} (every batch padded to it), pad_id {}, vocabulary {} ({}), {} id(s) excluded from noise",
+            "text: max_length {} ({}), pad_id {}, vocabulary {} ({}), {} id(s) excluded from noise",
             self.length,
+            if self.buckets.is_empty() {
+                "every batch padded to it".to_string()
+            } else {
+                format!("batches padded to the first of {:?} that holds them", self.buckets)
+            },
             self.pad_id,
             self.vocab_size,
             self.vocab_from,
@@ -186,21 +251,24 @@ impl TextModel {
         })
     }
 
-    /// Checks the samples and packs them into `[B, ROWS, length]` (padding: pad id, mask 0, type 0).
-    /// Every problem names the sample and what is wrong with it.
-    pub fn pack(&self, samples: &[TokenSample]) -> Result<Array3<f32>> {
-        let t = self.length;
+    /// Checks the samples and packs them into `[B, ROWS, t]`, `t` the length the batch runs at
+    /// (padding: pad id, mask 0, type 0). Every problem names the sample and what is wrong with it.
+    pub fn pack(&self, samples: &[TokenSample], t: usize) -> Result<Array3<f32>> {
         let mut out = Array3::<f32>::zeros((samples.len(), ROWS, t));
         out.index_axis_mut(Axis(1), ROW_IDS).fill(self.pad_id as f32);
         for (s, x) in samples.iter().enumerate() {
             if x.is_empty() {
                 bail!("token sample {s} is empty");
             }
-            if x.len() > t {
+            if x.len() > self.length {
                 bail!(
-                    "token sample {s} has {} tokens; max_length is {t} (truncate when tokenizing)",
-                    x.len()
+                    "token sample {s} has {} tokens; max_length is {} (truncate when tokenizing)",
+                    x.len(),
+                    self.length
                 );
+            }
+            if x.len() > t {
+                bail!("internal: token sample {s} has {} tokens, packed at {t}", x.len());
             }
             if let Some(bad) = x.ids.iter().find(|&&id| !(0..self.vocab_size as i64).contains(&id)) {
                 bail!("token sample {s}: id {bad} is outside the vocabulary 0..{}", self.vocab_size);
@@ -284,13 +352,11 @@ impl Engine {
     /// aligned with [`Engine::keys`]. Each sample's maps are its first `len` positions, compared with
     /// noise inputs of the same length.
     pub fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
-        let text =
-            self.text.as_ref().context("score_tokens: this model takes a float input, not token ids")?;
-        let packed = text.pack(samples)?;
+        self.text.as_ref().context("score_tokens: this model takes a float input, not token ids")?;
+        let maps = self.sample_maps(samples)?;
         for x in samples {
             self.noise_for(x.len())?;
         }
-        let maps = self.maps(packed.view().into_dyn())?;
         maps.into_iter()
             .zip(samples)
             .map(|(per_output, x)| {
@@ -321,13 +387,65 @@ impl Engine {
     /// Per sample, per output (aligned with [`Engine::keys`]): the embedding-aggregated map `E` over
     /// the sample's own positions, `[len − prefix, 1]` for a token layer (for `agent explain`).
     pub fn token_maps(&mut self, samples: &[TokenSample]) -> Result<Vec<Vec<Array2<f32>>>> {
-        let text = self.text.as_ref().context("token_maps: this model takes a float input, not token ids")?;
-        let packed = text.pack(samples)?;
+        self.text.as_ref().context("token_maps: this model takes a float input, not token ids")?;
         Ok(self
-            .maps(packed.view().into_dyn())?
+            .sample_maps(samples)?
             .into_iter()
             .map(|per| per.into_iter().map(|m| m.embedding).collect())
             .collect())
+    }
+
+    /// Per sample and output, the maps of `samples` (each cut to its own length), run at the
+    /// shortest compiled length that holds the longest of them.
+    fn sample_maps(&mut self, samples: &[TokenSample]) -> Result<Vec<Vec<crate::scores::SampleMaps>>> {
+        let text = self.text.as_ref().context("internal: no text model")?;
+        let longest = samples.iter().map(TokenSample::len).max().unwrap_or(0);
+        let t = text.length_for(longest);
+        let packed = text.pack(samples, t)?;
+        if t == text.length {
+            return self.maps(packed.view().into_dyn());
+        }
+        self.in_bucket(t, |e| e.maps(packed.view().into_dyn()))
+    }
+
+    /// Runs `f` with the graph compiled at `t` tokens in place of the `max_length` one (compiled on
+    /// first use). The engine's run loop reads `graph`, `session`, `input_shape` and `unit_bytes`;
+    /// they are swapped in and back, so the loop is the same code for every length.
+    fn in_bucket<R>(&mut self, t: usize, f: impl FnOnce(&mut Engine) -> Result<R>) -> Result<R> {
+        if !self.buckets.contains_key(&t) {
+            let b = self.compile_bucket(t).with_context(|| format!("compiling the graph at {t} tokens"))?;
+            self.buckets.insert(t, b);
+        }
+        let mut b = self.buckets.remove(&t).expect("just inserted");
+        let swap = |e: &mut Engine, b: &mut Bucket| {
+            std::mem::swap(&mut e.graph, &mut b.graph);
+            std::mem::swap(&mut e.session, &mut b.session);
+            std::mem::swap(&mut e.input_shape, &mut b.input_shape);
+            std::mem::swap(&mut e.unit_bytes, &mut b.unit_bytes);
+        };
+        swap(self, &mut b);
+        let result = f(self);
+        swap(self, &mut b);
+        self.buckets.insert(t, b);
+        result
+    }
+
+    /// The attribution graph of the same model and options at `t` tokens, in its own session.
+    fn compile_bucket(&self, t: usize) -> Result<Bucket> {
+        let text = self.text.as_ref().context("internal: no text model")?;
+        let path = &self.spec.model_path;
+        let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+        if crate::compiler::sha256_hex(&bytes) != self.model_sha256() {
+            bail!("model {} changed on disk since the engine started", path.display());
+        }
+        let model = text.fixed_at(&crate::onnx::decode(&bytes)?, t)?;
+        let graph = crate::compiler::compile(&model, self.model_sha256(), &self.graph.options)?;
+        let (env, _) = crate::runtime::environment(self.spec.runtime.onnxruntime_path.as_deref())?;
+        let (session, _) =
+            crate::runtime::session(env, &graph.to_bytes(), &super::session::session_options(&self.spec))?;
+        let unit_bytes = super::session::bytes_per_point_row(&graph.outputs);
+        tracing::info!(tokens = t, "text model: graph compiled for a shorter length");
+        Ok(Bucket { graph, session, input_shape: vec![ROWS, t], unit_bytes })
     }
 
     /// The noise references for samples of `len` tokens, computed on first use.
@@ -357,9 +475,8 @@ impl Engine {
             &text.noise_exclude_ids,
         )?;
         let samples: Vec<TokenSample> = ids.into_iter().map(TokenSample::new).collect();
-        let packed = text.pack(&samples)?;
         let maps = self
-            .maps(packed.view().into_dyn())
+            .sample_maps(&samples)
             .with_context(|| format!("computing the attribution maps of the noise inputs of {len} tokens"))?;
         (0..self.graph.outputs.len())
             .map(|oi| {
@@ -391,6 +508,14 @@ impl Engine {
         self.text_noise.insert(t, refs);
         Ok(())
     }
+}
+
+/// A graph compiled at one of the `length_buckets`, with what the run loop reads beside it.
+pub(super) struct Bucket {
+    graph: crate::compiler::AttributionGraph,
+    session: ort::session::Session,
+    input_shape: Vec<usize>,
+    unit_bytes: u64,
 }
 
 /// Per sample of a packed batch, its number of real tokens.
@@ -465,6 +590,7 @@ mod tests {
         TextModel {
             inputs: vec![],
             length: 6,
+            buckets: vec![2, 4],
             pad_id: 0,
             vocab_size: 10,
             vocab_from: "configured".into(),
@@ -476,21 +602,27 @@ mod tests {
     fn packing_pads_with_the_pad_id_and_a_zero_mask() {
         let m = TextModel { pad_id: 9, ..model() };
         let p = m
-            .pack(&[
-                TokenSample::new(vec![2, 5, 3]),
-                TokenSample { ids: vec![2, 3], type_ids: Some(vec![0, 1]) },
-            ])
+            .pack(
+                &[
+                    TokenSample::new(vec![2, 5, 3]),
+                    TokenSample { ids: vec![2, 3], type_ids: Some(vec![0, 1]) },
+                ],
+                6,
+            )
             .unwrap();
         assert_eq!(p.index_axis(Axis(1), ROW_IDS).row(0).to_vec(), [2., 5., 3., 9., 9., 9.]);
         assert_eq!(p.index_axis(Axis(1), ROW_MASK).row(1).to_vec(), [1., 1., 0., 0., 0., 0.]);
         assert_eq!(p.index_axis(Axis(1), ROW_TYPES).row(1).to_vec(), [0., 1., 0., 0., 0., 0.]);
         assert_eq!(lengths(p.view().into_dyn()), [3, 2]);
+        // The shortest compiled length that holds the longest sample.
+        assert_eq!([1, 2, 3, 4, 5, 6].map(|l| m.length_for(l)), [2, 2, 4, 4, 6, 6]);
+        assert_eq!(m.pack(&[TokenSample::new(vec![2, 3])], 2).unwrap().shape(), [1, ROWS, 2]);
     }
 
     #[test]
     fn bad_samples_are_named() {
         let m = model();
-        let e = |s: Vec<TokenSample>| m.pack(&s).unwrap_err().to_string();
+        let e = |s: Vec<TokenSample>| m.pack(&s, 6).unwrap_err().to_string();
         assert!(e(vec![TokenSample::new(vec![1]), TokenSample::new(vec![])]).contains("sample 1 is empty"));
         assert!(e(vec![TokenSample::new(vec![1; 7])]).contains("7 tokens; max_length is 6"));
         assert!(e(vec![TokenSample::new(vec![1, 10])]).contains("id 10 is outside the vocabulary 0..10"));
