@@ -166,6 +166,7 @@ fn score_explain_and_report_take_text_files() {
     // The demo configuration with absolute paths and a short compiled length.
     let cfg = demo
         .replace("max_length = 128", "max_length = 32")
+        .replace("length_buckets = [32, 64]", "")
         .replace("\"models/", &format!("\"{}/models/", root.display()));
     let cfg_path = d.path().join("text.toml");
     std::fs::write(&cfg_path, cfg).unwrap();

@@ -195,7 +195,8 @@ fn main() -> Result<()> {
         shifted.push(Shifted { name: sh.name, severity: sh.severity, scored, pool: sh.pool });
     }
     eprintln!("scored {} images in {:.1} s", 256 * (2 + shifted.len()), t0.elapsed().as_secs_f64());
-    let settings = Settings { started: t0, sizes: &SIZES, clean: args.clean, drifted: args.drifted, seed: args.seed };
+    let settings =
+        Settings { started: t0, sizes: &SIZES, clean: args.clean, drifted: args.drifted, seed: args.seed };
     let summary = protocol::run(engine.keys(), &ref_scored, &pca, &clean, &shifted, &settings, &args.out)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

@@ -115,10 +115,14 @@ fn main() -> Result<()> {
         shifted.push(Shifted { name: name.into(), severity: severity.into(), scored, pool });
     }
     let n = reference.len() + stream.len() + shifted.iter().map(|s| s.pool.len()).sum::<usize>();
-    eprintln!("scored {n} texts in {:.1} s ({per_sample_ms:.1} ms per sample, scores and embedding)", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "scored {n} texts in {:.1} s ({per_sample_ms:.1} ms per sample, scores and embedding)",
+        t0.elapsed().as_secs_f64()
+    );
     let settings =
         Settings { started: t0, sizes: &SIZES, clean: args.clean, drifted: args.drifted, seed: args.seed };
-    let mut summary = protocol::run(engine.keys(), &ref_scored, &pca, &clean, &shifted, &settings, &args.out)?;
+    let mut summary =
+        protocol::run(engine.keys(), &ref_scored, &pca, &clean, &shifted, &settings, &args.out)?;
     summary["max_length"] = text.length.into();
     summary["reference_ms_per_sample"] = per_sample_ms.into();
     summary["mean_tokens"] = tokens.iter().map(|(k, v)| ((*k).to_string(), serde_json::json!(v))).collect();

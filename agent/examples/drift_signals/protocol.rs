@@ -225,7 +225,14 @@ pub fn run(
         for (si, sh) in shifts.iter().enumerate() {
             let wins: Vec<Vec<f64>> = (0..s.drifted)
                 .map(|_| {
-                    signals(&fitted, &sh.scored, &kernel, offsets[si], ref_within, &draw(&mut rng, &sh.pool, n))
+                    signals(
+                        &fitted,
+                        &sh.scored,
+                        &kernel,
+                        offsets[si],
+                        ref_within,
+                        &draw(&mut rng, &sh.pool, n),
+                    )
                 })
                 .collect::<Result<_>>()?;
             for (k, name) in names.iter().enumerate() {

@@ -56,8 +56,15 @@ impl Config {
     }
 
     /// The decoders' options for a text model; `None` for other models.
+    /// Without `[tokenizer]`, a model file that does not load counts as not a text model: the engine
+    /// loads the same file and says what is wrong with it.
     pub fn token_options(&self) -> Result<Option<TokenOptions>> {
-        match (self.text_model()?, &self.tokenizer) {
+        let text = match self.text_model() {
+            Ok(t) => t,
+            Err(_) if self.tokenizer.is_none() => None,
+            Err(e) => return Err(e),
+        };
+        match (text, &self.tokenizer) {
             (None, None) => Ok(None),
             (None, Some(_)) => bail!("[tokenizer] is set, but the model takes a float input, not token ids"),
             (Some(text), t) => Ok(Some(token_options(&text, t.as_ref().map(|t| t.path.as_path()))?)),
