@@ -144,8 +144,7 @@ impl EmbeddingModel {
     /// which the model's own masking keeps out of each embedding.
     pub fn embed_tokens(&mut self, text: &TextModel, samples: &[TokenSample]) -> Result<Array2<f32>> {
         let (b, t) = (samples.len(), samples.iter().map(|s| s.len()).max().unwrap_or(0));
-        let mut feeds: Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)> =
-            Vec::new();
+        let mut feeds = Vec::with_capacity(text.inputs.len());
         for i in &text.inputs {
             let a = Array2::<i64>::from_shape_fn((b, t), |(r, p)| {
                 let s = &samples[r];
@@ -164,7 +163,10 @@ impl EmbeddingModel {
                 }
             });
             let v = ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?;
-            feeds.push((std::borrow::Cow::Owned(i.name.clone()), v.into_dyn().into()));
+            feeds.push((
+                std::borrow::Cow::<str>::Owned(i.name.clone()),
+                ort::session::SessionInputValue::from(v.into_dyn()),
+            ));
         }
         let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
         let z = out[self.output.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
