@@ -108,9 +108,12 @@ fn type_name(t: i32) -> String {
     }
 }
 
-/// The model's inputs (graph inputs that are not initializers): name, element type and dims (`None`
-/// where symbolic), read from the declaration without requiring fixed sizes.
-pub fn declared_inputs(graph: &GraphProto) -> Result<Vec<(String, i32, Vec<Option<i64>>)>> {
+/// A model input as declared: name, ONNX element type, dims (`None` where symbolic or unknown).
+pub type DeclaredInput = (String, i32, Vec<Option<i64>>);
+
+/// The model's inputs (graph inputs that are not initializers), read from the declaration without
+/// requiring fixed sizes.
+pub fn declared_inputs(graph: &GraphProto) -> Result<Vec<DeclaredInput>> {
     let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut out = Vec::new();
     for v in graph.input.iter().filter(|v| !inits.contains(v.name.as_str())) {

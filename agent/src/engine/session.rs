@@ -83,8 +83,11 @@ impl Engine {
             smoothing_samples: spec.score.smoothing_points(),
             layouts: spec.layers.iter().map(|l| l.layout_request()).collect(),
         };
-        let graph = compiler::compile(&model, &model_sha256, &opts)
-            .with_context(|| format!("compiling the attribution graph of {}", spec.model_path.display()))?;
+        let graph = compiler::compile(&model, &model_sha256, &opts).with_context(|| {
+            let at =
+                text.as_ref().map(|t| format!(" at max_length = {} tokens", t.length)).unwrap_or_default();
+            format!("compiling the attribution graph of {}{at}", spec.model_path.display())
+        })?;
         let (input_name, input_shape) = match &text {
             // The packed token batch `[B, ROWS, T]` (tokens.rs).
             Some(t) => (String::new(), vec![tokens::ROWS, t.length]),

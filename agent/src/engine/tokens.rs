@@ -176,6 +176,9 @@ impl TextModel {
         if length == 0 || vocab_size == 0 || vocab_size > MAX_VOCAB {
             bail!("max_length = {length}, vocab_size = {vocab_size}: both must be at least 1 (vocab ≤ 2^24)");
         }
+        if !(0..vocab_size as i64).contains(&settings.pad_id()) {
+            bail!("pad_id {} is outside the vocabulary 0..{vocab_size}", settings.pad_id());
+        }
         if !inputs.iter().any(|i| i.role == InputRole::Mask) {
             tracing::warn!(
                 "the text model has no attention-mask input: unless it masks pad id {} itself, a sample's tokens attend to its padding (docs/spec/scores.md#text-models)",
