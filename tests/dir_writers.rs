@@ -82,7 +82,7 @@ impl Running {
         loop {
             match self.rx.try_recv() {
                 Ok(d) => {
-                    let batch = d.batch;
+                    let batch = d.batch.as_dense().expect("a dense batch").clone();
                     d.ack.finish(&Outcome::Scored { samples: batch.shape()[0] as u64 }).unwrap();
                     return batch;
                 }

@@ -42,6 +42,7 @@ pub fn opts(input_shape: &[usize], layout: Layout) -> DecodeOptions {
         normalization: Normalization { mean: vec![0.5], std: vec![0.25], layout },
         image: ImageOptions { max_pixels: 1 << 20, ..ImageOptions::default() },
         limits: limits(),
+        tokens: None,
     }
 }
 

@@ -10,18 +10,21 @@ use clap::Args;
 use ndarray::{Array2, ArrayView2, ArrayViewD, Axis};
 
 use super::ModelArgs;
+
+mod text;
 use crate::engine::Engine;
 
 #[derive(Debug, Clone, Args)]
 pub struct ExplainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Input file (`.npy`, `.npz`, `.png`, `.jpg`); with a batch, `--sample` picks the sample.
+    /// Input file (`.npy`, `.npz`, `.png`, `.jpg`; a text model's `.txt`, `.jsonl`, `.npz`); with a
+    /// batch, `--sample` picks the sample.
     pub input: PathBuf,
     /// Which sample of a batch input to explain (0-based).
     #[arg(long, default_value_t = 0)]
     pub sample: usize,
-    /// Where to write the PNG.
+    /// Where to write the PNG (a text model: a self-contained HTML page).
     #[arg(long)]
     pub out: PathBuf,
     /// Output pixels per input pixel (default: panels at least 160 pixels high).
@@ -33,6 +36,10 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let spec = args.model.engine_spec()?;
     let mut engine = Engine::new(&spec)?;
     let image = args.model.image_options()?;
+    if engine.text_model().is_some() {
+        let opts = super::score::options(&engine, &image, args.model.token_options(&engine)?);
+        return text::run(args, &spec, &mut engine, &opts);
+    }
     let batch = super::score::decode(&engine, &image, &args.input)?;
     if args.sample >= batch.shape()[0] {
         bail!(
@@ -108,7 +115,7 @@ fn upscale(m: ArrayView2<f32>, h: usize, w: usize) -> Array2<f32> {
 }
 
 /// A perceptually ordered dark-to-bright colour ramp (black, purple, red, orange, pale yellow).
-fn heat_colour(v: f32) -> [f32; 3] {
+pub(super) fn heat_colour(v: f32) -> [f32; 3] {
     const RAMP: [[f32; 3]; 5] =
         [[0.0, 0.0, 0.02], [0.34, 0.06, 0.43], [0.74, 0.22, 0.33], [0.98, 0.56, 0.04], [0.99, 1.0, 0.64]];
     let t = v.clamp(0.0, 1.0) * (RAMP.len() - 1) as f32;

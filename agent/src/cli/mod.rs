@@ -40,6 +40,10 @@ pub struct ModelArgs {
     /// its label or tensor; default auto). Repeat per layer.
     #[arg(long = "layout", value_name = "LAYER=LAYOUT")]
     pub layouts: Vec<String>,
+    /// A text model's `tokenizer.json` [default with --config: its `[tokenizer] path`]: `.txt` and
+    /// `.jsonl` inputs are tokenized with it, truncated to the model's `max_length`.
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub score: ScoreSettings,
     #[command(flatten)]
@@ -67,6 +71,24 @@ impl ModelArgs {
             Some(path) => Config::load(path)?.model.preprocessing.image_options(),
             None => plugins::decode::ImageOptions::default(),
         })
+    }
+
+    /// A text model's decoding (`None` for other models): `--tokenizer` over the configuration's
+    /// `[tokenizer] path`, for the text model the engine decided.
+    pub fn token_options(
+        &self,
+        engine: &crate::engine::Engine,
+    ) -> Result<Option<plugins::decode::TokenOptions>> {
+        let configured = match &self.config {
+            Some(path) => Config::load(path)?.tokenizer.map(|t| t.path),
+            None => None,
+        };
+        let path = self.tokenizer.clone().or(configured);
+        match engine.text_model() {
+            Some(text) => Ok(Some(crate::config::token_options(text, path.as_deref())?)),
+            None if path.is_some() => bail!("a tokenizer is given, but the model takes a float input"),
+            None => Ok(None),
+        }
     }
 
     /// The engine specification these arguments describe. `score`'s defaults differ from the

@@ -24,7 +24,7 @@ use crate::detectors::{self, DetectorResult};
 use crate::drift::{kolmogorov_q, ks_two_sample, relative_drift};
 pub use crate::engine::EmbeddingModel;
 use crate::engine::{Engine, SampleScores};
-use plugins::decode::{DecodeOptions, decode_file};
+use plugins::decode::{DecodeOptions, Payload, decode_payload_file};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
@@ -113,8 +113,27 @@ pub fn collect(
     let mut sums: Vec<Array2<f64>> = Vec::new();
     let mut map_count = 0;
     for f in reference_files(path)? {
-        let batch = decode_file(&f, opts)
+        let payload = decode_payload_file(&f, &f.display().to_string(), opts)
             .map_err(|r| anyhow!("{}: input rejected ({}): {r}", f.display(), r.reason.as_str()))?;
+        let batch = match payload {
+            Payload::Dense(batch) => batch,
+            Payload::Tokens(samples) => {
+                // Token maps have each sample's own length, so they are not averaged into the report.
+                let text =
+                    engine.text_model().cloned().context("token samples for a model without token inputs")?;
+                for chunk in samples.chunks(batch_size.max(1)) {
+                    scores.extend(
+                        engine.score_tokens(chunk).with_context(|| format!("scoring {}", f.display()))?,
+                    );
+                    embeddings.push(
+                        forward
+                            .embed_tokens(&text, chunk)
+                            .with_context(|| format!("embedding {}", f.display()))?,
+                    );
+                }
+                continue;
+            }
+        };
         for chunk in batch.axis_chunks_iter(Axis(0), batch_size.max(1)) {
             scores.extend(
                 engine.score_batch(chunk.view()).with_context(|| format!("scoring {}", f.display()))?,
@@ -247,7 +266,7 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
     let mut engine = Engine::new(&spec)?;
     let input = engine.graph().inputs[0].name.clone();
     let mut forward = EmbeddingModel::new(&spec, &input)?;
-    let opts = decode_options(&cfg, engine.input_shape());
+    let opts = decode_options(&cfg, engine.input_shape())?;
     let bs = cfg.engine.batch_size;
     let reference = collect(&mut engine, &mut forward, &args.reference, &opts, bs, args.map_samples)
         .with_context(|| format!("reference {}", args.reference.display()))?;

@@ -24,7 +24,8 @@ pub struct ScoreArgs {
     /// Samples per engine run (each run computes all their maps at once; memory grows with it).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub batch_size: usize,
-    /// Input files (`.npy`, `.npz`, `.png`, `.jpg`): one sample each, or a batch.
+    /// Input files (`.npy`, `.npz`, `.png`, `.jpg`; a text model's `.txt`, `.jsonl`, `.npz`): one
+    /// sample each, or a batch (a text file: one sample per line).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }
@@ -51,20 +52,30 @@ pub fn decode(
     image: &plugins::decode::ImageOptions,
     path: &std::path::Path,
 ) -> Result<ArrayD<f32>, plugins::decode::Rejection> {
-    let opts = plugins::decode::DecodeOptions {
+    plugins::decode::decode_file_as(path, &path.display().to_string(), &options(engine, image, None))
+}
+
+/// How `score`, `explain` and `report` decode files for `engine`; `tokens` for a text model.
+pub fn options(
+    engine: &Engine,
+    image: &plugins::decode::ImageOptions,
+    tokens: Option<plugins::decode::TokenOptions>,
+) -> plugins::decode::DecodeOptions {
+    plugins::decode::DecodeOptions {
         input_shape: engine.input_shape().to_vec(),
         max_bytes: 0,
         normalization: engine.spec().normalization.clone(),
         image: image.clone(),
         limits: Default::default(),
-    };
-    plugins::decode::decode_file_as(path, &path.display().to_string(), &opts)
+        tokens,
+    }
 }
 
 pub fn run(args: &ScoreArgs) -> Result<i32> {
     let spec = args.model.engine_spec()?;
     let image = args.model.image_options()?;
     let mut engine = Engine::new(&spec)?;
+    let opts = options(&engine, &image, args.model.token_options(&engine)?);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !args.json {
@@ -83,7 +94,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
     let mut failures = Vec::new();
     let (mut scored, start) = (0usize, Instant::now());
     for path in &args.inputs {
-        let batch = match decode(&engine, &image, path) {
+        let batch = match plugins::decode::decode_payload_file(path, &path.display().to_string(), &opts) {
             Ok(b) => b,
             Err(e) => {
                 failures.push(e.to_string());
@@ -105,16 +116,17 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             })
             .collect();
         let input = path.display().to_string();
-        let result = crate::engine::score_in_chunks(
-            batch.view(),
+        let mut first = 0;
+        let result = crate::daemon::score_payload(
+            &mut engine as &mut dyn crate::daemon::Scorer,
+            &batch,
             args.batch_size,
-            &mut |b| engine.score_batch(b),
-            &mut |start, scores| {
+            &mut |scores, _, _| {
                 for (i, s) in scores.iter().enumerate() {
                     for ((key, v), view) in keys.iter().zip(&s.scores).zip(&views) {
                         rows.push(ScoreRow {
                             input: input.clone(),
-                            sample: start + i,
+                            sample: first + i,
                             layer: key.layer.clone(),
                             method: key.method.as_str(),
                             noise_score: v.noise_score,
@@ -126,6 +138,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
                         });
                     }
                 }
+                first += scores.len();
                 Ok(())
             },
         );
@@ -133,7 +146,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             failures.push(format!("{input}: scoring failed: {e:#}"));
             continue;
         }
-        scored += batch.shape()[0];
+        scored += batch.samples();
         for r in rows {
             if args.json {
                 writeln!(out, "{}", serde_json::to_string(&r)?)?;

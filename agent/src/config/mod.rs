@@ -4,6 +4,7 @@
 //! Every struct rejects unknown keys. Durations and sizes carry their unit in the key name. The doc
 //! comments here are the reference for `config/prod.toml`, which shows every key.
 
+mod text;
 mod validate;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use crate::engine::{
     EngineSpec, LayerSpec, Layout, NoiseSettings, Normalization, RuntimeSettings, ScoreSettings, TextSettings,
 };
 
+pub use text::{TokenizerConfig, token_options};
 pub use validate::Problem;
 
 /// The whole configuration file.
@@ -44,6 +46,9 @@ pub struct Config {
     /// Caps on the sizes inputs declare, checked before allocation (`plugins::limits`).
     #[serde(default)]
     pub limits: plugins::limits::Limits,
+    /// A text model's tokenizer (`config/text.rs`); absent for other models.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerConfig>,
     /// The file this configuration was read from (for messages); not a key.
     #[serde(skip)]
     pub file: PathBuf,
@@ -573,7 +578,7 @@ impl Config {
             noise: self.noise.clone(),
             normalization: m.preprocessing.normalization(),
             runtime: self.engine.runtime.clone(),
-            text: m.text.clone(),
+            text: self.text_settings(),
         }
     }
 }

@@ -287,7 +287,7 @@ fn limits_parse_override_and_validate() {
         (1000, 8, 4096)
     );
     // The decoders get them.
-    assert_eq!(crate::daemon::baseline::decode_options(&cfg, &[1, 2]).limits, cfg.limits);
+    assert_eq!(crate::daemon::baseline::decode_options(&cfg, &[1, 2]).unwrap().limits, cfg.limits);
     // Per sample above per file, depth beyond the parser's own limit.
     let text = valid(d.path()) + "\n[limits]\nmax_elements_per_file = 10\nmax_json_depth = 500\n";
     let cfg = Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap();
@@ -391,4 +391,42 @@ interval_secs = 0
     let bad = valid(d.path()).replace("[window]", "[detectors]\nenabled = [\"domain\"]\n\n[window]");
     let e = Config::load_with_env(&write(d.path(), &bad), HashMap::new()).unwrap_err().to_string();
     assert!(e.contains("domain") && e.contains("detectors.enabled"), "{e}");
+}
+
+/// `[tokenizer]`: the file must exist and load, the model must take token ids, and the tokenizer's
+/// ids must index its embedding table; a valid one fills the pad id and the noise exclusions.
+#[test]
+fn tokenizer_problems_are_listed_and_a_valid_one_fills_the_text_settings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let d = tempfile::tempdir().unwrap();
+    let text_model = root.join("models/text/encoder.onnx");
+    let tokenizer = root.join("models/text/tokenizer.json");
+    let with = |model: &Path, tok: &Path| {
+        valid(d.path()).replace(&format!("{}/m.onnx", d.path().display()), &model.display().to_string())
+            + &format!("\n[tokenizer]\npath = \"{}\"\n", tok.display())
+    };
+    let problems = |text: String| -> Vec<Problem> {
+        Config::load_with_env(&write(d.path(), &text), HashMap::new()).unwrap().validate()
+    };
+    let cfg =
+        Config::load_with_env(&write(d.path(), &with(&text_model, &tokenizer)), HashMap::new()).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    let s = cfg.text_settings();
+    assert_eq!((s.pad_id, s.noise_exclude_ids), (Some(0), Some(vec![0, 1, 2, 3, 4])));
+    let opts = cfg.token_options().unwrap().expect("a text model");
+    assert_eq!(
+        (opts.ids_input.as_str(), opts.mask_input.as_deref(), opts.vocab_size),
+        ("input_ids", Some("attention_mask"), 4000)
+    );
+
+    let p = problems(with(&text_model, &d.path().join("missing.json")));
+    assert!(p.len() == 1 && p[0].key == "tokenizer.path" && p[0].why.contains("does not exist"), "{p:?}");
+    std::fs::write(d.path().join("bad.json"), "{}").unwrap();
+    let p = problems(with(&text_model, &d.path().join("bad.json")));
+    assert!(p.len() == 1 && p[0].why.contains("bad.json"), "{p:?}");
+    let p = problems(with(&root.join("models/digits/encoder.onnx"), &tokenizer));
+    assert!(p.len() == 1 && p[0].why.contains("float input"), "{p:?}");
+    // The test fixture's vocabulary has 1000 ids, the tokenizer 4000.
+    let p = problems(with(&root.join("tests/models/text/encoder.onnx"), &tokenizer));
+    assert!(p.len() == 1 && p[0].why.contains("4000 tokens") && p[0].why.contains("1000"), "{p:?}");
 }

@@ -51,6 +51,9 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     detectors(&mut p, &cfg.detectors);
     sources(&mut p, &cfg.sources);
     server_and_logging(&mut p, cfg);
+    for (key, why) in super::text::problems(cfg) {
+        p.add(key, why);
+    }
     p.out
 }
 

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ndarray::{ArrayD, Axis};
 
 use super::{Scorer, unix_now};
 use crate::config::Config;
 use crate::drift::{Baseline, BaselineBuilder, BaselineError, BaselineMeta, Shard};
 use crate::engine::ScoreKey;
-use plugins::decode::{DecodeOptions, decode_file};
+use plugins::decode::{DecodeOptions, Payload, decode_payload_file};
 
 /// How to make a fresh baseline, for messages that refuse one.
 const REBUILD: &str = "rebuild it with `agent baseline --config FILE --reference DIR --out BASELINE`";
@@ -102,7 +101,7 @@ pub fn obtain(scorer: &mut dyn Scorer, cfg: &Config) -> Result<Baseline> {
         bail!("no baseline: set baseline.path to an existing file or baseline.reference_dir");
     };
     tracing::info!(reference = %reference.display(), "building the baseline from reference data");
-    let opts = decode_options(cfg, scorer.input_shape());
+    let opts = decode_options(cfg, scorer.input_shape())?;
     let mut last_log = Instant::now();
     let sizes = Reservoirs { scores: b.reservoir_samples, embeddings: embedding_samples(cfg) };
     let base =
@@ -130,24 +129,35 @@ pub fn reference_files(reference: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-            p.is_file() && plugins::decode::EXTENSIONS.contains(&ext.as_str())
+            let known = plugins::decode::EXTENSIONS.iter().chain(&plugins::decode::text::TEXT_EXTENSIONS);
+            p.is_file() && known.into_iter().any(|e| *e == ext)
         })
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("no .npy, .npz, .png or .jpg file in reference directory {}", reference.display());
+        bail!(
+            "no .npy, .npz, .png, .jpg, .txt or .jsonl file in reference directory {}",
+            reference.display()
+        );
     }
     Ok(files)
 }
 
 /// Decoding options for the configured model, given the engine's input shape.
-pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
+/// Fails only when a text model's tokenizer does not load.
+pub fn decode_options(cfg: &Config, input_shape: &[usize]) -> Result<DecodeOptions> {
+    Ok(DecodeOptions { tokens: cfg.token_options()?, ..decode_options_dense(cfg, input_shape) })
+}
+
+/// [`decode_options`] without the tokenizer (the caller has loaded it, or the model has none).
+pub fn decode_options_dense(cfg: &Config, input_shape: &[usize]) -> DecodeOptions {
     DecodeOptions {
         input_shape: input_shape.to_vec(),
         max_bytes: 0,
         normalization: cfg.model.preprocessing.normalization(),
         image: cfg.model.preprocessing.image_options(),
         limits: cfg.limits.clone(),
+        tokens: None,
     }
 }
 
@@ -189,14 +199,15 @@ pub fn build(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Baseline> {
     let files = reference_files(reference)?;
-    let mut batches: Vec<ArrayD<f32>> = Vec::new();
+    let mut batches: Vec<Payload> = Vec::new();
     // The global index of every row kept, per batch (the reference maps pick by it).
     let mut globals: Vec<Vec<u64>> = Vec::new();
     let mut offset = 0u64;
     for f in &files {
-        let batch = decode_file(f, opts)
+        let name = f.display().to_string();
+        let batch = decode_payload_file(f, &name, opts)
             .map_err(|r| anyhow::anyhow!("reference input rejected ({}): {r}", r.reason.as_str()))?;
-        let rows = batch.len_of(Axis(0)) as u64;
+        let rows = batch.samples() as u64;
         match shard {
             None => {
                 batches.push(batch);
@@ -205,14 +216,14 @@ pub fn build(
             Some(s) => {
                 let own: Vec<usize> = (0..rows).filter(|r| s.owns(offset + r)).map(|r| r as usize).collect();
                 if !own.is_empty() {
-                    batches.push(batch.select(Axis(0), &own));
+                    batches.push(batch.select(&own));
                     globals.push(own.iter().map(|&r| offset + r as u64).collect());
                 }
             }
         }
         offset += rows;
     }
-    let total: u64 = batches.iter().map(|b| b.len_of(Axis(0)) as u64).sum();
+    let total: u64 = batches.iter().map(|b| b.samples() as u64).sum();
     let meta = BaselineMeta {
         model_sha256: scorer.model_sha256().to_string(),
         settings_hash: scorer.settings_hash().to_string(),
@@ -226,34 +237,20 @@ pub fn build(
     }
     let mut done = 0u64;
     progress(0, total);
-    // The chunk's embeddings, from the scoring call to the callback that records the chunk.
-    let pending = std::cell::Cell::new(None);
     for batch in &batches {
-        crate::engine::score_in_chunks(
-            batch.view(),
-            batch_size,
-            &mut |b| {
-                let (scores, z) = scorer.score_with_embeddings(b)?;
-                pending.set(z);
-                Ok(scores)
-            },
-            &mut |_, scores| {
-                for s in &scores {
-                    builder.push(s)?;
+        super::score_payload(scorer, batch, batch_size, &mut |scores, _, z| {
+            for s in &scores {
+                builder.push(s)?;
+            }
+            if let Some(z) = z {
+                for row in z.rows() {
+                    builder.push_embedding(&row.to_vec())?;
                 }
-                if let Some(z) = pending.take() {
-                    if z.nrows() != scores.len() {
-                        bail!("{} embeddings for {} scored samples", z.nrows(), scores.len());
-                    }
-                    for row in z.rows() {
-                        builder.push_embedding(&row.to_vec())?;
-                    }
-                }
-                done += scores.len() as u64;
-                progress(done, total);
-                Ok(())
-            },
-        )?;
+            }
+            done += scores.len() as u64;
+            progress(done, total);
+            Ok(())
+        })?;
     }
     if done == 0 {
         match shard {
@@ -282,7 +279,7 @@ pub fn command(config: &Path, reference: &Path, out: &Path, shard: Option<Shard>
     if cfg.detectors.active() {
         engine.enable_embeddings()?;
     }
-    let opts = decode_options(&cfg, engine.input_shape());
+    let opts = decode_options(&cfg, engine.input_shape())?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::Axis;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -89,7 +88,7 @@ pub(super) fn serve(
     let skipped = state.telemetry.samples_skipped.with_label_values(&[model, "budget"]);
     while let Some(mut d) = rx.blocking_recv() {
         let now = Instant::now();
-        let rows = d.batch.len_of(Axis(0));
+        let rows = d.batch.samples();
         let keep: Vec<usize> = (0..rows).filter(|_| sampler.admit(now)).collect();
         skipped.inc_by((rows - keep.len()) as u64);
         if keep.is_empty() {
@@ -101,7 +100,7 @@ pub(super) fn serve(
             continue;
         }
         if keep.len() < rows {
-            d.batch = d.batch.select(Axis(0), &keep);
+            d.batch = d.batch.select(&keep);
         }
         if tx.blocking_send(d).is_err() {
             break;

@@ -14,7 +14,7 @@ use super::publish::publish_window;
 use super::state::AppState;
 use super::{Scorer, unix_now};
 use crate::config::Config;
-use plugins::decode::{RejectReason, Rejection};
+use plugins::decode::{Payload, RejectReason, Rejection};
 use plugins::sources::{Delivery, Outcome};
 
 /// The engine thread's loop: micro-batches until every source is gone and the queue is empty.
@@ -42,12 +42,12 @@ pub(super) fn serve(
             }
         };
         let mut items = vec![first];
-        let mut n: usize = items[0].batch.len_of(Axis(0));
+        let mut n: usize = items[0].batch.samples();
         let deadline = tokio::time::Instant::now() + delay;
         while n < batch_size {
             match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
                 Ok(Some(d)) => {
-                    n += d.batch.len_of(Axis(0));
+                    n += d.batch.samples();
                     items.push(d);
                 }
                 _ => break,
@@ -70,22 +70,20 @@ fn process(
     model: &str,
     batch_size: usize,
 ) {
-    let views: Vec<_> = items.iter().map(|d| d.batch.view()).collect();
-    let joined = concatenate(Axis(0), &views).context("joining the batch's inputs");
-    let embed = monitor.wants_embeddings();
+    let joined = join(&items).context("joining the batch's inputs");
     let scored = match &joined {
-        Ok(b) => score_chunks(scorer, b, batch_size, embed, state, model),
+        Ok(b) => score_chunks(scorer, b, batch_size, state, model),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     match scored {
         Ok((all, z)) => {
-            if let Ok(b) = &joined {
+            if let Ok(Payload::Dense(b)) = &joined {
                 super::maps::observe(&state.maps, scorer, b.view());
             }
             let mut it = all.into_iter();
             let mut row = 0;
             for d in items {
-                let n = d.batch.len_of(Axis(0));
+                let n = d.batch.samples();
                 let scores: Vec<_> = it.by_ref().take(n).collect();
                 let zs = z.as_ref().map(|z| z.slice_axis(Axis(0), (row..row + n).into()));
                 row += n;
@@ -111,54 +109,49 @@ fn process(
     }
 }
 
-/// Scores a batch `batch_size` samples per engine run, timing each run; with `embed`, also returns
-/// the `[n, D]` embeddings (`None` when the scorer gives none).
+/// The items' samples as one payload (a queue holds one model's inputs, so one kind).
+fn join(items: &[Delivery]) -> anyhow::Result<Payload> {
+    if let [only] = items {
+        return Ok(only.batch.clone());
+    }
+    let mut dense = Vec::new();
+    let mut tokens = Vec::new();
+    for d in items {
+        match &d.batch {
+            Payload::Dense(a) => dense.push(a.view()),
+            Payload::Tokens(t) => tokens.extend(t.iter().cloned()),
+        }
+    }
+    match (dense.is_empty(), tokens.is_empty()) {
+        (false, true) => Ok(Payload::Dense(concatenate(Axis(0), &dense)?)),
+        (true, false) => Ok(Payload::Tokens(tokens)),
+        _ => anyhow::bail!("dense and token inputs in one batch"),
+    }
+}
+
+/// Scores a batch `batch_size` samples per engine run, timing each run; also returns the `[n, D]`
+/// embeddings when the scorer gives them (`None` otherwise).
 fn score_chunks(
     scorer: &mut dyn Scorer,
-    batch: &ndarray::ArrayD<f32>,
+    batch: &Payload,
     batch_size: usize,
-    embed: bool,
     state: &AppState,
     model: &str,
 ) -> anyhow::Result<(Vec<crate::engine::SampleScores>, Option<Array2<f32>>)> {
-    let mut out = Vec::with_capacity(batch.len_of(Axis(0)));
+    let mut out = Vec::with_capacity(batch.samples());
     let mut zs: Vec<Array2<f32>> = Vec::new();
     let t = &state.telemetry;
-    let secs = std::cell::Cell::new(0.0);
-    let pending = std::cell::Cell::new(None);
-    crate::engine::score_in_chunks(
-        batch.view(),
-        batch_size,
-        &mut |b| {
-            let t0 = Instant::now();
-            let scores = if embed {
-                scorer.score_with_embeddings(b).map(|(s, z)| {
-                    pending.set(z);
-                    s
-                })
-            } else {
-                scorer.score_batch(b)
-            };
-            secs.set(t0.elapsed().as_secs_f64());
-            scores
-        },
-        &mut |_, scores| {
-            t.inference_duration_seconds.with_label_values(&[model]).observe(secs.get());
-            t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
-            if let Some(z) = pending.take() {
-                anyhow::ensure!(
-                    z.nrows() == scores.len(),
-                    "{} embeddings for {} scored samples",
-                    z.nrows(),
-                    scores.len()
-                );
-                zs.push(z);
-            }
-            out.extend(scores);
-            Ok(())
-        },
-    )?;
-    let z = if embed && !zs.is_empty() && zs.iter().map(|z| z.nrows()).sum::<usize>() == out.len() {
+    super::score_payload(scorer, batch, batch_size, &mut |scores, secs, z| {
+        t.inference_duration_seconds.with_label_values(&[model]).observe(secs);
+        t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
+        if let Some(z) = z {
+            zs.push(z);
+        }
+        out.extend(scores);
+        Ok(())
+    })?;
+    // Embeddings only when every run gave them (the scorer has them enabled for dense inputs).
+    let z = if !zs.is_empty() && zs.iter().map(|z| z.nrows()).sum::<usize>() == out.len() {
         let views: Vec<_> = zs.iter().map(|z| z.view()).collect();
         Some(concatenate(Axis(0), &views).context("joining the batch's embeddings")?)
     } else {

@@ -132,7 +132,7 @@ async fn accept(
     let seq = e.seq.fetch_add(1, Ordering::Relaxed);
     let (body_id, batch) = decode(state, e, body, json_len, seq).await?;
     let id = body_id.or(ce_id).unwrap_or_else(|| format!("request-{seq}"));
-    let samples = batch.shape()[0];
+    let samples = batch.samples();
     enqueue(
         e,
         Delivery {
@@ -207,7 +207,7 @@ async fn decode(
     body: axum::body::Bytes,
     json_len: Option<usize>,
     seq: u64,
-) -> Result<(Option<String>, ndarray::ArrayD<f32>), Refusal> {
+) -> Result<(Option<String>, plugins::decode::Payload), Refusal> {
     let cfg = &e.cfg;
     let label = format!("{}/request-{seq}", cfg.name);
     let (input, opts) = (cfg.input.clone(), e.opts.clone());

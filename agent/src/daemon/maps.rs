@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis};
+use ndarray::{Array2, ArrayViewD, Axis};
 use serde::Serialize;
 
 use super::Scorer;
@@ -25,7 +25,7 @@ use crate::scores::Method;
 /// baseline.
 pub fn reference(
     scorer: &mut dyn Scorer,
-    batches: &[ArrayD<f32>],
+    batches: &[plugins::decode::Payload],
     globals: &[Vec<u64>],
     total: u64,
     cfg: &MapsConfig,
@@ -43,6 +43,11 @@ pub fn reference(
             if picks.is_empty() {
                 continue;
             }
+            // Token samples have maps of their own lengths, which no mean map holds: text models get
+            // no reference maps (the maps view says so).
+            let Some(batch) = batch.as_dense() else {
+                anyhow::bail!("reference maps are drawn for dense inputs only (this model takes token ids)");
+            };
             let chosen = batch.select(Axis(0), &picks);
             for chunk in chosen.axis_chunks_iter(Axis(0), batch_size.max(1)) {
                 for per in scorer.embedding_maps(chunk.view())? {

@@ -36,6 +36,8 @@ use crate::config::{Config, LogFormat};
 use crate::engine::{EmbeddingModel, Engine, EngineSpec, SampleScores, ScoreKey};
 use crate::runtime::Provider;
 use pipeline::Pipeline;
+use plugins::decode::Payload;
+use plugins::decode::tokens::TokenSample;
 use state::AppState;
 
 /// What the daemon needs from the engine; [`Engine`] implements it, tests use a fake.
@@ -45,6 +47,12 @@ pub trait Scorer: Send {
     fn provider(&self) -> Provider;
     fn requested_provider(&self) -> Provider;
     fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>>;
+    /// A text model's samples (unpadded; the engine pads them). A scorer of dense inputs only
+    /// refuses them, which rejects the input as `engine`.
+    fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
+        let _ = samples;
+        anyhow::bail!("this model takes dense tensors, not token ids")
+    }
     fn model_sha256(&self) -> &str;
     fn settings_hash(&self) -> &str;
     /// Per sample, per key: the embedding-aggregated map `E` (the reference and window maps,
@@ -102,7 +110,15 @@ impl Scorer for EngineScorer {
     fn settings_hash(&self) -> &str {
         self.engine.settings_hash()
     }
+    fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
+        self.engine.score_tokens(samples)
+    }
     fn enable_embeddings(&mut self) -> Result<bool> {
+        // A text model's daemon windows run without the embedding detectors for now: the forward
+        // session is fed dense batches (`agent report` embeds token samples itself).
+        if self.engine.text_model().is_some() {
+            return Ok(false);
+        }
         if self.forward.is_none() {
             let input = self.engine.graph().inputs[0].name.clone();
             self.forward = Some(EmbeddingModel::new(&self.spec, &input)?);
@@ -141,6 +157,9 @@ impl Scorer for Engine {
     fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
         Engine::score_batch(self, batch)
     }
+    fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
+        Engine::score_tokens(self, samples)
+    }
     fn model_sha256(&self) -> &str {
         Engine::model_sha256(self)
     }
@@ -149,6 +168,63 @@ impl Scorer for Engine {
     }
     fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
         Engine::embedding_maps(self, batch)
+    }
+}
+
+/// Scores a decoded input `batch_size` samples per engine run, in order; `each(scores, seconds, z)`
+/// after every run, `z` the run's `[n, D]` embeddings when the scorer has them enabled
+/// ([`Scorer::enable_embeddings`]; dense inputs only). The one loop over payloads shared by the
+/// daemon, the baseline and `agent score`.
+pub fn score_payload(
+    scorer: &mut dyn Scorer,
+    payload: &Payload,
+    batch_size: usize,
+    each: &mut dyn FnMut(Vec<SampleScores>, f64, Option<Array2<f32>>) -> Result<()>,
+) -> Result<()> {
+    match payload {
+        Payload::Dense(batch) => {
+            let secs = std::cell::Cell::new(0.0);
+            let pending = std::cell::Cell::new(None);
+            crate::engine::score_in_chunks(
+                batch.view(),
+                batch_size,
+                &mut |b| {
+                    let t0 = std::time::Instant::now();
+                    let scores = scorer.score_with_embeddings(b).map(|(s, z)| {
+                        pending.set(z);
+                        s
+                    });
+                    secs.set(t0.elapsed().as_secs_f64());
+                    scores
+                },
+                &mut |_, scores| {
+                    let z = pending.take();
+                    if let Some(z) = &z {
+                        anyhow::ensure!(
+                            z.nrows() == scores.len(),
+                            "{} embeddings for {} scored samples",
+                            z.nrows(),
+                            scores.len()
+                        );
+                    }
+                    each(scores, secs.get(), z)
+                },
+            )
+        }
+        Payload::Tokens(samples) => {
+            for chunk in samples.chunks(batch_size.max(1)) {
+                let t0 = std::time::Instant::now();
+                let scores = scorer.score_tokens(chunk)?;
+                anyhow::ensure!(
+                    scores.len() == chunk.len(),
+                    "the engine returned {} scores for {} samples",
+                    scores.len(),
+                    chunk.len()
+                );
+                each(scores, t0.elapsed().as_secs_f64(), None)?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::publish::publish_static;
 use super::state::AppState;
 use super::{Scorer, ScorerFactory, baseline, unix_now};
 use crate::config::{Config, SourceConfig};
-use plugins::decode::Rejection;
+use plugins::decode::{DecodeOptions, Rejection};
 use plugins::sources::dir::DirSource;
 use plugins::sources::http::HttpSource;
 use plugins::sources::{Delivery, Observer, Totals};
@@ -58,6 +58,8 @@ impl Pipeline {
     /// Loads the engine and the baseline (building it when configured), then starts the sources.
     pub async fn start(cfg: &Config, state: Arc<AppState>, factory: ScorerFactory) -> Result<Pipeline> {
         let model = cfg.model.name.clone();
+        // Before any thread starts, so that a tokenizer that fails to load leaves nothing running.
+        let tokens = cfg.token_options()?;
         state.set_model(cfg);
         let (tx, rx) = mpsc::channel::<Delivery>(cfg.engine.queue_capacity);
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Vec<usize>>>();
@@ -125,7 +127,7 @@ impl Pipeline {
         let (stop, stop_rx) = watch::channel(false);
         let observer: Arc<dyn Observer> =
             Arc::new(MetricsObserver { state: state.clone(), model: model.clone() });
-        let opts = baseline::decode_options(cfg, &input_shape);
+        let opts = DecodeOptions { tokens, ..baseline::decode_options_dense(cfg, &input_shape) };
         // Open every source before starting any, so that a failure leaves nothing running.
         let mut opened: Vec<(Opened, Totals)> = Vec::new();
         for s in &cfg.sources {

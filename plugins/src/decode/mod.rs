@@ -13,11 +13,17 @@
 //! normalised by the one function [`normalize`], so data and noise see the same preprocessing.
 //!
 //! An input holds one sample (the model's input shape without the batch axis) or a batch (with it).
+//!
+//! A text model's inputs (raw text, named integer arrays) become token samples instead: [`payload`].
 
 pub mod image;
 mod npy;
+pub mod payload;
+pub mod text;
 pub mod tokens;
 pub mod v2;
+
+pub use payload::{Payload, TokenOptions, decode_payload_bytes, decode_payload_file};
 
 use std::path::Path;
 
@@ -184,6 +190,8 @@ pub struct DecodeOptions {
     pub image: ImageOptions,
     /// Caps on declared sizes, checked before allocation.
     pub limits: Limits,
+    /// Set for a text model: its inputs are token ids ([`payload`]).
+    pub tokens: Option<TokenOptions>,
 }
 
 /// The formats [`decode_bytes`] reads, by lower-case extension.

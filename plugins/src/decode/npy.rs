@@ -115,8 +115,22 @@ pub(crate) fn read_npz(name: &str, bytes: &[u8], opts: &DecodeOptions) -> Result
             }
         },
     };
+    let data = inflate_member(name, &mut zip, &member, opts)?;
+    read_npy(name, &data, opts)
+}
+
+/// A member's bytes, inflated at most `limits.max_decompressed_bytes` far, whatever its header says.
+fn inflate_member(
+    name: &str,
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    member: &str,
+    opts: &DecodeOptions,
+) -> Result<Vec<u8>, Rejection> {
+    let zip_error = |e: zip::result::ZipError| {
+        Rejection::new(RejectReason::Decode, name, format!("not a valid .npz archive ({e})"))
+    };
     let max = opts.limits.max_decompressed_bytes;
-    let file = zip.by_name(&member).map_err(zip_error)?;
+    let file = zip.by_name(member).map_err(zip_error)?;
     if file.size() > max {
         return Err(Rejection::new(
             RejectReason::TooLarge,
@@ -143,7 +157,52 @@ pub(crate) fn read_npz(name: &str, bytes: &[u8], opts: &DecodeOptions) -> Result
             format!("member {member:?} inflates past {max} bytes (limits.max_decompressed_bytes)"),
         ));
     }
-    read_npy(name, &data, opts)
+    Ok(data)
+}
+
+/// Reads the integer arrays named `members` (without `.npy`) of an `.npz` archive, for a text
+/// model's named inputs (`input_ids`, `attention_mask`, …): `int64` or `int32`, at most
+/// `max_elements_per_file` elements each. A member the archive lacks is `None`.
+pub(crate) fn read_npz_ints(
+    name: &str,
+    bytes: &[u8],
+    members: &[&str],
+    opts: &DecodeOptions,
+) -> Result<Vec<Option<ArrayD<i64>>>, Rejection> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| Rejection::new(RejectReason::Decode, name, format!("not a valid .npz archive ({e})")))?;
+    let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    let mut out = Vec::with_capacity(members.len());
+    for wanted in members {
+        let Some(member) = names.iter().find(|n| n.trim_end_matches(".npy") == *wanted).cloned() else {
+            out.push(None);
+            continue;
+        };
+        let at = format!("{name} ({wanted})");
+        let data = inflate_member(&at, &mut zip, &member, opts)?;
+        // The sample shape of a token input is open ([T] or [B, T]); the limits still bound it.
+        let unknown = DecodeOptions { input_shape: Vec::new(), ..opts.clone() };
+        check_declared(&at, &data, &unknown)?;
+        let a = match ArrayD::<i64>::read_npy(&data[..]) {
+            Ok(a) => a,
+            Err(ReadNpyError::WrongDescriptor(_)) => match ArrayD::<i32>::read_npy(&data[..]) {
+                Ok(a) => a.mapv(i64::from),
+                Err(ReadNpyError::WrongDescriptor(d)) => {
+                    return Err(Rejection::new(
+                        RejectReason::Dtype,
+                        &at,
+                        format!(
+                            "element type {d} is not supported for token inputs (expected int64 or int32)"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(npy_rejection(&at, e)),
+            },
+            Err(e) => return Err(npy_rejection(&at, e)),
+        };
+        out.push(Some(a));
+    }
+    Ok(out)
 }
 
 fn dtype_rejection(name: &str, descr: &str) -> Rejection {

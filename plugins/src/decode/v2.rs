@@ -13,6 +13,7 @@
 //!   the body's first `N` bytes, and a tensor with `"parameters": {"binary_data_size": n}` takes the
 //!   next `n` bytes (little-endian, row-major) instead of `data`.
 //! - Other keys (`outputs`, `parameters`) are accepted and ignored.
+//! - A text model takes a `BYTES` tensor of texts or its `INT64` token inputs by name ([`tokens`]).
 
 use std::fmt;
 
@@ -21,7 +22,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{DecodeOptions, RawArray, RejectReason, Rejection, finish};
+
+mod tokens;
 use crate::limits::Limits;
+pub use tokens::decode_token_request;
 
 /// An inference request; only what the agent uses is kept.
 #[derive(Debug, Clone, Deserialize)]

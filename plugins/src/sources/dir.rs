@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use self::ready::{Readiness, stamp};
 use super::ledger::{Ledger, Totals};
 use super::{Ack, Acknowledge, Delivery, Observer, Outcome};
-use crate::decode::{DecodeOptions, RejectReason, decode_file_as};
+use crate::decode::{DecodeOptions, RejectReason, decode_payload_file};
 
 /// Reads of a claimed file that keeps growing, each a settle period apart, before it is judged as is.
 const GROWING_RETRIES: u32 = 30;
@@ -424,7 +424,7 @@ impl InboxScanner<'_> {
         let mut before = std::fs::metadata(&path).ok().map(|m| stamp(&m));
         let mut retries = 0;
         let decoded = loop {
-            let result = decode_file_as(&path, &name, self.decode);
+            let result = decode_payload_file(&path, &name, self.decode);
             match &result {
                 Err(r)
                     if matches!(r.reason, RejectReason::Decode | RejectReason::Io)

@@ -22,12 +22,13 @@
 //! - delivery is at most once: an accepted sample lives in memory until scored; a crash loses the
 //!   queued ones (a sender needing more uses the `http` or `dir` source).
 
-use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
 use super::{Acknowledge, Outcome};
-use crate::decode::v2::{decode_tensor, parse_request, select_input};
-use crate::decode::{DecodeOptions, Rejection};
+use crate::decode::payload::decode_text;
+use crate::decode::text::text_of_record;
+use crate::decode::v2::{decode_tensor, decode_token_request, parse_request, select_input};
+use crate::decode::{DecodeOptions, Payload, Rejection};
 
 /// `[[sources]]` with `type = "ingest"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,18 +116,51 @@ pub fn is_response_event(ce_type: &str) -> bool {
 }
 
 /// Decodes a request body (`json_len`: the binary extension's `Inference-Header-Content-Length`):
-/// the request's `id` and the batch of the selected input.
+/// the request's `id` and the selected input's batch. A text model also takes `{"text": "…"}` (and an
+/// optional `"id"`) and V2 requests with a `BYTES` text tensor or its `INT64` token inputs.
 pub fn decode_request(
     name: &str,
     body: &[u8],
     json_len: Option<usize>,
     input: Option<&str>,
     opts: &DecodeOptions,
-) -> Result<(Option<String>, ArrayD<f32>), Rejection> {
+) -> Result<(Option<String>, Payload), Rejection> {
+    if let Some(tokens) = &opts.tokens {
+        if json_len.is_none()
+            && let Some(record) = text_record(name, body, opts)?
+        {
+            return Ok(record);
+        }
+        let parsed = parse_request(name, body, json_len, &opts.limits)?;
+        let samples = decode_token_request(name, &parsed, tokens, opts)?;
+        return Ok((parsed.request.id, Payload::Tokens(samples)));
+    }
     let parsed = parse_request(name, body, json_len, &opts.limits)?;
     let i = select_input(name, &parsed.request, input)?;
     let batch = decode_tensor(name, &parsed.request.inputs[i], parsed.binary[i], opts)?;
-    Ok((parsed.request.id, batch))
+    Ok((parsed.request.id, Payload::Dense(batch)))
+}
+
+/// `{"text": "…", "id": …}`: `None` when the body is not an object with a `text` key (a V2 request).
+fn text_record(
+    name: &str,
+    body: &[u8],
+    opts: &DecodeOptions,
+) -> Result<Option<(Option<String>, Payload)>, Rejection> {
+    opts.limits.check_depth(name, body)?;
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(None);
+    };
+    if !obj.contains_key("text") {
+        return Ok(None);
+    }
+    let id = match obj.get("id") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let text = text_of_record(name, &serde_json::Value::Object(obj))?;
+    Ok(Some((id, decode_text(name, &text, opts)?)))
 }
 
 /// Ingested samples have nothing durable to finish: the daemon's counters record the outcome.

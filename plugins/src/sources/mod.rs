@@ -11,9 +11,7 @@ pub mod http;
 pub mod ingest;
 mod ledger;
 
-use ndarray::ArrayD;
-
-use crate::decode::{RejectReason, Rejection};
+use crate::decode::{Payload, RejectReason, Rejection};
 
 pub use ledger::Totals;
 
@@ -23,8 +21,8 @@ pub struct Delivery {
     pub source: String,
     /// The input's name, for logs only (never a metric label).
     pub input: String,
-    /// `[B, ..input_shape]`, finite `f32`.
-    pub batch: ArrayD<f32>,
+    /// `[B, ..input_shape]` finite `f32`, or a text model's token samples.
+    pub batch: Payload,
     pub ack: Ack,
 }
 

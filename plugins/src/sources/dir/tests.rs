@@ -109,7 +109,7 @@ fn scored_files_go_to_done_rejected_ones_beside_a_reason() {
         std::fs::write(d.path().join(".hidden"), b"x").unwrap();
         let got = recv(&mut r);
         assert_eq!(got.input, "a.npy");
-        assert_eq!(got.batch.shape(), &[1, 1, 2, 2]);
+        assert_eq!(got.batch.as_dense().unwrap().shape(), &[1, 1, 2, 2]);
         got.ack.finish(&Outcome::Scored { samples: 1 }).unwrap();
         wait_for(|| r.observer.rejected.load(Ordering::SeqCst) == 1);
         assert_eq!(names(&cfg.done_dir()), vec!["a.npy"]);
@@ -206,8 +206,8 @@ fn png_and_jpeg_files_are_inputs_too() {
         let got = recv(&mut r);
         assert_eq!(got.input, name);
         // Resized from 4×4 to the model's 2×2, grey, scaled to [0, 1].
-        assert_eq!(got.batch.shape(), &[1, 1, 2, 2]);
-        assert!(got.batch.iter().all(|v| (*v - 1.0).abs() < 0.02), "{:?}", got.batch);
+        assert_eq!(got.batch.as_dense().unwrap().shape(), &[1, 1, 2, 2]);
+        assert!(got.batch.as_dense().unwrap().iter().all(|v| (*v - 1.0).abs() < 0.02), "{:?}", got.batch);
         got.ack.finish(&Outcome::Scored { samples: 1 }).unwrap();
     }
     stop(r);

@@ -2,12 +2,12 @@
 //! literals.
 
 use base64::Engine as _;
-use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::decode::v2::{InferTensor, decode_tensor, select_input};
-use crate::decode::{DecodeOptions, EXTENSIONS, RejectReason, Rejection, decode_bytes};
+use crate::decode::payload::{accepted, decode_text};
+use crate::decode::v2::{InferTensor, Parsed, decode_tensor, decode_token_request, select_input};
+use crate::decode::{DecodeOptions, Payload, RejectReason, Rejection, decode_payload_bytes};
 use crate::limits::Limits;
 
 /// One line of the feed, before decoding its payload.
@@ -17,13 +17,18 @@ pub struct Record {
     pub id: String,
     /// The feed's position after this record, when the feed has positions.
     pub cursor: Option<String>,
-    payload: Payload,
+    payload: Body,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Payload {
+enum Body {
     Tensors(Vec<Value>),
-    File { format: String, base64: String },
+    File {
+        format: String,
+        base64: String,
+    },
+    /// A text model's raw text.
+    Text(String),
     Invalid(String),
 }
 
@@ -39,6 +44,8 @@ struct Line {
     format: Option<String>,
     #[serde(default)]
     base64: Option<String>,
+    #[serde(default)]
+    text: Option<Value>,
 }
 
 /// A string or a number as a string (feeds write ids and cursors either way).
@@ -61,10 +68,14 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> Result<Record, String> {
         Some(id) if !id.is_empty() => id,
         _ => return Err("a feed record needs an `id` (or a `cursor`)".into()),
     };
-    let payload = match (l.inputs, l.format, l.base64) {
-        (Some(inputs), None, None) => Payload::Tensors(inputs),
-        (None, Some(format), Some(base64)) => Payload::File { format, base64 },
-        _ => Payload::Invalid("a record holds either `inputs` (V2 tensors) or `format` and `base64`".into()),
+    let payload = match (l.inputs, l.format, l.base64, l.text) {
+        (Some(inputs), None, None, None) => Body::Tensors(inputs),
+        (None, Some(format), Some(base64), None) => Body::File { format, base64 },
+        (None, None, None, Some(Value::String(text))) => Body::Text(text),
+        (None, None, None, Some(_)) => Body::Invalid("`text` must be a string".into()),
+        _ => Body::Invalid(
+            "a record holds either `inputs` (V2 tensors), `format` and `base64`, or `text`".into(),
+        ),
     };
     Ok(Record { id, cursor, payload })
 }
@@ -76,11 +87,12 @@ impl Record {
         source: &str,
         input: Option<&str>,
         opts: &DecodeOptions,
-    ) -> Result<ArrayD<f32>, Rejection> {
+    ) -> Result<Payload, Rejection> {
         let name = format!("{source}/{}", self.id);
         match &self.payload {
-            Payload::Invalid(why) => Err(Rejection::new(RejectReason::Decode, &name, why)),
-            Payload::Tensors(values) => {
+            Body::Invalid(why) => Err(Rejection::new(RejectReason::Decode, &name, why)),
+            Body::Text(text) => decode_text(&name, text, opts),
+            Body::Tensors(values) => {
                 let tensors: Vec<InferTensor> = values
                     .iter()
                     .map(|v| serde_json::from_value(v.clone()))
@@ -89,16 +101,22 @@ impl Record {
                         Rejection::new(RejectReason::Decode, &name, format!("not a V2 tensor: {e}"))
                     })?;
                 let request = crate::decode::v2::InferRequest { id: None, inputs: tensors };
+                if let Some(tokens) = &opts.tokens {
+                    let binary = vec![None; request.inputs.len()];
+                    let parsed = Parsed { request, binary };
+                    return decode_token_request(&name, &parsed, tokens, opts).map(Payload::Tokens);
+                }
                 let i = select_input(&name, &request, input)?;
-                decode_tensor(&name, &request.inputs[i], None, opts)
+                decode_tensor(&name, &request.inputs[i], None, opts).map(Payload::Dense)
             }
-            Payload::File { format, base64 } => {
+            Body::File { format, base64 } => {
                 let ext = format.to_ascii_lowercase();
-                if !EXTENSIONS.contains(&ext.as_str()) {
+                let formats = accepted(opts);
+                if !formats.contains(&ext.as_str()) {
                     return Err(Rejection::new(
                         RejectReason::Unsupported,
                         &name,
-                        format!("format {format:?} (expected one of {EXTENSIONS:?})"),
+                        format!("format {format:?} (expected one of {formats:?})"),
                     ));
                 }
                 if opts.max_bytes > 0 && (base64.len() as u64 / 4) * 3 > opts.max_bytes {
@@ -111,7 +129,7 @@ impl Record {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(base64.as_bytes())
                     .map_err(|e| Rejection::new(RejectReason::Decode, &name, format!("base64: {e}")))?;
-                decode_bytes(&name, &ext, &bytes, opts)
+                decode_payload_bytes(&name, &ext, &bytes, opts)
             }
         }
     }

@@ -46,7 +46,7 @@ fn records_parse_and_decode() {
     )
     .unwrap();
     assert_eq!((r.id.as_str(), r.cursor.as_deref()), ("7", Some("8")));
-    assert_eq!(r.decode("feed", None, &opts()).unwrap().shape(), &[1, 1, 2, 2]);
+    assert_eq!(r.decode("feed", None, &opts()).unwrap().as_dense().unwrap().shape(), &[1, 1, 2, 2]);
     // The id defaults to the cursor; a file payload in base64.
     let mut npy = Vec::new();
     ndarray_npy::WriteNpyExt::write_npy(
@@ -58,7 +58,7 @@ fn records_parse_and_decode() {
     let line = format!(r#"{{"cursor": "c9", "format": "npy", "base64": "{b64}"}}"#);
     let r = parse_line(line.as_bytes(), &Limits::default()).unwrap();
     assert_eq!(r.id, "c9");
-    assert_eq!(r.decode("feed", None, &opts()).unwrap().shape(), &[2, 1, 2, 2]);
+    assert_eq!(r.decode("feed", None, &opts()).unwrap().as_dense().unwrap().shape(), &[2, 1, 2, 2]);
     // Protocol errors: not JSON, no id nor cursor.
     assert!(parse_line(b"{not json", &Limits::default()).is_err());
     assert!(parse_line(br#"{"inputs": []}"#, &Limits::default()).is_err());
