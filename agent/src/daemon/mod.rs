@@ -72,6 +72,13 @@ pub trait Scorer: Send {
     ) -> Result<(Vec<SampleScores>, Option<Array2<f32>>)> {
         Ok((self.score_batch(batch)?, None))
     }
+    /// Scores token samples and, once enabled, their `[B, D]` embeddings.
+    fn score_tokens_with_embeddings(
+        &mut self,
+        samples: &[TokenSample],
+    ) -> Result<(Vec<SampleScores>, Option<Array2<f32>>)> {
+        Ok((self.score_tokens(samples)?, None))
+    }
 }
 
 /// The daemon's scorer: the engine, and beside it, once enabled, the model cut at the embedding
@@ -114,11 +121,6 @@ impl Scorer for EngineScorer {
         self.engine.score_tokens(samples)
     }
     fn enable_embeddings(&mut self) -> Result<bool> {
-        // A text model's daemon windows run without the embedding detectors for now: the forward
-        // session is fed dense batches (`agent report` embeds token samples itself).
-        if self.engine.text_model().is_some() {
-            return Ok(false);
-        }
         if self.forward.is_none() {
             let input = self.engine.graph().inputs[0].name.clone();
             self.forward = Some(EmbeddingModel::new(&self.spec, &input)?);
@@ -133,6 +135,19 @@ impl Scorer for EngineScorer {
         let z = match &mut self.forward {
             Some(f) => Some(f.embed(batch).context("the embedding of the batch")?),
             None => None,
+        };
+        Ok((scores, z))
+    }
+    fn score_tokens_with_embeddings(
+        &mut self,
+        samples: &[TokenSample],
+    ) -> Result<(Vec<SampleScores>, Option<Array2<f32>>)> {
+        let scores = self.engine.score_tokens(samples)?;
+        let z = match (&mut self.forward, self.engine.text_model()) {
+            (Some(f), Some(text)) => {
+                Some(f.embed_tokens(text, samples).context("the embedding of the token samples")?)
+            }
+            _ => None,
         };
         Ok((scores, z))
     }
@@ -173,7 +188,7 @@ impl Scorer for Engine {
 
 /// Scores a decoded input `batch_size` samples per engine run, in order; `each(scores, seconds, z)`
 /// after every run, `z` the run's `[n, D]` embeddings when the scorer has them enabled
-/// ([`Scorer::enable_embeddings`]; dense inputs only). The one loop over payloads shared by the
+/// ([`Scorer::enable_embeddings`]). The one loop over payloads shared by the
 /// daemon, the baseline and `agent score`.
 pub fn score_payload(
     scorer: &mut dyn Scorer,
@@ -214,14 +229,15 @@ pub fn score_payload(
         Payload::Tokens(samples) => {
             for chunk in samples.chunks(batch_size.max(1)) {
                 let t0 = std::time::Instant::now();
-                let scores = scorer.score_tokens(chunk)?;
+                let (scores, z) = scorer.score_tokens_with_embeddings(chunk)?;
                 anyhow::ensure!(
-                    scores.len() == chunk.len(),
-                    "the engine returned {} scores for {} samples",
+                    scores.len() == chunk.len() && z.as_ref().is_none_or(|z| z.nrows() == chunk.len()),
+                    "the engine returned {} scores and {} embeddings for {} samples",
                     scores.len(),
+                    z.as_ref().map_or(0, |z| z.nrows()),
                     chunk.len()
                 );
-                each(scores, t0.elapsed().as_secs_f64(), None)?;
+                each(scores, t0.elapsed().as_secs_f64(), z)?;
             }
             Ok(())
         }
