@@ -252,19 +252,7 @@ impl Engine {
     pub fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
         self.float_input_only("score_batch")?;
         let maps = self.maps(batch)?;
-        maps.into_iter()
-            .map(|per_output| {
-                let scores = per_output
-                    .iter()
-                    .zip(&self.noise)
-                    .map(|(m, noise)| {
-                        let noise_score = noise.score(m.embedding.view())?;
-                        Ok(LayerScores { noise_score, variance_score: m.variance_score })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(SampleScores { scores })
-            })
-            .collect()
+        maps.into_iter().map(|per_output| sample_scores(&per_output, &self.noise)).collect()
     }
 
     /// Scores every sample of `batch`, `chunk` at a time (see [`super::score_in_chunks`]).
@@ -766,6 +754,23 @@ fn with_views(hash: String, views: &[LayerView]) -> String {
     }
     let v: Vec<_> = views.iter().map(|v| (v.layout, v.grid, v.prefix_tokens)).collect();
     compiler::sha256_hex(serde_json::json!({ "settings": hash, "views": v }).to_string().as_bytes())
+}
+
+/// One sample's scores from its maps per (layer, method) and the noise references they are compared
+/// with (the same order); shared by dense and token samples.
+pub(super) fn sample_scores(
+    per_output: &[scores::SampleMaps],
+    noise: &[NoiseReference],
+) -> Result<SampleScores> {
+    let scores = per_output
+        .iter()
+        .zip(noise)
+        .map(|(m, noise)| {
+            let noise_score = noise.score(m.embedding.view())?;
+            Ok(LayerScores { noise_score, variance_score: m.variance_score })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SampleScores { scores })
 }
 
 #[cfg(test)]

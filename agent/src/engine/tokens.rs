@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use plugins::decode::tokens::TokenSample;
 
-use super::{Engine, EngineSpec, LayerScores, SampleScores, ScoreKey};
+use super::{Engine, EngineSpec, SampleScores, ScoreKey};
 use crate::compiler::{DecidedInput, InputRole};
 use crate::onnx::proto::*;
 use crate::scores::NoiseReference;
@@ -364,15 +364,7 @@ impl Engine {
             .zip(samples)
             .map(|(per_output, x)| {
                 let noise = self.noise_for(x.len())?;
-                let scores = per_output
-                    .iter()
-                    .zip(noise)
-                    .map(|(m, noise)| {
-                        let noise_score = noise.score(m.embedding.view())?;
-                        Ok(LayerScores { noise_score, variance_score: m.variance_score })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(SampleScores { scores })
+                super::session::sample_scores(&per_output, noise)
             })
             .collect()
     }
