@@ -74,8 +74,9 @@ pub fn options(
 pub fn run(args: &ScoreArgs) -> Result<i32> {
     let spec = args.model.engine_spec()?;
     let image = args.model.image_options()?;
-    let mut engine = Engine::new(&spec)?;
-    let opts = options(&engine, &image, args.model.token_options(&engine)?);
+    let mut scorer = crate::daemon::EngineScorer::new(&spec)?;
+    let engine = scorer.engine();
+    let opts = options(engine, &image, args.model.token_options(engine)?);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !args.json {
@@ -102,7 +103,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
             }
         };
         let mut rows = Vec::new();
-        let keys = engine.keys().to_vec();
+        let keys = scorer.engine().keys().to_vec();
         // Per key, the view of its layer (how its axes were read), for the JSON rows.
         let views: Vec<crate::compiler::LayerView> = keys
             .iter()
@@ -112,16 +113,13 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
                     .iter()
                     .position(|l| l.name == k.layer)
                     .expect("every key is a configured layer");
-                engine.views()[i].clone()
+                scorer.engine().views()[i].clone()
             })
             .collect();
         let input = path.display().to_string();
         let mut first = 0;
-        let result = crate::daemon::score_payload(
-            &mut engine as &mut dyn crate::daemon::Scorer,
-            &batch,
-            args.batch_size,
-            &mut |scores, _, _| {
+        let result =
+            crate::daemon::score_payload(&mut scorer, &batch, args.batch_size, &mut |scores, _, _| {
                 for (i, s) in scores.iter().enumerate() {
                     for ((key, v), view) in keys.iter().zip(&s.scores).zip(&views) {
                         rows.push(ScoreRow {
@@ -140,8 +138,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
                 }
                 first += scores.len();
                 Ok(())
-            },
-        );
+            });
         if let Err(e) = result {
             failures.push(format!("{input}: scoring failed: {e:#}"));
             continue;
@@ -165,7 +162,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
         eprintln!(
             "scored {scored} sample(s) in {secs:.2} s ({:.1} ms per sample, provider {})",
             1000.0 * secs / scored as f64,
-            engine.provider().as_str()
+            scorer.engine().provider().as_str()
         );
     }
     for f in &failures {

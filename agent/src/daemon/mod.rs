@@ -40,7 +40,7 @@ use plugins::decode::Payload;
 use plugins::decode::tokens::TokenSample;
 use state::AppState;
 
-/// What the daemon needs from the engine; [`Engine`] implements it, tests use a fake.
+/// What the daemon needs from the engine; [`EngineScorer`] implements it, tests wrap it.
 pub trait Scorer: Send {
     fn keys(&self) -> &[ScoreKey];
     fn input_shape(&self) -> &[usize];
@@ -85,13 +85,17 @@ pub trait Scorer: Send {
 /// (`engine::embed`) for the embedding detectors.
 pub struct EngineScorer {
     engine: Engine,
-    spec: EngineSpec,
     forward: Option<EmbeddingModel>,
 }
 
 impl EngineScorer {
     pub fn new(spec: &EngineSpec) -> Result<EngineScorer> {
-        Ok(EngineScorer { engine: Engine::new(spec)?, spec: spec.clone(), forward: None })
+        Ok(EngineScorer { engine: Engine::new(spec)?, forward: None })
+    }
+
+    /// The engine itself, for what only it knows (layer views, the text model's decisions).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 }
 
@@ -123,7 +127,7 @@ impl Scorer for EngineScorer {
     fn enable_embeddings(&mut self) -> Result<bool> {
         if self.forward.is_none() {
             let input = self.engine.graph().inputs[0].name.clone();
-            self.forward = Some(EmbeddingModel::new(&self.spec, &input)?);
+            self.forward = Some(EmbeddingModel::new(self.engine.spec(), &input)?);
         }
         Ok(true)
     }
@@ -153,36 +157,6 @@ impl Scorer for EngineScorer {
     }
     fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
         self.engine.embedding_maps(batch)
-    }
-}
-
-impl Scorer for Engine {
-    fn keys(&self) -> &[ScoreKey] {
-        Engine::keys(self)
-    }
-    fn input_shape(&self) -> &[usize] {
-        Engine::input_shape(self)
-    }
-    fn provider(&self) -> Provider {
-        Engine::provider(self)
-    }
-    fn requested_provider(&self) -> Provider {
-        Engine::requested_provider(self)
-    }
-    fn score_batch(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<SampleScores>> {
-        Engine::score_batch(self, batch)
-    }
-    fn score_tokens(&mut self, samples: &[TokenSample]) -> Result<Vec<SampleScores>> {
-        Engine::score_tokens(self, samples)
-    }
-    fn model_sha256(&self) -> &str {
-        Engine::model_sha256(self)
-    }
-    fn settings_hash(&self) -> &str {
-        Engine::settings_hash(self)
-    }
-    fn embedding_maps(&mut self, batch: ArrayViewD<f32>) -> Result<Vec<Vec<ndarray::Array2<f32>>>> {
-        Engine::embedding_maps(self, batch)
     }
 }
 

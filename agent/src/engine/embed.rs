@@ -11,7 +11,6 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::{EngineSpec, TextModel, TokenSample};
-use crate::compiler::InputRole;
 use crate::runtime::{self, SessionOptions};
 
 /// The model cut at the embedding output, in its own session (same providers and threads as the
@@ -57,31 +56,9 @@ impl EmbeddingModel {
     /// `[B, D]` embeddings of a text model's samples, padded to the longest of them (pad id, mask 0),
     /// which the model's own masking keeps out of each embedding.
     pub fn embed_tokens(&mut self, text: &TextModel, samples: &[TokenSample]) -> Result<Array2<f32>> {
-        let (b, t) = (samples.len(), samples.iter().map(|s| s.len()).max().unwrap_or(0));
-        let mut feeds = Vec::with_capacity(text.inputs.len());
-        for i in &text.inputs {
-            let a = Array2::<i64>::from_shape_fn((b, t), |(r, p)| {
-                let s = &samples[r];
-                let real = p < s.len();
-                match i.role {
-                    InputRole::Ids => {
-                        if real {
-                            s.ids[p]
-                        } else {
-                            text.pad_id
-                        }
-                    }
-                    InputRole::Mask => i64::from(real),
-                    InputRole::TokenTypes => s.type_ids.as_ref().filter(|_| real).map_or(0, |v| v[p]),
-                    InputRole::Positions | InputRole::Values => p as i64,
-                }
-            });
-            let v = ort::value::Tensor::from_array(a).map_err(|e| anyhow!("{e}"))?;
-            feeds.push((
-                std::borrow::Cow::<str>::Owned(i.name.clone()),
-                ort::session::SessionInputValue::from(v.into_dyn()),
-            ));
-        }
+        let longest = samples.iter().map(|s| s.len()).max().unwrap_or(0);
+        let packed = text.pack(samples, longest)?;
+        let feeds = text.feeds(packed.view().into_dyn())?;
         let out = self.session.run(feeds).map_err(|e| anyhow!("ONNX Runtime failed: {e}"))?;
         let z = out[self.output.as_str()].try_extract_array::<f32>().map_err(|e| anyhow!("{e}"))?;
         Ok(z.into_dimensionality::<ndarray::Ix2>()?.to_owned())
