@@ -12,26 +12,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use agent::drift::{Baseline, ScoreSummary};
 use ndarray::{Array4, Axis, s};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
-use support::{DemoConfig, repo_root};
-
-fn agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agent")).args(args).output().expect("running agent")
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{what} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn read(p: &Path) -> Baseline {
-    Baseline::from_json(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
+use support::{DemoConfig, agent_ok, baseline_shards, read_baseline, repo_root, run_agent};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1e-12)
@@ -69,39 +54,24 @@ fn four_shards_merged_equal_one_process() {
     let (c, r) = (cfg.to_str().unwrap(), refdir.to_str().unwrap());
 
     let whole = dir.join("whole.json");
-    ok(
-        agent(&["baseline", "--config", c, "--reference", r, "--out", whole.to_str().unwrap()]),
+    agent_ok(
+        run_agent(&["baseline", "--config", c, "--reference", r, "--out", whole.to_str().unwrap()]),
         "single process",
     );
     let mut partials = Vec::new();
-    for i in 0..4 {
-        let p = dir.join(format!("shard-{i}.json"));
-        let out = ok(
-            agent(&[
-                "baseline",
-                "--config",
-                c,
-                "--reference",
-                r,
-                "--out",
-                p.to_str().unwrap(),
-                "--shard",
-                &format!("{i}/4"),
-            ]),
-            "a shard",
-        );
+    for (i, (p, out)) in baseline_shards(c, r, dir, 4).into_iter().enumerate() {
         assert!(out.contains(&format!("shard {i}/4; 10 samples")), "{out}");
-        partials.push(p.to_str().unwrap().to_string());
+        partials.push(p);
     }
     let merged = dir.join("merged.json");
     // The order of the partials does not matter.
     let mut args = vec!["baseline", "merge"];
     args.extend(partials.iter().rev().map(String::as_str));
     args.extend(["--out", merged.to_str().unwrap()]);
-    let out = ok(agent(&args), "the merge");
+    let out = agent_ok(run_agent(&args), "the merge");
     assert!(out.contains("40 samples from 4 partials"), "{out}");
 
-    let (a, b) = (read(&merged), read(&whole));
+    let (a, b) = (read_baseline(&merged), read_baseline(&whole));
     assert_eq!(a.shard, None);
     assert_eq!(a.meta.model_sha256, b.meta.model_sha256);
     assert_eq!(a.meta.settings_hash, b.meta.settings_hash);
@@ -127,20 +97,20 @@ fn four_shards_merged_equal_one_process() {
 
     // The merged baseline is usable; a partial is refused, naming what it is.
     std::fs::copy(&merged, dir.join("baseline.json")).unwrap();
-    let out = agent(&["check", "--config", c]);
+    let out = run_agent(&["check", "--config", c]);
     assert!(out.status.success(), "check with the merged baseline: {}", String::from_utf8_lossy(&out.stdout));
     std::fs::copy(&partials[1], dir.join("baseline.json")).unwrap();
-    let out = agent(&["check", "--config", c]);
+    let out = run_agent(&["check", "--config", c]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && text.contains("shard 1/4 of a sharded build"), "{text}");
 
     // Three of four partials, or two copies of one: refused, naming the shard.
     let o = merged.to_str().unwrap();
-    let out = agent(&["baseline", "merge", &partials[0], &partials[1], &partials[2], "--out", o]);
+    let out = run_agent(&["baseline", "merge", &partials[0], &partials[1], &partials[2], "--out", o]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("shard 3/4 missing"), "{err}");
     let out =
-        agent(&["baseline", "merge", &partials[0], &partials[0], &partials[2], &partials[3], "--out", o]);
+        run_agent(&["baseline", "merge", &partials[0], &partials[0], &partials[2], &partials[3], "--out", o]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("shard 0/4 is given twice"), "{err}");
     // A partial of other settings (another smoothing) is refused by its settings hash.
@@ -149,8 +119,8 @@ fn four_shards_merged_equal_one_process() {
     std::fs::create_dir(&odir).unwrap();
     let ocfg = other.write(&odir);
     let p3 = odir.join("shard-3.json");
-    ok(
-        agent(&[
+    agent_ok(
+        run_agent(&[
             "baseline",
             "--config",
             ocfg.to_str().unwrap(),
@@ -163,7 +133,7 @@ fn four_shards_merged_equal_one_process() {
         ]),
         "a shard of other settings",
     );
-    let out = agent(&[
+    let out = run_agent(&[
         "baseline",
         "merge",
         &partials[0],

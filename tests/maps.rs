@@ -12,7 +12,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use agent::config::Config;
@@ -184,23 +183,6 @@ fn window_and_reference_maps_match_the_engine_and_are_drawn() {
     assert!(page.body.matches("class=\"legend\"").count() >= 2 * keys.len());
 }
 
-fn agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agent")).args(args).output().expect("running agent")
-}
-
-fn ok(out: Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn read(p: &Path) -> Baseline {
-    Baseline::from_json(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 /// Three shards of 10 reference digits with at most 4 mapped (every third: 0, 3, 6, 9) merge into
 /// the single process's reference maps; a baseline without maps still loads in the daemon's check.
 #[test]
@@ -222,33 +204,17 @@ fn sharded_reference_maps_merge_into_the_single_process_ones() {
     let (c, r) = (cfg.to_str().unwrap(), dir.join("reference.npy"));
     let r = r.to_str().unwrap();
     let whole = dir.join("whole.json");
-    ok(agent(&["baseline", "--config", c, "--reference", r, "--out", whole.to_str().unwrap()]), "whole");
-    let mut parts = Vec::new();
-    for i in 0..3 {
-        let p = dir.join(format!("part{i}.json"));
-        let shard = format!("{i}/3");
-        ok(
-            agent(&[
-                "baseline",
-                "--config",
-                c,
-                "--reference",
-                r,
-                "--out",
-                p.to_str().unwrap(),
-                "--shard",
-                &shard,
-            ]),
-            &shard,
-        );
-        parts.push(p.to_str().unwrap().to_string());
-    }
+    agent_ok(
+        run_agent(&["baseline", "--config", c, "--reference", r, "--out", whole.to_str().unwrap()]),
+        "whole",
+    );
+    let parts: Vec<String> = baseline_shards(c, r, dir, 3).into_iter().map(|(p, _)| p).collect();
     let merged = dir.join("merged.json");
     let mut args = vec!["baseline", "merge"];
     args.extend(parts.iter().map(|s| s.as_str()));
     args.extend(["--out", merged.to_str().unwrap()]);
-    ok(agent(&args), "merge");
-    let (whole, merged) = (read(&whole), read(&merged));
+    agent_ok(run_agent(&args), "merge");
+    let (whole, merged) = (read_baseline(&whole), read_baseline(&merged));
     let (a, b) = (whole.maps.as_ref().unwrap(), merged.maps.as_ref().unwrap());
     assert_eq!((a.stride, a.samples()), (3, 4));
     assert_eq!((b.stride, b.samples()), (3, 4));
@@ -257,13 +223,13 @@ fn sharded_reference_maps_merge_into_the_single_process_ones() {
         assert_close(&y.to_array(), &x.to_array(), &format!("{}/{}", x.layer, x.method.as_str()));
     }
     // Shard 1 owns 1, 4, 7 of which none is a multiple of 3; shard 0 owns 0, 3, 6, 9: all four.
-    assert_eq!(read(Path::new(&parts[0])).maps.unwrap().samples(), 4);
-    assert_eq!(read(Path::new(&parts[1])).maps.unwrap().samples(), 0);
+    assert_eq!(read_baseline(Path::new(&parts[0])).maps.unwrap().samples(), 4);
+    assert_eq!(read_baseline(Path::new(&parts[1])).maps.unwrap().samples(), 0);
 
     // Without maps (an older file): `agent check` still accepts the baseline.
     let mut old: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("whole.json")).unwrap()).unwrap();
     old.as_object_mut().unwrap().remove("maps");
     std::fs::write(dir.join("baseline.json"), serde_json::to_string_pretty(&old).unwrap()).unwrap();
-    ok(agent(&["check", "--config", c]), "check with a baseline without maps");
+    agent_ok(run_agent(&["check", "--config", c]), "check with a baseline without maps");
 }

@@ -360,3 +360,35 @@ pub fn feed_start(request_line: &str) -> usize {
         .and_then(|(_, v)| v.parse::<usize>().ok())
         .map_or(0, |c| c + 1)
 }
+
+/// Runs the `agent` binary with `args` and waits for it.
+pub fn run_agent(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_agent")).args(args).output().expect("running agent")
+}
+
+/// The stdout of a run that must have succeeded; a failure names `what` and shows both streams.
+pub fn agent_ok(out: std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{what} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// A baseline file, parsed (format checked).
+pub fn read_baseline(p: &Path) -> agent::drift::Baseline {
+    agent::drift::Baseline::from_json(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// `agent baseline --shard i/n` for every `i`, into `dir/shard-{i}.json`: each partial's path and
+/// the command's stdout.
+pub fn baseline_shards(config: &str, reference: &str, dir: &Path, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("shard-{i}.json")).to_str().unwrap().to_string();
+            let shard = format!("{i}/{n}");
+            let args =
+                ["baseline", "--config", config, "--reference", reference, "--out", &p, "--shard", &shard];
+            let out = agent_ok(run_agent(&args), &format!("shard {shard}"));
+            (p, out)
+        })
+        .collect()
+}
