@@ -119,7 +119,7 @@ pub fn run(args: &ScoreArgs) -> Result<i32> {
         let input = path.display().to_string();
         let mut first = 0;
         let result =
-            crate::daemon::score_payload(&mut scorer, &batch, args.batch_size, &mut |scores, _, _| {
+            crate::daemon::score_payload(&mut scorer, &batch, args.batch_size, false, &mut |scores, _, _| {
                 for (i, s) in scores.iter().enumerate() {
                     for ((key, v), view) in keys.iter().zip(&s.scores).zip(&views) {
                         rows.push(ScoreRow {

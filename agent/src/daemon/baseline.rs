@@ -238,7 +238,7 @@ pub fn build(
     let mut done = 0u64;
     progress(0, total);
     for batch in &batches {
-        super::score_payload(scorer, batch, batch_size, &mut |scores, _, z| {
+        super::score_payload(scorer, batch, batch_size, sizes.embeddings > 0, &mut |scores, _, z| {
             for s in &scores {
                 builder.push(s)?;
             }

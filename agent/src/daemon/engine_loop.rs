@@ -71,8 +71,9 @@ fn process(
     batch_size: usize,
 ) {
     let joined = join(&items).context("joining the batch's inputs");
+    let embed = monitor.wants_embeddings();
     let scored = match &joined {
-        Ok(b) => score_chunks(scorer, b, batch_size, state, model),
+        Ok(b) => score_chunks(scorer, b, batch_size, embed, state, model),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     match scored {
@@ -129,19 +130,20 @@ fn join(items: &[Delivery]) -> anyhow::Result<Payload> {
     }
 }
 
-/// Scores a batch `batch_size` samples per engine run, timing each run; also returns the `[n, D]`
-/// embeddings when the scorer gives them (`None` otherwise).
+/// Scores a batch `batch_size` samples per engine run, timing each run; with `embed` (the window
+/// keeps embeddings), also returns the `[n, D]` embeddings (`None` when the scorer gives none).
 fn score_chunks(
     scorer: &mut dyn Scorer,
     batch: &Payload,
     batch_size: usize,
+    embed: bool,
     state: &AppState,
     model: &str,
 ) -> anyhow::Result<(Vec<crate::engine::SampleScores>, Option<Array2<f32>>)> {
     let mut out = Vec::with_capacity(batch.samples());
     let mut zs: Vec<Array2<f32>> = Vec::new();
     let t = &state.telemetry;
-    super::score_payload(scorer, batch, batch_size, &mut |scores, secs, z| {
+    super::score_payload(scorer, batch, batch_size, embed, &mut |scores, secs, z| {
         t.inference_duration_seconds.with_label_values(&[model]).observe(secs);
         t.batch_size.with_label_values(&[model]).observe(scores.len() as f64);
         if let Some(z) = z {

@@ -161,13 +161,14 @@ impl Scorer for EngineScorer {
 }
 
 /// Scores a decoded input `batch_size` samples per engine run, in order; `each(scores, seconds, z)`
-/// after every run, `z` the run's `[n, D]` embeddings when the scorer has them enabled
-/// ([`Scorer::enable_embeddings`]). The one loop over payloads shared by the
-/// daemon, the baseline and `agent score`.
+/// after every run, `z` the run's `[n, D]` embeddings when `embed` asks for them and the scorer has
+/// them enabled ([`Scorer::enable_embeddings`]); without `embed` no forward pass is spent on them.
+/// The one loop over payloads shared by the daemon, the baseline and `agent score`.
 pub fn score_payload(
     scorer: &mut dyn Scorer,
     payload: &Payload,
     batch_size: usize,
+    embed: bool,
     each: &mut dyn FnMut(Vec<SampleScores>, f64, Option<Array2<f32>>) -> Result<()>,
 ) -> Result<()> {
     match payload {
@@ -179,10 +180,14 @@ pub fn score_payload(
                 batch_size,
                 &mut |b| {
                     let t0 = std::time::Instant::now();
-                    let scores = scorer.score_with_embeddings(b).map(|(s, z)| {
-                        pending.set(z);
-                        s
-                    });
+                    let scores = if embed {
+                        scorer.score_with_embeddings(b).map(|(s, z)| {
+                            pending.set(z);
+                            s
+                        })
+                    } else {
+                        scorer.score_batch(b)
+                    };
                     secs.set(t0.elapsed().as_secs_f64());
                     scores
                 },
@@ -203,7 +208,11 @@ pub fn score_payload(
         Payload::Tokens(samples) => {
             for chunk in samples.chunks(batch_size.max(1)) {
                 let t0 = std::time::Instant::now();
-                let (scores, z) = scorer.score_tokens_with_embeddings(chunk)?;
+                let (scores, z) = if embed {
+                    scorer.score_tokens_with_embeddings(chunk)?
+                } else {
+                    (scorer.score_tokens(chunk)?, None)
+                };
                 anyhow::ensure!(
                     scores.len() == chunk.len() && z.as_ref().is_none_or(|z| z.nrows() == chunk.len()),
                     "the engine returned {} scores and {} embeddings for {} samples",
