@@ -520,8 +520,37 @@ impl Engine {
                 CowArray::from(batch.as_standard_layout().into_owned())
             });
         }
-        let mut parts = Vec::with_capacity(batch.shape()[0]);
-        for x in batch.axis_iter(Axis(0)) {
+        if s == 0 {
+            bail!("smoothing_points must be at least 1");
+        }
+        if !(sigma >= 0.0 && sigma.is_finite()) {
+            bail!("smoothing must be finite and ≥ 0, got {sigma}");
+        }
+        let n = batch.shape()[0];
+        let mut shape = batch.shape().to_vec();
+        shape[0] = n * s;
+        // Every sample's points written straight into the model's batch (no per-sample arrays to
+        // concatenate).
+        let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
+        let batch = batch.as_standard_layout();
+        let per = batch.len() / n.max(1);
+        if per == 0 {
+            return Ok(CowArray::from(out));
+        }
+        let file_reference = match self.spec.score.smoothing_reference() {
+            super::SmoothingReference::File(_) => {
+                let r =
+                    self.smoothing_reference.as_ref().context("internal: smoothing reference not loaded")?;
+                if r.len() != per {
+                    bail!("the smoothing reference holds {} values, a sample {per}", r.len());
+                }
+                Some(r.as_standard_layout())
+            }
+            _ => None,
+        };
+        let xs = batch.as_slice().expect("standard layout");
+        let dst = out.as_slice_mut().expect("fresh array");
+        for (x, points) in xs.chunks_exact(per).zip(dst.chunks_exact_mut(per * s)) {
             // Draws seeded from `smoothing_seed` and the sample's content: a sample's score is
             // reproducible and does not depend on its position in a batch or a stream, and different
             // samples get independent draws. One shared draw set for every sample would shift a whole
@@ -529,15 +558,13 @@ impl Engine {
             // from +0.08 to −0.16 with the seed; docs/REPRODUCTION.md).
             let reference = match self.spec.score.smoothing_reference() {
                 super::SmoothingReference::Black => None,
-                super::SmoothingReference::Input => Some(x.view()),
-                super::SmoothingReference::File(_) => self.smoothing_reference.as_ref().map(|r| r.view()),
+                super::SmoothingReference::Input => Some(x),
+                super::SmoothingReference::File(_) => file_reference.as_ref().and_then(|r| r.as_slice()),
             };
-            let seed = sample_seed(self.spec.score.smoothing_seed(), x.view());
-            let p = scores::smoothing_points(x.view(), s, sigma, reference, seed)?;
-            parts.push(p);
+            let seed = sample_seed(self.spec.score.smoothing_seed(), x);
+            scores::draws::smoothing_points_into(x, sigma, reference, seed, points);
         }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        Ok(CowArray::from(ndarray::concatenate(Axis(0), &views)?))
+        Ok(CowArray::from(out))
     }
 }
 
@@ -600,12 +627,17 @@ pub(super) fn session_options(spec: &EngineSpec) -> SessionOptions {
 }
 
 /// `seed` mixed with a hash of the sample's values (SHA-256 of its little-endian f32 bytes).
-fn sample_seed(seed: u64, x: ArrayViewD<f32>) -> u64 {
+fn sample_seed(seed: u64, x: &[f32]) -> u64 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
-    for v in x.iter() {
-        h.update(v.to_le_bytes());
+    // The values' little-endian bytes in order, hashed a block at a time (the same digest as one
+    // value at a time).
+    let mut buf = Vec::with_capacity(4096);
+    for block in x.chunks(1024) {
+        buf.clear();
+        buf.extend(block.iter().flat_map(|v| v.to_le_bytes()));
+        h.update(&buf);
     }
     u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
