@@ -274,7 +274,8 @@ fn methods_and_channel_aggregations_follow_the_raw_jacobian() {
 }
 
 /// Smoothed `vanilla` maps, whose mean over the points the compiler takes before the layer's
-/// transposed convolution (`hoisted_mean` in the compiler), equal the mean of the plain graph's
+/// transposed convolution (`hoisted_mean` in the compiler; on the encoder, over the masks before
+/// the linear head's rows are multiplied in: `averaged_masks`), equal the mean of the plain graph's
 /// per-point maps on the same points: raw `[B, K, C, H, W]` and `abs`-aggregated, on the encoder
 /// (non-overlapping pools) and the AlexNet-like stack (overlapping ones).
 #[test]
@@ -297,12 +298,16 @@ fn smoothed_vanilla_maps_equal_the_mean_of_the_per_point_maps() {
                 layouts: vec![],
             };
             let smoothed = compiler::compile(&model, "t", &opts(S)).unwrap();
-            // The mean is taken before the transposed convolution: the graph divides the points'
-            // batch by S to find the samples' (the one `Div` the compiler emits).
-            assert!(
-                smoothed.model.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "Div"),
-                "{name}: the mean was not hoisted"
-            );
+            // The mean is taken before the transposed convolution. On the encoder everything between
+            // the embedding and that convolution is one row per component times per-point masks
+            // (ReLU, 2×2 max pool, linear head): the masks are averaged instead of the rows
+            // (`averaged_masks`). The AlexNet-like stack has a hidden fully connected layer after its
+            // last ReLU, so there the rows are averaged (found by the samples' count, the one `Div`
+            // the compiler emits: the points' batch divided by S).
+            let nodes = &smoothed.model.graph.as_ref().unwrap().node;
+            let averaged = nodes.iter().any(|n| n.name.contains("averaged_masks"));
+            assert_eq!(averaged, name == "mnist_encoder", "{name}: where the masks are averaged");
+            assert!(averaged || nodes.iter().any(|n| n.op_type == "Div"), "{name}: the mean was not hoisted");
             let feeds = || vec![("input", points.clone()), (compiler::COTANGENT, v.clone())];
             let got = run(&smoothed.to_bytes(), feeds(), &["attr/0/vanilla"]).remove(0);
             let plain =

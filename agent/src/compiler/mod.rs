@@ -11,6 +11,7 @@ mod canonical;
 mod ctx;
 mod detect;
 mod graph;
+mod hoist;
 pub mod inputs;
 pub mod layers;
 pub mod layout;
@@ -338,8 +339,11 @@ fn attribution_outputs(
         // at each point, or it flows on to an earlier layer), where that would only add work.
         let per_point_needed = opts.methods.iter().any(|&m| m != Method::Vanilla)
             || cx.b.nodes.iter().any(|n| n.input.contains(&g));
-        let averaged =
-            if per_point_needed { None } else { hoisted_mean(cx, &g, opts.smoothing_samples, &data_inputs) };
+        let averaged = if per_point_needed {
+            None
+        } else {
+            hoist::hoisted_mean(cx, &g, opts.smoothing_samples, &data_inputs)
+        };
         for &method in &opts.methods {
             let name = format!("attr/{li}/{}", method.as_str());
             let (map, dims) = match (&averaged, method) {
@@ -409,7 +413,7 @@ fn rename_output(b: &mut builder::GraphBuilder, from: &str, to: &str) {
 }
 
 /// Drops the nodes no graph output depends on: the per-point gradient tail of a layer whose only
-/// consumer was a `vanilla` map now computed from the hoisted mean ([`hoisted_mean`]), and forward
+/// consumer was a `vanilla` map now computed from the hoisted mean ([`hoist::hoisted_mean`]), and forward
 /// nodes past the embedding. ONNX Runtime would run them.
 fn prune_unused(g: &mut GraphProto) {
     // A control-flow node's subgraphs read outer tensors without naming them as inputs.
@@ -429,119 +433,9 @@ fn prune_unused(g: &mut GraphProto) {
         i += 1;
         keep[i - 1]
     });
-}
-
-/// The mean over each sample's `S` points of a layer's flat gradient `[B·S·K, rest…]` → `[B·K, rest…]`,
-/// taken as early as exactness allows: the backward ops that produce the gradient from an earlier
-/// cotangent are walked back while each is linear in that cotangent and the same for every point
-/// (a `Conv`/`ConvTranspose`/`MatMul` with constant weights, reshapes, transposes, slices and pads
-/// that keep the batch axis, products with constants). Such a tail commutes with the mean, so it is
-/// emitted again on the averaged cotangent and runs on `B·K` rows instead of `B·S·K`: the layer's
-/// transposed convolution, the costliest op of a smoothed `vanilla` map, runs once per sample
-/// instead of once per point. `None` when there is no such tail (the mean is then taken at the
-/// layer, as for the other methods). The per-point gradient stays for `actgrad` and `gradcam`,
-/// which multiply it by the activation at the same point before averaging.
-fn hoisted_mean(cx: &mut ctx::Backward, g: &str, samples: usize, data_inputs: &[String]) -> Option<String> {
-    if samples <= 1 {
-        return None;
-    }
-    let nodes = &cx.b.nodes;
-    let producer: HashMap<&str, usize> =
-        nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
-    // Tensors that depend on the data (the points), forward graph included: a forward tensor is
-    // never a constant here, so anything not emitted by the builder from constants counts as data.
-    let mut point_free: HashMap<String, bool> = HashMap::new();
-    fn free(
-        t: &str,
-        cx: &ctx::Backward,
-        producer: &HashMap<&str, usize>,
-        data: &[String],
-        memo: &mut HashMap<String, bool>,
-    ) -> bool {
-        if t.is_empty() || t == COTANGENT || cx.consts.contains_key(t) {
-            return true;
-        }
-        if data.iter().any(|d| d == t) {
-            return false;
-        }
-        if let Some(&v) = memo.get(t) {
-            return v;
-        }
-        let v = if cx.b.initializers.iter().any(|i| i.name == t) {
-            true
-        } else if let Some(&i) = producer.get(t) {
-            cx.b.nodes[i].input.iter().all(|x| free(x, cx, producer, data, memo))
-        } else {
-            false // a forward-graph tensor
-        };
-        memo.insert(t.to_string(), v);
-        v
-    }
-    let init_ints = |t: &str| -> Option<Vec<i64>> {
-        let c = cx.b.initializers.iter().find(|i| i.name == t).or_else(|| cx.consts.get(t))?;
-        onnx::tensor_to_i64(c).ok()
-    };
-    let mut chain = Vec::new();
-    let mut t = g.to_string();
-    while let Some(&i) = producer.get(t.as_str()) {
-        let n = &nodes[i];
-        if n.output.len() != 1 || n.input.is_empty() {
-            break;
-        }
-        let others_free = n.input[1..].iter().all(|x| free(x, cx, &producer, data_inputs, &mut point_free));
-        let keeps_batch = match n.op_type.as_str() {
-            "Conv" | "ConvTranspose" => n.input.len() == 2,
-            // A point-free operand is the same for every point, whatever it broadcasts over.
-            "MatMul" | "Reshape" | "Mul" | "Identity" => true,
-            "Transpose" => n.attr_ints("perm").is_some_and(|p| p.first() == Some(&0)),
-            "Slice" => n.input.get(3).and_then(|a| init_ints(a)).is_some_and(|a| !a.contains(&0)),
-            "Pad" => {
-                n.input
-                    .get(1)
-                    .and_then(|p| init_ints(p))
-                    .is_some_and(|p| p.len() % 2 == 0 && p[0] == 0 && p[p.len() / 2] == 0)
-                    && n.attr_string("mode").is_none_or(|m| m == "constant")
-            }
-            _ => false,
-        };
-        if !(others_free && keeps_batch) {
-            break;
-        }
-        chain.push(i);
-        t = n.input[0].clone();
-    }
-    // Nothing but reshapes: no work saved.
-    if chain.iter().all(|&i| matches!(nodes[i].op_type.as_str(), "Reshape" | "Identity")) {
-        return None;
-    }
-    let chain: Vec<NodeProto> = chain.iter().rev().map(|&i| nodes[i].clone()).collect();
-    // Whatever form the cotangent has there (flat `[N·K, …]` or split `[N, K, …]`), its leading
-    // axis runs over points first, `n = b·S + s`: `[B, S, rest]` → mean over S → leading axis ÷ S.
-    let data = data_inputs.iter().next()?.clone();
-    let n_shape = cx.b.shape(&data);
-    let n = cx.b.slice1(&n_shape, 0, 1);
-    let s = cx.b.const_i64(&[samples as i64]);
-    let b = cx.b.op("Div", &[&n, &s], vec![]);
-    let tail = cx.b.const_i64(&[samples as i64, -1]);
-    let grouped_shape = cx.b.concat0(&[&b, &tail]);
-    let grouped = cx.b.reshape(&t, &grouped_shape);
-    let summed = cx.b.reduce_sum(&grouped, &[1], false);
-    let mean = cx.b.scale(&summed, 1.0 / samples as f32);
-    let t_shape = cx.b.shape(&t);
-    let lead = cx.b.slice1(&t_shape, 0, 1);
-    let lead = cx.b.op("Div", &[&lead, &s], vec![]);
-    let rest = cx.b.slice1(&t_shape, 1, i64::MAX);
-    let out_shape = cx.b.concat0(&[&lead, &rest]);
-    let mut x = cx.b.reshape(&mean, &out_shape);
-    for n in chain {
-        let mut copy = n.clone();
-        copy.name = cx.b.fresh(&format!("{}_node", n.op_type));
-        copy.input[0] = x;
-        copy.output = vec![cx.b.fresh(&n.op_type)];
-        x = copy.output[0].clone();
-        cx.b.nodes.push(copy);
-    }
-    Some(x)
+    // The compiler's own constants that only pruned nodes read (ONNX Runtime would warn about each).
+    let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    g.initializer.retain(|t| !t.name.starts_with("attr/") || read.contains(t.name.as_str()));
 }
 
 /// `[B·S, K, dims…]` → `[B, K, dims…]`, the mean over each sample's `S` smoothing points.
