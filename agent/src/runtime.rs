@@ -121,11 +121,13 @@ pub struct SessionOptions {
     /// Intra-op threads (0 = ONNX Runtime's default).
     pub threads: usize,
     pub device_id: i32,
+    /// ONNX Runtime's `session.intra_op.allow_spinning`.
+    pub spinning: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { providers: vec![Provider::Cpu], threads: 0, device_id: 0 }
+        Self { providers: vec![Provider::Cpu], threads: 0, device_id: 0, spinning: false }
     }
 }
 
@@ -143,6 +145,7 @@ pub fn session(env: &Environment, model: &[u8], opts: &SessionOptions) -> Result
         if opts.threads > 0 {
             builder = builder.with_intra_threads(opts.threads).map_err(ort::Error::<()>::from)?;
         }
+        builder = builder.with_intra_op_spinning(opts.spinning).map_err(ort::Error::<()>::from)?;
         if provider == Provider::Cuda {
             let cuda = ort::ep::CUDA::default().with_device_id(opts.device_id).build().error_on_failure();
             match builder.with_execution_providers([cuda]) {

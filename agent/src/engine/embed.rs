@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::{EngineSpec, TextModel, TokenSample};
-use crate::runtime::{self, SessionOptions};
+use crate::runtime;
 
 /// The model cut at the embedding output, in its own session (same providers and threads as the
 /// engine's).
@@ -33,11 +33,7 @@ impl EmbeddingModel {
             crate::onnx::proto::data_type::FLOAT,
             &[Err("N"), Err("D")],
         )];
-        let so = SessionOptions {
-            providers: spec.runtime.providers().to_vec(),
-            threads: spec.runtime.threads(),
-            device_id: 0,
-        };
+        let so = super::session::session_options(spec);
         let (session, _) = runtime::session(env, &crate::onnx::encode(&model), &so)
             .with_context(|| format!("the forward session of {}", spec.model_path.display()))?;
         Ok(EmbeddingModel { session, input: input.to_string(), output: spec.embedding.clone() })

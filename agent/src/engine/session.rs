@@ -623,6 +623,7 @@ pub(super) fn session_options(spec: &EngineSpec) -> SessionOptions {
         providers: spec.runtime.providers().to_vec(),
         threads: spec.runtime.threads(),
         device_id: 0,
+        spinning: spec.runtime.intra_op_spinning(),
     }
 }
 

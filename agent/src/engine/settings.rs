@@ -228,6 +228,13 @@ pub struct RuntimeSettings {
     #[arg(long, value_name = "BYTES")]
     #[serde(default)]
     pub memory_limit_bytes: Option<u64>,
+    /// Let ONNX Runtime's intra-op worker threads spin while they wait for work inside a run,
+    /// instead of sleeping [default: false]. Spinning can shave latency off a run but burns the
+    /// waiting cores: next to a production model, the cycles it would otherwise have (measured in
+    /// docs/BENCHMARKS.md, "Intra-op spinning").
+    #[arg(long, value_name = "BOOL")]
+    #[serde(default)]
+    pub intra_op_spinning: Option<bool>,
 }
 
 const DEFAULT_PROVIDERS: &[Provider] = &[Provider::Cuda, Provider::Cpu];
@@ -242,15 +249,20 @@ impl RuntimeSettings {
     pub fn memory_limit_bytes(&self) -> u64 {
         self.memory_limit_bytes.unwrap_or(128 << 20)
     }
+    pub fn intra_op_spinning(&self) -> bool {
+        self.intra_op_spinning.unwrap_or(false)
+    }
 
     /// These settings with every field that `over` sets replaced by its value (flags over a file).
     pub fn overlay(self, over: RuntimeSettings) -> RuntimeSettings {
-        let RuntimeSettings { providers, threads, onnxruntime_path, memory_limit_bytes } = over;
+        let RuntimeSettings { providers, threads, onnxruntime_path, memory_limit_bytes, intra_op_spinning } =
+            over;
         RuntimeSettings {
             providers: providers.or(self.providers),
             threads: threads.or(self.threads),
             onnxruntime_path: onnxruntime_path.or(self.onnxruntime_path),
             memory_limit_bytes: memory_limit_bytes.or(self.memory_limit_bytes),
+            intra_op_spinning: intra_op_spinning.or(self.intra_op_spinning),
         }
     }
 }
