@@ -328,3 +328,221 @@ fn smoothed_vanilla_maps_equal_the_mean_of_the_per_point_maps() {
         }
     }
 }
+
+/// One overlapping max pool of the tie test: kernel, stride, begin/end pad, dilation (both axes
+/// alike), ceil mode, and the input and pooled sides.
+struct PoolCase {
+    name: &'static str,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    ceil: bool,
+    side: usize,
+    pooled: usize,
+}
+
+const POOL_CHANNELS: usize = 2;
+const POOL_D: usize = 3;
+
+/// x `[N, 2, side, side]` → `h = Relu(x)` (the layer) → MaxPool → Flatten → MatMul → z `[N, 3]`; with
+/// `indices`, the pool's argmax indices as a float output `idx_f` as well.
+fn pool_model(case: &PoolCase, indices: bool) -> onnx::proto::ModelProto {
+    use agent::onnx::{attr, proto::*};
+    let node = |op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>| NodeProto {
+        name: format!("{op}_{}", outputs[0]),
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute,
+        ..Default::default()
+    };
+    let (k, s, p, d) = (case.kernel as i64, case.stride as i64, case.pad as i64, case.dilation as i64);
+    let mut pool = vec![
+        attr::ints("kernel_shape", &[k, k]),
+        attr::ints("strides", &[s, s]),
+        attr::ints("pads", &[p, p, p, p]),
+        attr::ints("dilations", &[d, d]),
+    ];
+    if case.ceil {
+        pool.push(attr::int("ceil_mode", 1));
+    }
+    let pool_out: &[&str] = if indices { &["p", "idx"] } else { &["p"] };
+    let mut nodes = vec![
+        node("Relu", &["x"], &["h"], vec![]),
+        node("MaxPool", &["h"], pool_out, pool),
+        node("Flatten", &["p"], &["f"], vec![attr::int("axis", 1)]),
+        node("MatMul", &["f", "w"], &["z"], vec![]),
+    ];
+    let rows = POOL_CHANNELS * case.pooled * case.pooled;
+    let w = (uniform(&[rows, POOL_D], 77) - 0.5).iter().copied().collect::<Vec<f32>>();
+    let side = case.side as i64;
+    let mut outputs = vec![onnx::value_info("z", data_type::FLOAT, &[Err("N"), Ok(POOL_D as i64)])];
+    if indices {
+        nodes.push(node("Cast", &["idx"], &["idx_f"], vec![attr::int("to", data_type::FLOAT as i64)]));
+        let pooled = case.pooled as i64;
+        let dims = [Err("N"), Ok(POOL_CHANNELS as i64), Ok(pooled), Ok(pooled)];
+        outputs.push(onnx::value_info("idx_f", data_type::FLOAT, &dims));
+    }
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(GraphProto {
+            name: "pool".into(),
+            node: nodes,
+            initializer: vec![onnx::tensor_f32("w", &[rows as i64, POOL_D as i64], &w)],
+            input: vec![onnx::value_info(
+                "x",
+                data_type::FLOAT,
+                &[Err("N"), Ok(POOL_CHANNELS as i64), Ok(side), Ok(side)],
+            )],
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Overlapping max-pool windows (stride < kernel; with pads, dilations, ceil mode) on inputs full of
+/// ties: plateaus where a window's maximum occurs several times, ReLU zeros where a whole window is
+/// 0, and maxima that several windows share. The spec's rule: each window's cotangent goes to the
+/// input element whose index `MaxPool` reports, and an element reported by several windows gets the
+/// sum. The reference is that rule in plain loops over the reported indices, compared with the
+/// compiled graph everywhere; at a strict maximum shared by several windows the map is also checked
+/// against a central difference of the model (it is differentiable there).
+#[test]
+fn overlapping_max_pools_route_ties_to_the_reported_index() {
+    let case = |name, kernel, stride, pad, dilation, ceil, side, pooled| PoolCase {
+        name,
+        kernel,
+        stride,
+        pad,
+        dilation,
+        ceil,
+        side,
+        pooled,
+    };
+    let cases = [
+        case("3x3/2", 3, 2, 0, 1, false, 9, 4),
+        case("3x3/1", 3, 1, 0, 1, false, 9, 7),
+        case("3x3/2 pads 1", 3, 2, 1, 1, false, 9, 5),
+        case("2x2/1 dilation 2", 2, 1, 0, 2, false, 9, 7),
+        case("3x3/2 ceil mode", 3, 2, 0, 1, true, 8, 4),
+    ];
+    for case in &cases {
+        let (c_n, side, pooled) = (POOL_CHANNELS, case.side, case.pooled);
+        // Sample 0: a plateau of 5s with a strict maximum 9 inside it (channel 0); all negative but
+        // two points, so most windows see only ReLU zeros (channel 1). Sample 1: values rounded to
+        // thirds (ties scattered everywhere; channel 0); random with a strict maximum 8 (channel 1).
+        let mut x = uniform(&[2, c_n, side, side], 31);
+        for r in 0..side {
+            for c in 0..side {
+                let at = |b, ch| IxDyn(&[b, ch, r, c]);
+                if (2..side - 2).contains(&r) && (2..side - 2).contains(&c) {
+                    x[at(0, 0)] = 5.0;
+                }
+                x[at(0, 1)] -= 2.0;
+                x[at(1, 0)] = (x[at(1, 0)] * 3.0).floor() / 3.0;
+            }
+        }
+        let spikes = [([0, 0, 4, 4], 9.0), ([1, 1, 3, 3], 8.0)];
+        for (at, v) in &spikes {
+            x[IxDyn(at)] = *v;
+        }
+        x[IxDyn(&[0, 1, 2, 2])] = 3.0;
+        x[IxDyn(&[0, 1, side - 3, 4])] = 3.0;
+
+        let model = pool_model(case, false);
+        let opts = CompileOptions {
+            embedding: "z".into(),
+            layers: vec!["h".into()],
+            methods: vec![Method::Vanilla],
+            channel_agg: None,
+            smoothing_samples: 1,
+            layouts: vec![],
+        };
+        let graph = compiler::compile(&model, "t", &opts).unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+        let eye =
+            ArrayD::from_shape_fn(IxDyn(&[POOL_D, POOL_D]), |i| if i[0] == i[1] { 1.0f32 } else { 0.0 });
+        let got =
+            run(&graph.to_bytes(), vec![("x", x.clone()), (compiler::COTANGENT, eye)], &["attr/0/vanilla"])
+                .remove(0);
+        assert_eq!(got.shape(), &[2, POOL_D, c_n, side, side], "{}", case.name);
+
+        let probe = onnx::encode(&pool_model(case, true));
+        let idx = run(&probe, vec![("x", x.clone())], &["idx_f"]).remove(0);
+        assert_eq!(idx.shape(), &[2, c_n, pooled, pooled], "{}: pooled size", case.name);
+        let w = onnx::tensor_to_f32(&pool_model(case, false).graph.unwrap().initializer[0]).unwrap();
+        let h = x.mapv(|v| v.max(0.0));
+        let mut want = ArrayD::<f32>::zeros(got.shape());
+        let (mut shared, mut plateau) = (0usize, 0usize);
+        for b in 0..2 {
+            for ch in 0..c_n {
+                let mut reported = vec![0usize; side * side];
+                for oy in 0..pooled {
+                    for ox in 0..pooled {
+                        let global = idx[IxDyn(&[b, ch, oy, ox])] as usize;
+                        let local = global - (b * c_n + ch) * side * side;
+                        let (r, c) = (local / side, local % side);
+                        reported[local] += 1;
+                        let row = (ch * pooled + oy) * pooled + ox;
+                        for j in 0..POOL_D {
+                            want[IxDyn(&[b, j, ch, r, c])] += w[row * POOL_D + j];
+                        }
+                        // The window's elements inside the input; a tie when the maximum occurs twice.
+                        let max = h[IxDyn(&[b, ch, r, c])];
+                        let taps = |o: usize| {
+                            (0..case.kernel)
+                                .map(move |t| {
+                                    (o * case.stride + t * case.dilation) as isize - case.pad as isize
+                                })
+                                .filter(|&v| (0..side as isize).contains(&v))
+                        };
+                        let equal = taps(oy)
+                            .flat_map(|wr| taps(ox).map(move |wc| (wr as usize, wc as usize)))
+                            .filter(|&(wr, wc)| h[IxDyn(&[b, ch, wr, wc])] == max)
+                            .count();
+                        assert!(equal >= 1, "{}: reported index outside its window", case.name);
+                        plateau += usize::from(equal > 1);
+                    }
+                }
+                shared += reported.iter().filter(|&&n| n > 1).count();
+            }
+        }
+        assert!(shared > 0 && plateau > 0, "{}: no shared maxima ({shared}) or ties ({plateau})", case.name);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = (&got - &want).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            err <= 1e-6 * scale,
+            "{}: max error {err} against the reported indices (scale {scale})",
+            case.name
+        );
+
+        // Central differences at the strict maxima (the spikes stand 3 above everything near them).
+        const EPS: f32 = 0.05;
+        let mut checked_shared = false;
+        for (at, _) in &spikes {
+            let (b, ch) = (at[0], at[1]);
+            let windows = idx
+                .iter()
+                .filter(|&&g| g as usize == (b * c_n + ch) * side * side + at[2] * side + at[3])
+                .count();
+            checked_shared |= windows > 1;
+            let (mut plus, mut minus) = (x.clone(), x.clone());
+            plus[IxDyn(at)] += EPS;
+            minus[IxDyn(at)] -= EPS;
+            let zp = run(&onnx::encode(&model), vec![("x", plus)], &["z"]).remove(0);
+            let zm = run(&onnx::encode(&model), vec![("x", minus)], &["z"]).remove(0);
+            for j in 0..POOL_D {
+                let numeric = (zp[[b, j]] - zm[[b, j]]) / (2.0 * EPS);
+                let analytic = got[IxDyn(&[b, j, ch, at[2], at[3]])];
+                assert!(
+                    (numeric - analytic).abs() <= 1e-3 * (1.0 + analytic.abs()),
+                    "{}: at {at:?} ({windows} windows) component {j}: analytic {analytic}, central difference {numeric}",
+                    case.name
+                );
+            }
+        }
+        assert!(checked_shared, "{}: no spike is shared by two windows", case.name);
+    }
+}

@@ -260,6 +260,13 @@ pub fn conv_transpose(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<
 /// one-hot routing matrix `[Y, X]` built once from `Indices` and one `MatMul` per (sample, channel)
 /// with the `K` rows between two transposes, measured level with the scatter (36.5 against 33.3 ms
 /// at 64 points × 32 rows, 33.7 against 33.9 at 32 × 32; the transposes cost what the scatter saves).
+/// A third round timed the routing alone (docs/BENCHMARKS.md, "Overlapping max pools without
+/// ScatterElements"; `tools/pool_routing_bench.py`), every form exact, in CPU time against the
+/// scatter's: a static `Gather` of the windows covering each input element 18×, stride-phase sums
+/// interleaved by `DepthToSpace` 7×, the routing matrix by `Einsum` 1.8×, `ScatterND` of rows with
+/// `K` innermost between two transposes 1.06×. ONNX Runtime's CPU kernels for element-granular moves
+/// cost per element what its scatter costs per update, and a dense form touches every element of the
+/// larger input several times. `MaxUnpool` would place the values fastest but has no CUDA kernel.
 pub fn max_pool(ctx: &mut Backward, node: &NodeProto, dy: &str) -> Result<String> {
     if node.attr_int("storage_order").unwrap_or(0) != 0 {
         bail!("node {} (MaxPool) uses storage_order = 1; not supported", node.display_name());
