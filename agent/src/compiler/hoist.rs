@@ -69,13 +69,17 @@ fn on_cotangent(
 /// instead of once per point. `None` when there is no such tail (the mean is then taken at the
 /// layer, as for the other methods). The per-point gradient stays for `actgrad` and `gradcam`,
 /// which multiply it by the activation at the same point before averaging.
+///
+/// With one point (`S = 1`, the plain gradient) there is no mean, but [`averaged_masks`] still
+/// pays: the rows `u_k` are computed once instead of once per sample, and the masks are multiplied
+/// together per sample before they meet the `K` rows.
 pub(super) fn hoisted_mean(
     cx: &mut ctx::Backward,
     g: &str,
     samples: usize,
     data_inputs: &[String],
 ) -> Option<String> {
-    if samples <= 1 {
+    if samples == 0 {
         return None;
     }
     let nodes = &cx.b.nodes;
@@ -119,6 +123,8 @@ pub(super) fn hoisted_mean(
     let data = data_inputs.first()?.clone();
     let mut x = match averaged_masks(cx, &t, samples, data_inputs) {
         Some(x) => x,
+        // One point: the mean is the gradient itself.
+        None if samples == 1 => return None,
         // Nothing but reshapes: no work saved.
         None if chain.iter().all(|n| matches!(n.op_type.as_str(), "Reshape" | "Identity")) => return None,
         None => {
@@ -309,11 +315,15 @@ fn averaged_masks(cx: &mut ctx::Backward, t: &str, samples: usize, data_inputs: 
     for mask in &masks {
         m = cx.b.mul(&m, mask);
     }
-    let mut grouped = vec![-1, samples as i64, 1];
-    grouped.extend(&rest);
-    let grouped = cx.b.reshape_const(&m, &grouped);
-    let summed = cx.b.reduce_sum(&grouped, &[1], false);
-    let mean = cx.b.scale(&summed, 1.0 / samples as f32); // [B, 1, rest]
+    let mean = if samples == 1 {
+        m
+    } else {
+        let mut grouped = vec![-1, samples as i64, 1];
+        grouped.extend(&rest);
+        let grouped = cx.b.reshape_const(&m, &grouped);
+        let summed = cx.b.reduce_sum(&grouped, &[1], false);
+        cx.b.scale(&summed, 1.0 / samples as f32) // [B, 1, rest]
+    };
     let rows = cx.b.mul(&u, &mean); // [B, K, rest]
     if t_split {
         Some(rows)

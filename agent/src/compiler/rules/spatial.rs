@@ -342,15 +342,13 @@ fn max_pool_tiled(ctx: &mut Backward, node: &NodeProto, dy: &str, x: &[i64], y: 
     let mut lead = vec![-1];
     lead.extend(&interleaved);
     let local = ctx.b.reshape_const(&local, &lead);
-    let mut full = vec![1];
-    full.extend(&expanded);
-    let full = ctx.b.const_i64(&full);
-    let up = ctx.b.op("Expand", &[&local, &full], vec![]);
+    // `Equal` broadcasts each window's index over the window against every element's own index
+    // (an `Expand` of the int64 indices first cost about as much as the rest of the mask).
     let own_name = ctx.b.fresh("maxpool_own");
     let mut own_dims = vec![1];
     own_dims.extend(&expanded[1..]);
     ctx.b.initializers.push(onnx::tensor_i64(&own_name, &own_dims, &own));
-    let hit = ctx.b.op("Equal", &[&up, &own_name], vec![]);
+    let hit = ctx.b.op("Equal", &[&local, &own_name], vec![]);
     let mask = ctx.b.op("Cast", &[&hit], vec![attr::int("to", data_type::FLOAT as i64)]);
     let mut per_sample = vec![-1, 1, c];
     per_sample.extend(&tiled);
