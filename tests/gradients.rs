@@ -307,6 +307,14 @@ fn smoothed_vanilla_maps_equal_the_mean_of_the_per_point_maps() {
             let nodes = &smoothed.model.graph.as_ref().unwrap().node;
             let averaged = nodes.iter().any(|n| n.name.contains("averaged_masks"));
             assert_eq!(averaged, name == "mnist_encoder", "{name}: where the masks are averaged");
+            // The AlexNet-like stack's pool2 overlaps: its ReLU moves after it (`rewrite.rs`) and
+            // the points' rows are scattered straight into their sample's (`scattered_mean`).
+            let scattered = nodes.iter().any(|n| n.name.contains("scattered_mean"));
+            assert_eq!(
+                scattered,
+                name == "alexnet_small",
+                "{name}: where the mean is fused into the scatter"
+            );
             assert!(averaged || nodes.iter().any(|n| n.op_type == "Div"), "{name}: the mean was not hoisted");
             let feeds = || vec![("input", points.clone()), (compiler::COTANGENT, v.clone())];
             let got = run(&smoothed.to_bytes(), feeds(), &["attr/0/vanilla"]).remove(0);
@@ -545,4 +553,39 @@ fn overlapping_max_pools_route_ties_to_the_reported_index() {
         }
         assert!(checked_shared, "{}: no spike is shared by two windows", case.name);
     }
+}
+
+/// The compiled graph moves a ReLU after an overlapping max pool (`MaxPool(Relu(x))` →
+/// `Relu(MaxPool(x))`, `compiler/rewrite.rs`): the forward values must stay the model's own, bit
+/// for bit (the gradients after the move are checked against finite differences of the model
+/// itself in `every_rule_and_model_matches_finite_differences`).
+#[test]
+fn moving_a_relu_after_an_overlapping_max_pool_keeps_the_forward_values() {
+    let entry = manifest().into_iter().find(|e| e.name == "alexnet_small").unwrap();
+    let bytes = std::fs::read(entry.path()).unwrap();
+    let model = onnx::decode(&bytes).unwrap();
+    let layer = entry.layers[0].clone();
+    let opts = CompileOptions {
+        embedding: entry.embedding.clone(),
+        layers: vec![layer.clone()],
+        methods: vec![Method::Vanilla],
+        channel_agg: Some(Aggregation::Abs),
+        smoothing_samples: 1,
+        layouts: vec![],
+    };
+    let compiled = compiler::compile(&model, "t", &opts).unwrap();
+    let nodes = &compiled.model.graph.as_ref().unwrap().node;
+    assert!(
+        nodes.iter().any(|n| n.op_type == "MaxPool" && n.output[0].starts_with("attr/pooled/")),
+        "no ReLU was moved after a max pool"
+    );
+    let mut shape = vec![5];
+    shape.extend(&entry.input_shape);
+    let x = uniform(&shape, 21);
+    let own = run(&bytes, vec![("input", x.clone())], &[entry.embedding.as_str()]).remove(0);
+    let v = uniform(&[2, entry.d], 22);
+    let got =
+        run(&compiled.to_bytes(), vec![("input", x), (compiler::COTANGENT, v)], &[entry.embedding.as_str()])
+            .remove(0);
+    assert_eq!(own, got, "the embedding changed");
 }

@@ -125,28 +125,14 @@ pub(super) fn hoisted_mean(
         Some(x) => x,
         // One point: the mean is the gradient itself.
         None if samples == 1 => return None,
-        // Nothing but reshapes: no work saved.
-        None if chain.iter().all(|n| matches!(n.op_type.as_str(), "Reshape" | "Identity")) => return None,
-        None => {
-            // Whatever form the cotangent has there (flat `[N·K, …]` or split `[N, K, …]`), its
-            // leading axis runs over points first, `n = b·S + s`: `[B, S, rest]` → mean over S →
-            // leading axis ÷ S.
-            let n_shape = cx.b.shape(&data);
-            let n = cx.b.slice1(&n_shape, 0, 1);
-            let s = cx.b.const_i64(&[samples as i64]);
-            let b = cx.b.op("Div", &[&n, &s], vec![]);
-            let tail = cx.b.const_i64(&[samples as i64, -1]);
-            let grouped_shape = cx.b.concat0(&[&b, &tail]);
-            let grouped = cx.b.reshape(&t, &grouped_shape);
-            let summed = cx.b.reduce_sum(&grouped, &[1], false);
-            let mean = cx.b.scale(&summed, 1.0 / samples as f32);
-            let t_shape = cx.b.shape(&t);
-            let lead = cx.b.slice1(&t_shape, 0, 1);
-            let lead = cx.b.op("Div", &[&lead, &s], vec![]);
-            let rest = cx.b.slice1(&t_shape, 1, i64::MAX);
-            let out_shape = cx.b.concat0(&[&lead, &rest]);
-            cx.b.reshape(&mean, &out_shape)
-        }
+        None => match scattered_mean(cx, &t, samples) {
+            Some(x) => x,
+            // Nothing but reshapes: no work saved.
+            None if chain.iter().all(|n| matches!(n.op_type.as_str(), "Reshape" | "Identity")) => {
+                return None;
+            }
+            None => mean_over_points(cx, &t, samples, &data),
+        },
     };
     for n in chain {
         let mut copy = n.clone();
@@ -332,4 +318,91 @@ fn averaged_masks(cx: &mut ctx::Backward, t: &str, samples: usize, data_inputs: 
         flat.extend(&rest);
         Some(cx.b.reshape_const(&rows, &flat))
     }
+}
+
+/// `t`'s mean over each sample's points: whatever form the cotangent has there (flat `[N·K, …]` or
+/// split `[N, K, …]`), its leading axis runs over points first, `n = b·S + s`: `[B, S, rest]` → mean
+/// over S → leading axis ÷ S.
+fn mean_over_points(cx: &mut ctx::Backward, t: &str, samples: usize, data: &str) -> String {
+    let n_shape = cx.b.shape(data);
+    let n = cx.b.slice1(&n_shape, 0, 1);
+    let s = cx.b.const_i64(&[samples as i64]);
+    let b = cx.b.op("Div", &[&n, &s], vec![]);
+    let tail = cx.b.const_i64(&[samples as i64, -1]);
+    let grouped_shape = cx.b.concat0(&[&b, &tail]);
+    let grouped = cx.b.reshape(t, &grouped_shape);
+    let summed = cx.b.reduce_sum(&grouped, &[1], false);
+    let mean = cx.b.scale(&summed, 1.0 / samples as f32);
+    let t_shape = cx.b.shape(t);
+    let lead = cx.b.slice1(&t_shape, 0, 1);
+    let lead = cx.b.op("Div", &[&lead, &s], vec![]);
+    let rest = cx.b.slice1(&t_shape, 1, i64::MAX);
+    let out_shape = cx.b.concat0(&[&lead, &rest]);
+    cx.b.reshape(&mean, &out_shape)
+}
+
+/// The mean over each sample's points of `t` when `t` is an overlapping max pool's routing,
+/// `ScatterElements(zeros [N·K, X], indices, dY, axis = 1, reduction = add)` (`rules/spatial.rs`):
+/// the points' rows are scattered straight into their sample's rows, `[B·K, X]`, and divided by
+/// `S`. Row `r = n·K + k` (point `n = b·S + s`) goes to `b·K + k`; the indices become offsets into
+/// the flat `[B·K·X]` result, where the `S` points of a sample add up in the same place. This drops
+/// the per-point zero fill and result (`S` times the size), and the sum over the points after it.
+/// Exact up to the order of the float additions.
+fn scattered_mean(cx: &mut ctx::Backward, t: &str, samples: usize) -> Option<String> {
+    let nodes = &cx.b.nodes;
+    let sc = nodes.iter().find(|n| n.output.first().map(String::as_str) == Some(t))?;
+    let add = sc.attr_string("reduction").as_deref() == Some("add");
+    if sc.op_type != "ScatterElements" || !add || sc.attr_int("axis") != Some(1) || sc.input.len() != 3 {
+        return None;
+    }
+    // The zeros' width `X`: `ConstantOfShape(Concat(rows, [X]))`.
+    let zeros = nodes.iter().find(|n| n.output.first() == Some(&sc.input[0]))?;
+    let shape = nodes
+        .iter()
+        .find(|n| zeros.op_type == "ConstantOfShape" && n.output.first() == zeros.input.first())?;
+    if shape.op_type != "Concat" || shape.input.len() != 2 {
+        return None;
+    }
+    let width = cx.b.initializers.iter().find(|i| i.name == shape.input[1])?;
+    let [x] = onnx::tensor_to_i64(width).ok()?[..] else { return None };
+    let (idx, upd) = (sc.input[1].clone(), sc.input[2].clone());
+    let k = cx.kdim.clone();
+    // Rows r = 0 … N·K−1, and where each goes: (r div S·K)·K + r mod K.
+    let upd_shape = cx.b.shape(&upd);
+    let rows = cx.b.slice1(&upd_shape, 0, 1);
+    let zero = cx.b.const_i64(&[0]);
+    let one = cx.b.const_i64(&[1]);
+    let axis = cx.b.const_i64(&[0]);
+    let mut scalar = |v: &str| cx.b.op("Squeeze", &[v, &axis], vec![]);
+    let (r0, rn, r1) = (scalar(&zero), scalar(&rows), scalar(&one));
+    let r = cx.b.op("Range", &[&r0, &rn, &r1], vec![]);
+    let s = cx.b.const_i64(&[samples as i64]);
+    let sk = cx.b.op("Mul", &[&s, &k], vec![]);
+    let b = cx.b.op("Div", &[&r, &sk], vec![]);
+    let bk = cx.b.op("Mul", &[&b, &k], vec![]);
+    let kk = cx.b.op("Mod", &[&r, &k], vec![]);
+    let dest = cx.b.op("Add", &[&bk, &kk], vec![]);
+    let xw = cx.b.const_i64(&[x]);
+    let offset = cx.b.op("Mul", &[&dest, &xw], vec![]);
+    let offset = cx.b.unsqueeze(&offset, &[1]);
+    let global = cx.b.op("Add", &[&idx, &offset], vec![]);
+    let global = cx.b.reshape_const(&global, &[-1]);
+    let flat_upd = cx.b.reshape_const(&upd, &[-1]);
+    // [B·K·X] zeros: N·K rows ÷ S, times X.
+    let out_rows = cx.b.op("Div", &[&rows, &s], vec![]);
+    let out_len = cx.b.op("Mul", &[&out_rows, &xw], vec![]);
+    let zeros = cx.b.op(
+        "ConstantOfShape",
+        &[&out_len],
+        vec![onnx::attr::tensor("value", onnx::tensor_f32("", &[1], &[0.0]))],
+    );
+    let summed = cx.b.op(
+        "ScatterElements",
+        &[&zeros, &global, &flat_upd],
+        vec![onnx::attr::int("axis", 0), onnx::attr::string("reduction", "add")],
+    );
+    let name = cx.b.fresh("scattered_mean");
+    cx.b.nodes.last_mut().expect("just added").name = name;
+    let summed = cx.b.reshape_const(&summed, &[-1, x]);
+    Some(cx.b.scale(&summed, 1.0 / samples as f32))
 }

@@ -17,6 +17,7 @@ pub mod layers;
 pub mod layout;
 mod probe;
 mod registry;
+mod rewrite;
 mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -123,6 +124,11 @@ pub fn compile_bytes(bytes: &[u8], opts: &CompileOptions) -> Result<AttributionG
 pub fn compile(model: &ModelProto, source_sha256: &str, opts: &CompileOptions) -> Result<AttributionGraph> {
     check_options(opts)?;
     let (mut model, opset) = raised_opset(model)?;
+    if let Some(g) = model.graph.as_mut() {
+        let mut keep = opts.layers.clone();
+        keep.push(opts.embedding.clone());
+        rewrite::relu_after_overlapping_max_pool(g, &keep);
+    }
     let analysis =
         graph::analyse(model.graph.as_ref().context("model has no graph")?, &opts.layers, &opts.embedding)?;
     expose_aux_outputs(&mut model, &analysis);
