@@ -589,3 +589,56 @@ fn moving_a_relu_after_an_overlapping_max_pool_keeps_the_forward_values() {
             .remove(0);
     assert_eq!(own, got, "the embedding changed");
 }
+
+/// The same identity on every committed test model (every rule family, all their layers one at a
+/// time): whichever way the compiler takes the mean over the points — at the layer, before the
+/// gradient's point-independent tail, over the masks, inside a max pool's scatter — the smoothed
+/// `vanilla` map is the mean of the per-point maps.
+#[test]
+fn smoothed_vanilla_maps_are_the_per_point_mean_on_every_model() {
+    const S: usize = 3;
+    let mut checked = Vec::new();
+    for entry in manifest().into_iter().filter(|e| e.committed) {
+        let model = onnx::decode(&std::fs::read(entry.path()).unwrap()).unwrap();
+        let mut shape = vec![2 * S];
+        shape.extend(&entry.input_shape);
+        let points = uniform(&shape, 31);
+        let v = uniform(&[2, entry.d], 32) - 0.5;
+        for layer in &entry.layers {
+            let opts = |samples| CompileOptions {
+                embedding: entry.embedding.clone(),
+                layers: vec![layer.clone()],
+                methods: vec![Method::Vanilla],
+                channel_agg: None,
+                smoothing_samples: samples,
+                layouts: vec![],
+            };
+            let feeds = || vec![(entry.input.as_str(), points.clone()), (compiler::COTANGENT, v.clone())];
+            let smoothed = compiler::compile(&model, "t", &opts(S)).unwrap();
+            let got = run(&smoothed.to_bytes(), feeds(), &["attr/0/vanilla"]).remove(0);
+            let plain = compiler::compile(&model, "t", &opts(1)).unwrap();
+            let per_point = run(&plain.to_bytes(), feeds(), &["attr/0/vanilla"]).remove(0);
+            let mut grouped = vec![2, S];
+            grouped.extend(&per_point.shape()[1..]);
+            let want = per_point.into_shape_with_order(IxDyn(&grouped)).unwrap().mean_axis(Axis(1)).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{} at {layer}", entry.name);
+            let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let err = (&got - &want).iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(err <= 1e-5 * scale, "{} at {layer}: max error {err} (scale {scale})", entry.name);
+            let nodes = &smoothed.model.graph.as_ref().unwrap().node;
+            let how = if nodes.iter().any(|n| n.name.contains("averaged_masks")) {
+                "masks"
+            } else if nodes.iter().any(|n| n.name.contains("scattered_mean")) {
+                "scatter"
+            } else {
+                "rows"
+            };
+            checked.push(format!("{} at {layer}: {err:.1e} ({how})", entry.name));
+        }
+    }
+    eprintln!("{}", checked.join("\n"));
+    assert!(checked.len() >= 40, "expected the whole manifest, checked {}", checked.len());
+    assert!(
+        checked.iter().any(|c| c.ends_with("(masks)")) && checked.iter().any(|c| c.ends_with("(scatter)"))
+    );
+}

@@ -267,6 +267,20 @@ fn averaged_masks(cx: &mut ctx::Backward, t: &str, samples: usize, data_inputs: 
     };
     let rest = rest?;
     let t_split = t_split?;
+    // Each mask must broadcast *into* the rows' `[N, K, rest]`, not widen them (a `ReduceMax`'s
+    // kept axis of size 1 meets a full-size mask): its shape, inferred from the probe, must be
+    // `[N or 1, 1, r…]` with every `r` either 1 or the rows' own size.
+    let fits = |m: &String| {
+        mask_shape(cx, &producer, m).is_some_and(|d| {
+            d.len() == rest.len() + 2
+                && matches!(d[0], Dim::Points | Dim::Fixed(1))
+                && d[1] == Dim::Fixed(1)
+                && d[2..].iter().zip(&rest).all(|(a, &r)| *a == Dim::Fixed(1) || *a == Dim::Fixed(r))
+        })
+    };
+    if !masks.iter().all(fits) {
+        return None;
+    }
     let base_chain: Vec<NodeProto> = base_chain.iter().map(|&i| nodes[i].clone()).collect();
 
     // One point's rows `u_k`: the seed's ops replayed on the cotangent input itself (`[K, D]`, what
@@ -405,4 +419,86 @@ fn scattered_mean(cx: &mut ctx::Backward, t: &str, samples: usize) -> Option<Str
     cx.b.nodes.last_mut().expect("just added").name = name;
     let summed = cx.b.reshape_const(&summed, &[-1, x]);
     Some(cx.b.scale(&summed, 1.0 / samples as f32))
+}
+
+/// A dim of an inferred mask shape: the points' axis, or a known size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dim {
+    Points,
+    Fixed(i64),
+}
+
+/// The shape of a row-independent tensor of the backward graph (a mask), inferred from the probed
+/// forward shapes through the few ops the rules build masks with; `None` when anything else is on
+/// the way (the caller then does not average the masks).
+fn mask_shape(cx: &ctx::Backward, producer: &HashMap<&str, usize>, t: &str) -> Option<Vec<Dim>> {
+    if let Some(p) = cx.shapes.get(t) {
+        if !p.batched {
+            return Some(p.rest.iter().map(|&d| Dim::Fixed(d)).collect());
+        }
+        if p.layout.is_some() {
+            return None;
+        }
+        return Some(std::iter::once(Dim::Points).chain(p.rest.iter().map(|&d| Dim::Fixed(d))).collect());
+    }
+    let ints = |x: &str| -> Option<Vec<i64>> {
+        let c = cx.b.initializers.iter().find(|i| i.name == x).or_else(|| cx.consts.get(x))?;
+        onnx::tensor_to_i64(c).ok()
+    };
+    if let Some(c) = cx.b.initializers.iter().find(|i| i.name == t).or_else(|| cx.consts.get(t)) {
+        return Some(c.dims.iter().map(|&d| Dim::Fixed(d)).collect());
+    }
+    let n = &cx.b.nodes[*producer.get(t)?];
+    let input = |i: usize| mask_shape(cx, producer, n.input.get(i)?);
+    match n.op_type.as_str() {
+        "Cast" | "Not" | "Neg" | "Abs" | "Relu" | "Sigmoid" | "Sign" | "Reciprocal" | "Sqrt" | "Exp" | "Log" => {
+            input(0)
+        }
+        "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "Equal" | "And" | "Or" | "Mul" | "Div"
+        | "Add" | "Sub" | "Where" | "Mod" => {
+            let shapes: Vec<Vec<Dim>> = (0..n.input.len()).map(input).collect::<Option<_>>()?;
+            let rank = shapes.iter().map(Vec::len).max()?;
+            (0..rank)
+                .map(|i| {
+                    let mut out = Dim::Fixed(1);
+                    for sh in &shapes {
+                        let Some(&d) = (i + sh.len()).checked_sub(rank).and_then(|j| sh.get(j)) else { continue };
+                        out = match (out, d) {
+                            (Dim::Fixed(1), d) | (d, Dim::Fixed(1)) => d,
+                            (a, b) if a == b => a,
+                            _ => return None,
+                        };
+                    }
+                    Some(out)
+                })
+                .collect()
+        }
+        "Unsqueeze" => {
+            let mut d = input(0)?;
+            let mut axes = ints(n.input.get(1)?)?;
+            let rank = (d.len() + axes.len()) as i64;
+            for a in axes.iter_mut() {
+                if *a < 0 {
+                    *a += rank;
+                }
+            }
+            axes.sort_unstable();
+            for &a in &axes {
+                d.insert(usize::try_from(a).ok()?.min(d.len()), Dim::Fixed(1));
+            }
+            Some(d)
+        }
+        "Reshape" => {
+            // A constant shape whose only unknown is a leading −1 that stands for the points.
+            let target = ints(n.input.get(1)?)?;
+            let from = input(0)?;
+            if target.first() != Some(&-1) || target[1..].iter().any(|&v| v <= 0) || from.first() != Some(&Dim::Points) {
+                return None;
+            }
+            let per = |d: &[Dim]| d.iter().map(|x| if let Dim::Fixed(v) = x { *v } else { 1 }).product::<i64>();
+            (per(&from[1..]) == target[1..].iter().product::<i64>())
+                .then(|| std::iter::once(Dim::Points).chain(target[1..].iter().map(|&v| Dim::Fixed(v))).collect())
+        }
+        _ => None,
+    }
 }
