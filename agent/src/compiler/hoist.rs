@@ -182,40 +182,9 @@ fn averaged_masks(cx: &mut ctx::Backward, t: &str, samples: usize, data_inputs: 
         (parts_ok && ints(&c.input[0])? == [-1]).then_some(())?;
         Some((true, ints(&c.input[2])?))
     };
-    // The seed `Reshape(Expand(Unsqueeze(cotangent)), [-1, D])`: row `b·K + k` is cotangent row `k`.
-    let is_seed = |x: &str| -> bool {
-        let up = |x: &str, op: &str| {
-            producer.get(x).map(|&i| &nodes[i]).filter(|n| n.op_type == op).map(|n| n.input[0].as_str())
-        };
-        up(x, "Reshape").and_then(|e| up(e, "Expand")).and_then(|u| up(u, "Unsqueeze")) == Some(COTANGENT)
-    };
     let mut free_memo = HashMap::new();
     let mut dep_memo = HashMap::new();
-    // The ops from the seed to `x` when `x` is the same at every point: each takes the previous one
-    // as its first input and nothing else that varies. `None` otherwise.
-    let mut uniform = |x: &str| -> Option<Vec<usize>> {
-        let mut chain = Vec::new();
-        let mut cur = x;
-        while !is_seed(cur) {
-            let &i = producer.get(cur)?;
-            let n = &nodes[i];
-            let op_ok = match n.op_type.as_str() {
-                "MatMul" | "Reshape" | "Resize" | "Identity" | "Conv" | "ConvTranspose" | "Mul" => true,
-                "Transpose" => n.attr_ints("perm").is_some_and(|p| p.first() == Some(&0)),
-                _ => false,
-            };
-            if !(op_ok && n.output.len() == 1 && !n.input.is_empty()) {
-                return None;
-            }
-            if !n.input[1..].iter().all(|x| free(x, cx, &producer, data_inputs, &mut free_memo)) {
-                return None;
-            }
-            chain.push(i);
-            cur = n.input[0].as_str();
-        }
-        chain.reverse();
-        Some(chain)
-    };
+    let mut uniform = |x: &str| uniform_chain(cx, &producer, data_inputs, x, &mut free_memo);
     let mut masks: Vec<String> = Vec::new();
     let mut rest: Option<Vec<i64>> = None;
     let mut same_rest = |r: Vec<i64>| -> bool { rest.get_or_insert_with(|| r.clone()) == &r };
@@ -283,17 +252,7 @@ fn averaged_masks(cx: &mut ctx::Backward, t: &str, samples: usize, data_inputs: 
     }
     let base_chain: Vec<NodeProto> = base_chain.iter().map(|&i| nodes[i].clone()).collect();
 
-    // One point's rows `u_k`: the seed's ops replayed on the cotangent input itself (`[K, D]`, what
-    // the seed holds for every point).
-    let mut u = COTANGENT.to_string();
-    for n in base_chain {
-        let mut copy = n.clone();
-        copy.name = cx.b.fresh(&format!("{}_node", n.op_type));
-        copy.input[0] = u;
-        copy.output = vec![cx.b.fresh(&n.op_type)];
-        u = copy.output[0].clone();
-        cx.b.nodes.push(copy);
-    }
+    let u = replay_on_cotangent(cx, base_chain);
     let mut one_k = vec![1, -1];
     one_k.extend(&rest);
     let u = cx.b.reshape_const(&u, &one_k); // [1, K, rest]
@@ -451,9 +410,8 @@ fn mask_shape(cx: &ctx::Backward, producer: &HashMap<&str, usize>, t: &str) -> O
     let n = &cx.b.nodes[*producer.get(t)?];
     let input = |i: usize| mask_shape(cx, producer, n.input.get(i)?);
     match n.op_type.as_str() {
-        "Cast" | "Not" | "Neg" | "Abs" | "Relu" | "Sigmoid" | "Sign" | "Reciprocal" | "Sqrt" | "Exp" | "Log" => {
-            input(0)
-        }
+        "Cast" | "Not" | "Neg" | "Abs" | "Relu" | "Sigmoid" | "Sign" | "Reciprocal" | "Sqrt" | "Exp"
+        | "Log" => input(0),
         "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "Equal" | "And" | "Or" | "Mul" | "Div"
         | "Add" | "Sub" | "Where" | "Mod" => {
             let shapes: Vec<Vec<Dim>> = (0..n.input.len()).map(input).collect::<Option<_>>()?;
@@ -462,7 +420,9 @@ fn mask_shape(cx: &ctx::Backward, producer: &HashMap<&str, usize>, t: &str) -> O
                 .map(|i| {
                     let mut out = Dim::Fixed(1);
                     for sh in &shapes {
-                        let Some(&d) = (i + sh.len()).checked_sub(rank).and_then(|j| sh.get(j)) else { continue };
+                        let Some(&d) = (i + sh.len()).checked_sub(rank).and_then(|j| sh.get(j)) else {
+                            continue;
+                        };
                         out = match (out, d) {
                             (Dim::Fixed(1), d) | (d, Dim::Fixed(1)) => d,
                             (a, b) if a == b => a,
@@ -492,13 +452,114 @@ fn mask_shape(cx: &ctx::Backward, producer: &HashMap<&str, usize>, t: &str) -> O
             // A constant shape whose only unknown is a leading −1 that stands for the points.
             let target = ints(n.input.get(1)?)?;
             let from = input(0)?;
-            if target.first() != Some(&-1) || target[1..].iter().any(|&v| v <= 0) || from.first() != Some(&Dim::Points) {
+            if target.first() != Some(&-1)
+                || target[1..].iter().any(|&v| v <= 0)
+                || from.first() != Some(&Dim::Points)
+            {
                 return None;
             }
-            let per = |d: &[Dim]| d.iter().map(|x| if let Dim::Fixed(v) = x { *v } else { 1 }).product::<i64>();
-            (per(&from[1..]) == target[1..].iter().product::<i64>())
-                .then(|| std::iter::once(Dim::Points).chain(target[1..].iter().map(|&v| Dim::Fixed(v))).collect())
+            let per =
+                |d: &[Dim]| d.iter().map(|x| if let Dim::Fixed(v) = x { *v } else { 1 }).product::<i64>();
+            (per(&from[1..]) == target[1..].iter().product::<i64>()).then(|| {
+                std::iter::once(Dim::Points).chain(target[1..].iter().map(|&v| Dim::Fixed(v))).collect()
+            })
         }
         _ => None,
     }
+}
+
+/// The seed `Reshape(Expand(Unsqueeze(cotangent)), [-1, D])`: row `b·K + k` is cotangent row `k`.
+fn is_seed(nodes: &[NodeProto], producer: &HashMap<&str, usize>, x: &str) -> bool {
+    let up = |x: &str, op: &str| {
+        producer.get(x).map(|&i| &nodes[i]).filter(|n| n.op_type == op).map(|n| n.input[0].as_str())
+    };
+    up(x, "Reshape").and_then(|e| up(e, "Expand")).and_then(|u| up(u, "Unsqueeze")) == Some(COTANGENT)
+}
+
+/// The ops from the seed to `x` when `x` is the same at every point: each takes the previous one as
+/// its first input and nothing else that varies. `None` otherwise.
+fn uniform_chain(
+    cx: &ctx::Backward,
+    producer: &HashMap<&str, usize>,
+    data_inputs: &[String],
+    x: &str,
+    free_memo: &mut HashMap<String, bool>,
+) -> Option<Vec<usize>> {
+    let nodes = &cx.b.nodes;
+    let mut chain = Vec::new();
+    let mut cur = x;
+    while !is_seed(nodes, producer, cur) {
+        let &i = producer.get(cur)?;
+        let n = &nodes[i];
+        let op_ok = match n.op_type.as_str() {
+            "MatMul" | "Reshape" | "Resize" | "Identity" | "Conv" | "ConvTranspose" | "Mul" => true,
+            "Transpose" => n.attr_ints("perm").is_some_and(|p| p.first() == Some(&0)),
+            _ => false,
+        };
+        if !(op_ok && n.output.len() == 1 && !n.input.is_empty()) {
+            return None;
+        }
+        if !n.input[1..].iter().all(|x| free(x, cx, producer, data_inputs, free_memo)) {
+            return None;
+        }
+        chain.push(i);
+        cur = n.input[0].as_str();
+    }
+    chain.reverse();
+    Some(chain)
+}
+
+/// One point's rows: the seed's ops replayed on the cotangent input itself (`[K, D]`, what the seed
+/// holds for every point).
+fn replay_on_cotangent(cx: &mut ctx::Backward, chain: Vec<NodeProto>) -> String {
+    let mut u = COTANGENT.to_string();
+    for n in chain {
+        let mut copy = n.clone();
+        copy.name = cx.b.fresh(&format!("{}_node", n.op_type));
+        copy.input[0] = u;
+        copy.output = vec![cx.b.fresh(&n.op_type)];
+        u = copy.output[0].clone();
+        cx.b.nodes.push(copy);
+    }
+    u
+}
+
+/// A layer gradient that is the same at every point (the seed through point-independent ops only:
+/// a layer right before a linear head), for every sample: one point's rows built once from the
+/// cotangent input and repeated for the `B` samples, instead of the seed's ops run on every point's
+/// rows and averaged. Its smoothed `vanilla` map is that gradient itself, whatever `S`. Same form
+/// as the per-point gradient (`[B·K, rest…]` for `[N·K, rest…]`). `None` when `g` varies.
+pub(super) fn uniform_rows(
+    cx: &mut ctx::Backward,
+    g: &str,
+    samples: usize,
+    data_inputs: &[String],
+) -> Option<String> {
+    let producer: HashMap<&str, usize> =
+        cx.b.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+            .collect();
+    let chain = uniform_chain(cx, &producer, data_inputs, g, &mut HashMap::new())?;
+    if chain.is_empty() {
+        return None; // the seed itself: a layer that is the embedding
+    }
+    let chain: Vec<NodeProto> = chain.iter().map(|&i| cx.b.nodes[i].clone()).collect();
+    let u = replay_on_cotangent(cx, chain);
+    // Repeated along the leading axis, once per sample: `B = N / S`; the other axes once (`Tile`'s
+    // repeats: `[B, 1, …]`, the ones from `shape ÷ shape`).
+    let data = data_inputs.first()?;
+    let n_shape = cx.b.shape(data);
+    let n = cx.b.slice1(&n_shape, 0, 1);
+    let s = cx.b.const_i64(&[samples as i64]);
+    let b = cx.b.op("Div", &[&n, &s], vec![]);
+    let u_shape = cx.b.shape(&u);
+    let ones = cx.b.op("Div", &[&u_shape, &u_shape], vec![]);
+    let ones = cx.b.slice1(&ones, 1, i64::MAX);
+    let repeats = cx.b.concat0(&[&b, &ones]);
+    let tiled = cx.b.op("Tile", &[&u, &repeats], vec![]);
+    let name = cx.b.fresh("uniform_rows");
+    cx.b.nodes.last_mut().expect("just added").name = name;
+    Some(tiled)
 }

@@ -345,7 +345,13 @@ fn attribution_outputs(
         // at each point, or it flows on to an earlier layer), where that would only add work.
         let per_point_needed = opts.methods.iter().any(|&m| m != Method::Vanilla)
             || cx.b.nodes.iter().any(|n| n.input.contains(&g));
-        let averaged = if per_point_needed {
+        // A gradient that is the same at every point (a layer right before a linear head): its
+        // `vanilla` map is built from one point's rows (`uniform_rows`), whatever else needs it.
+        let averaged = if opts.methods.contains(&Method::Vanilla)
+            && let Some(rows) = hoist::uniform_rows(cx, &g, opts.smoothing_samples, &data_inputs)
+        {
+            Some(rows)
+        } else if per_point_needed {
             None
         } else {
             hoist::hoisted_mean(cx, &g, opts.smoothing_samples, &data_inputs)
