@@ -121,7 +121,7 @@ pub(super) fn hoisted_mean(
     }
     let chain: Vec<NodeProto> = chain.iter().rev().map(|&i| nodes[i].clone()).collect();
     let data = data_inputs.first()?.clone();
-    let mut x = match averaged_masks(cx, &t, samples, data_inputs) {
+    let x = match averaged_masks(cx, &t, samples, data_inputs) {
         Some(x) => x,
         // One point: the mean is the gradient itself.
         None if samples == 1 => return None,
@@ -134,15 +134,7 @@ pub(super) fn hoisted_mean(
             None => mean_over_points(cx, &t, samples, &data),
         },
     };
-    for n in chain {
-        let mut copy = n.clone();
-        copy.name = cx.b.fresh(&format!("{}_node", n.op_type));
-        copy.input[0] = x;
-        copy.output = vec![cx.b.fresh(&n.op_type)];
-        x = copy.output[0].clone();
-        cx.b.nodes.push(copy);
-    }
-    Some(x)
+    Some(replay(cx, chain, x))
 }
 
 /// The mean over each sample's `S` points of `t`, the cotangent where [`hoisted_mean`] stops, when
@@ -512,16 +504,20 @@ fn uniform_chain(
 /// One point's rows: the seed's ops replayed on the cotangent input itself (`[K, D]`, what the seed
 /// holds for every point).
 fn replay_on_cotangent(cx: &mut ctx::Backward, chain: Vec<NodeProto>) -> String {
-    let mut u = COTANGENT.to_string();
+    replay(cx, chain, COTANGENT.to_string())
+}
+
+/// The ops of `chain` emitted again, in order, on `x` as their first input; returns the last output.
+fn replay(cx: &mut ctx::Backward, chain: Vec<NodeProto>, mut x: String) -> String {
     for n in chain {
         let mut copy = n.clone();
         copy.name = cx.b.fresh(&format!("{}_node", n.op_type));
-        copy.input[0] = u;
+        copy.input[0] = x;
         copy.output = vec![cx.b.fresh(&n.op_type)];
-        u = copy.output[0].clone();
+        x = copy.output[0].clone();
         cx.b.nodes.push(copy);
     }
-    u
+    x
 }
 
 /// A layer gradient that is the same at every point (the seed through point-independent ops only:
