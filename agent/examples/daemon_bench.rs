@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array4, Axis};
 
+#[path = "common/proc_stats.rs"]
+mod proc_stats;
+use proc_stats::{load_average, vm_hwm_kib};
+
+/// The daemon's CPU time (every thread) in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    proc_stats::cpu_seconds_of(&pid.to_string()).unwrap_or(0.0)
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -30,24 +39,6 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
-}
-
-/// The process's CPU time (user + system, all threads) in seconds; Linux's clock tick is 1/100 s.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 struct Killed(Child);
@@ -155,12 +146,6 @@ struct Figures {
     per_sec: f64,
     cpu_ms: f64,
     peak_mib: f64,
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn main() {

@@ -20,14 +20,9 @@ use agent::engine::Engine;
 use ndarray::{Array4, Axis};
 use ndarray_npy::ReadNpyExt;
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // After the parenthesised command name, utime and stime are fields 12 and 13 (clock ticks).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
+#[path = "common/proc_stats.rs"]
+mod proc_stats;
+use proc_stats::cpu_seconds;
 
 /// CPU seconds per call of `f`, repeated for at least `secs` of wall time.
 fn per_call(secs: f64, mut f: impl FnMut()) -> f64 {

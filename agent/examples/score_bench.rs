@@ -27,6 +27,10 @@ use agent::runtime::Provider;
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 
+#[path = "common/proc_stats.rs"]
+mod proc_stats;
+use proc_stats::{cpu_seconds, load_average};
+
 struct Case {
     name: String,
     model: PathBuf,
@@ -96,23 +100,6 @@ fn cases(dir: &Path) -> Vec<Case> {
             torch: serde_json::Value::Null,
         },
     ]
-}
-
-/// The 1, 5 and 15 minute load averages: the bench's conditions, printed with its figures.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Process CPU time (user + system, every thread) in seconds; Linux's clock tick is 1/100 s.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Mean (wall, CPU) seconds of one `score_batch` on `x`, repeated until `min_secs` have passed.

@@ -2,6 +2,9 @@
 
 use super::*;
 
+#[path = "../common/proc_stats.rs"]
+mod proc_stats;
+
 /// Wall-clock and CPU time (user + system, all threads of this process) since `start`. CPU time
 /// is less sensitive to other processes on a shared machine than wall time.
 pub(crate) struct Clock {
@@ -21,16 +24,9 @@ impl Clock {
     }
 }
 
-/// utime + stime of this process from `/proc/self/stat` (Linux; clock ticks of 1/100 s, the kernel's
-/// USER_HZ); NaN elsewhere.
+/// utime + stime of this process (`common/proc_stats.rs`); NaN where /proc does not say.
 pub(crate) fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return f64::NAN };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    match (f.get(11).and_then(|v| v.parse::<f64>().ok()), f.get(12).and_then(|v| v.parse::<f64>().ok())) {
-        (Some(u), Some(s)) => (u + s) / 100.0,
-        _ => f64::NAN,
-    }
+    proc_stats::cpu_seconds_of("self").unwrap_or(f64::NAN)
 }
 
 pub(crate) struct Timing {
