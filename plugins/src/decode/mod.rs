@@ -226,13 +226,8 @@ pub fn decode_file_as(path: &Path, name: &str, opts: &DecodeOptions) -> Result<A
     decode_bytes(&name, &ext, &bytes, opts)
 }
 
-/// Decodes in-memory bytes of the given format (one of [`EXTENSIONS`]); `name` only labels messages.
-pub fn decode_bytes(
-    name: &str,
-    ext: &str,
-    bytes: &[u8],
-    opts: &DecodeOptions,
-) -> Result<ArrayD<f32>, Rejection> {
+/// Refuses input bytes over `opts.max_bytes` (0: no limit) before anything is decoded.
+pub(crate) fn check_size(name: &str, bytes: &[u8], opts: &DecodeOptions) -> Result<(), Rejection> {
     if opts.max_bytes > 0 && bytes.len() as u64 > opts.max_bytes {
         return Err(Rejection::new(
             RejectReason::TooLarge,
@@ -240,6 +235,17 @@ pub fn decode_bytes(
             format!("{} bytes exceeds the limit of {} bytes", bytes.len(), opts.max_bytes),
         ));
     }
+    Ok(())
+}
+
+/// Decodes in-memory bytes of the given format (one of [`EXTENSIONS`]); `name` only labels messages.
+pub fn decode_bytes(
+    name: &str,
+    ext: &str,
+    bytes: &[u8],
+    opts: &DecodeOptions,
+) -> Result<ArrayD<f32>, Rejection> {
+    check_size(name, bytes, opts)?;
     let raw = match ext {
         "npy" => npy::read_npy(name, bytes, opts)?,
         "npz" => npy::read_npz(name, bytes, opts)?,

@@ -114,13 +114,7 @@ pub fn decode_payload_bytes(
         }
         return decode_bytes(name, ext, bytes, opts).map(Payload::Dense);
     };
-    if opts.max_bytes > 0 && bytes.len() as u64 > opts.max_bytes {
-        return Err(Rejection::new(
-            RejectReason::TooLarge,
-            name,
-            format!("{} bytes exceeds the limit of {} bytes", bytes.len(), opts.max_bytes),
-        ));
-    }
+    super::check_size(name, bytes, opts)?;
     let samples = match ext {
         "txt" | "jsonl" => match &tokens.tokenizer {
             Some(t) => t.decode(name, ext, bytes, &opts.limits)?,
