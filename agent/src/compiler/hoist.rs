@@ -19,7 +19,7 @@ fn free(
     data: &[String],
     memo: &mut HashMap<String, bool>,
 ) -> bool {
-    if t.is_empty() || t == COTANGENT || cx.consts.contains_key(t) {
+    if t.is_empty() || t == COTANGENT || constant(cx, t).is_some() {
         return true;
     }
     if data.iter().any(|d| d == t) {
@@ -28,15 +28,28 @@ fn free(
     if let Some(&v) = memo.get(t) {
         return v;
     }
-    let v = if cx.b.initializers.iter().any(|i| i.name == t) {
-        true
-    } else if let Some(&i) = producer.get(t) {
+    let v = if let Some(&i) = producer.get(t) {
         cx.b.nodes[i].input.iter().all(|x| free(x, cx, producer, data, memo))
     } else {
         false // a forward-graph tensor
     };
     memo.insert(t.to_string(), v);
     v
+}
+
+/// Which node produces each tensor of the backward graph built so far.
+fn producers(nodes: &[NodeProto]) -> HashMap<&str, usize> {
+    nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect()
+}
+
+/// A constant tensor by name: one the builder emitted, or the model's own.
+fn constant<'a>(cx: &'a ctx::Backward, name: &str) -> Option<&'a TensorProto> {
+    cx.b.initializers.iter().find(|i| i.name == name).or_else(|| cx.consts.get(name))
+}
+
+/// A constant int64 tensor's values.
+fn const_ints(cx: &ctx::Backward, name: &str) -> Option<Vec<i64>> {
+    onnx::tensor_to_i64(constant(cx, name)?).ok()
 }
 
 /// Whether `t` depends on the cotangent input (the per-row part of the backward graph).
@@ -83,13 +96,9 @@ pub(super) fn hoisted_mean(
         return None;
     }
     let nodes = &cx.b.nodes;
-    let producer: HashMap<&str, usize> =
-        nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let producer = producers(nodes);
     let mut point_free: HashMap<String, bool> = HashMap::new();
-    let init_ints = |t: &str| -> Option<Vec<i64>> {
-        let c = cx.b.initializers.iter().find(|i| i.name == t).or_else(|| cx.consts.get(t))?;
-        onnx::tensor_to_i64(c).ok()
-    };
+    let init_ints = |t: &str| const_ints(cx, t);
     let mut chain = Vec::new();
     let mut t = g.to_string();
     while let Some(&i) = producer.get(t.as_str()) {
@@ -154,12 +163,8 @@ pub(super) fn hoisted_mean(
 /// differs from the per-point mean by float rounding only (`tests/gradients.rs`).
 fn averaged_masks(cx: &mut ctx::Backward, t: &str, samples: usize, data_inputs: &[String]) -> Option<String> {
     let nodes = &cx.b.nodes;
-    let producer: HashMap<&str, usize> =
-        nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
-    let ints = |x: &str| -> Option<Vec<i64>> {
-        let c = cx.b.initializers.iter().find(|i| i.name == x).or_else(|| cx.consts.get(x))?;
-        onnx::tensor_to_i64(c).ok()
-    };
+    let producer = producers(nodes);
+    let ints = |x: &str| const_ints(cx, x);
     // A reshape between the forms: `Some((split, rest))` for `[-1, rest…]` (flat) or
     // `Concat([-1], K, [rest…])` (split, `ctx::Backward::split`).
     let form = |n: &NodeProto| -> Option<(bool, Vec<i64>)> {
@@ -315,21 +320,20 @@ fn mean_over_points(cx: &mut ctx::Backward, t: &str, samples: usize, data: &str)
 /// Exact up to the order of the float additions.
 fn scattered_mean(cx: &mut ctx::Backward, t: &str, samples: usize) -> Option<String> {
     let nodes = &cx.b.nodes;
-    let sc = nodes.iter().find(|n| n.output.first().map(String::as_str) == Some(t))?;
+    let producer = producers(nodes);
+    let made = |x: &str| producer.get(x).map(|&i| &nodes[i]);
+    let sc = made(t)?;
     let add = sc.attr_string("reduction").as_deref() == Some("add");
     if sc.op_type != "ScatterElements" || !add || sc.attr_int("axis") != Some(1) || sc.input.len() != 3 {
         return None;
     }
     // The zeros' width `X`: `ConstantOfShape(Concat(rows, [X]))`.
-    let zeros = nodes.iter().find(|n| n.output.first() == Some(&sc.input[0]))?;
-    let shape = nodes
-        .iter()
-        .find(|n| zeros.op_type == "ConstantOfShape" && n.output.first() == zeros.input.first())?;
+    let zeros = made(&sc.input[0]).filter(|n| n.op_type == "ConstantOfShape")?;
+    let shape = made(zeros.input.first()?)?;
     if shape.op_type != "Concat" || shape.input.len() != 2 {
         return None;
     }
-    let width = cx.b.initializers.iter().find(|i| i.name == shape.input[1])?;
-    let [x] = onnx::tensor_to_i64(width).ok()?[..] else { return None };
+    let [x] = const_ints(cx, &shape.input[1])?[..] else { return None };
     let (idx, upd) = (sc.input[1].clone(), sc.input[2].clone());
     let k = cx.kdim.clone();
     // Rows r = 0 … N·K−1, and where each goes: (r div S·K)·K + r mod K.
@@ -392,11 +396,8 @@ fn mask_shape(cx: &ctx::Backward, producer: &HashMap<&str, usize>, t: &str) -> O
         }
         return Some(std::iter::once(Dim::Points).chain(p.rest.iter().map(|&d| Dim::Fixed(d))).collect());
     }
-    let ints = |x: &str| -> Option<Vec<i64>> {
-        let c = cx.b.initializers.iter().find(|i| i.name == x).or_else(|| cx.consts.get(x))?;
-        onnx::tensor_to_i64(c).ok()
-    };
-    if let Some(c) = cx.b.initializers.iter().find(|i| i.name == t).or_else(|| cx.consts.get(t)) {
+    let ints = |x: &str| const_ints(cx, x);
+    if let Some(c) = constant(cx, t) {
         return Some(c.dims.iter().map(|&d| Dim::Fixed(d)).collect());
     }
     let n = &cx.b.nodes[*producer.get(t)?];
@@ -531,12 +532,7 @@ pub(super) fn uniform_rows(
     samples: usize,
     data_inputs: &[String],
 ) -> Option<String> {
-    let producer: HashMap<&str, usize> =
-        cx.b.nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-            .collect();
+    let producer = producers(&cx.b.nodes);
     let chain = uniform_chain(cx, &producer, data_inputs, g, &mut HashMap::new())?;
     if chain.is_empty() {
         return None; // the seed itself: a layer that is the embedding

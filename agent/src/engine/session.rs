@@ -523,9 +523,6 @@ impl Engine {
         if s == 0 {
             bail!("smoothing_points must be at least 1");
         }
-        if !(sigma >= 0.0 && sigma.is_finite()) {
-            bail!("smoothing must be finite and ≥ 0, got {sigma}");
-        }
         let n = batch.shape()[0];
         let mut shape = batch.shape().to_vec();
         shape[0] = n * s;
@@ -538,14 +535,12 @@ impl Engine {
             return Ok(CowArray::from(out));
         }
         let file_reference = match self.spec.score.smoothing_reference() {
-            super::SmoothingReference::File(_) => {
-                let r =
-                    self.smoothing_reference.as_ref().context("internal: smoothing reference not loaded")?;
-                if r.len() != per {
-                    bail!("the smoothing reference holds {} values, a sample {per}", r.len());
-                }
-                Some(r.as_standard_layout())
-            }
+            super::SmoothingReference::File(_) => Some(
+                self.smoothing_reference
+                    .as_ref()
+                    .context("internal: smoothing reference not loaded")?
+                    .as_standard_layout(),
+            ),
             _ => None,
         };
         let xs = batch.as_slice().expect("standard layout");
@@ -562,7 +557,7 @@ impl Engine {
                 super::SmoothingReference::File(_) => file_reference.as_ref().and_then(|r| r.as_slice()),
             };
             let seed = sample_seed(self.spec.score.smoothing_seed(), x);
-            scores::draws::smoothing_points_into(x, sigma, reference, seed, points);
+            scores::draws::smoothing_points_into(x, sigma, reference, seed, points)?;
         }
         Ok(CowArray::from(out))
     }
